@@ -1,0 +1,155 @@
+"""Text sets: the fixed list of texts every model is scored on.
+
+A text set is read from JSONL with one object per line and a ``text`` field. The id comes from
+``id``, else ``index``, else the 0-based line number; every other field is kept as metadata.
+This reads the 1,000-model paper's ``texts-10k-pile.jsonl`` unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+
+class TextSetError(ValueError):
+    """A text file that cannot be read as a text set; the message names the file and line."""
+
+
+@dataclass(frozen=True)
+class TextSet:
+    """An ordered set of texts with unique string ids and per-text metadata."""
+
+    ids: tuple[str, ...]
+    texts: tuple[str, ...]
+    metadata: tuple[dict, ...] = field(default=(), compare=False)
+    source: str = field(default="<memory>", compare=False)
+
+    def __post_init__(self) -> None:
+        if len(self.ids) != len(self.texts):
+            raise TextSetError(f"{self.source}: {len(self.ids)} ids for {len(self.texts)} texts")
+        if self.metadata and len(self.metadata) != len(self.texts):
+            raise TextSetError(f"{self.source}: metadata length differs from the number of texts")
+        seen: dict[str, int] = {}
+        for position, text_id in enumerate(self.ids):
+            if text_id in seen:
+                raise TextSetError(
+                    f"{self.source}: duplicate text id {text_id!r} (entries {seen[text_id] + 1} "
+                    f"and {position + 1})"
+                )
+            seen[text_id] = position
+
+    @classmethod
+    def from_texts(cls, texts: Sequence[str], ids: Sequence[str] | None = None) -> "TextSet":
+        """Build a text set from strings; ids default to their positions."""
+        ids = [str(i) for i in range(len(texts))] if ids is None else [str(i) for i in ids]
+        return cls(tuple(ids), tuple(texts), tuple({} for _ in texts))
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 over ids and texts; two text sets score interchangeably iff these match."""
+        digest = hashlib.sha256()
+        for text_id, text in zip(self.ids, self.texts):
+            for part in (text_id, text):
+                encoded = part.encode("utf-8")
+                digest.update(len(encoded).to_bytes(8, "little"))
+                digest.update(encoded)
+        return digest.hexdigest()
+
+    @property
+    def byte_lengths(self) -> list[int]:
+        """UTF-8 length of every text (for bits-per-byte conversions)."""
+        return [len(text.encode("utf-8")) for text in self.texts]
+
+    def subset(self, positions: Iterable[int]) -> "TextSet":
+        """The texts at ``positions``, in that order."""
+        positions = list(positions)
+        meta = self.metadata or tuple({} for _ in self.texts)
+        return TextSet(
+            tuple(self.ids[p] for p in positions),
+            tuple(self.texts[p] for p in positions),
+            tuple(meta[p] for p in positions),
+            source=self.source,
+        )
+
+    def to_jsonl(self, path: str | Path) -> None:
+        """Write the set as JSONL (``id``, ``text`` and the metadata fields)."""
+        meta = self.metadata or tuple({} for _ in self.texts)
+        with open(path, "w", encoding="utf-8") as handle:
+            for text_id, text, extra in zip(self.ids, self.texts, meta):
+                record = {"id": text_id, "text": text, **extra}
+                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def load_texts(path: str | Path) -> TextSet:
+    """Read a JSONL text set. Errors name the file and the 1-based line."""
+    path = Path(path)
+    if not path.exists():
+        raise TextSetError(f"{path}: no such text file")
+    ids: list[str] = []
+    texts: list[str] = []
+    metadata: list[dict] = []
+    with open(path, "rb") as handle:
+        for line_number, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
+            where = f"{path}:{line_number}"
+            try:
+                record = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError as error:
+                raise TextSetError(f"{where}: not valid UTF-8 ({error.reason})") from None
+            except json.JSONDecodeError as error:
+                raise TextSetError(f"{where}: not valid JSON ({error.msg})") from None
+            if not isinstance(record, dict):
+                raise TextSetError(f"{where}: expected a JSON object, got {type(record).__name__}")
+            if "text" not in record:
+                raise TextSetError(f"{where}: no 'text' field")
+            if not isinstance(record["text"], str):
+                raise TextSetError(f"{where}: 'text' must be a string")
+            text = record.pop("text")
+            if "id" in record:
+                text_id = str(record.pop("id"))
+            elif "index" in record:
+                text_id = str(record.pop("index"))
+            else:
+                text_id = str(line_number - 1)
+            ids.append(text_id)
+            texts.append(text)
+            metadata.append(record)
+    if not texts:
+        raise TextSetError(f"{path}: no texts")
+    return TextSet(tuple(ids), tuple(texts), tuple(metadata), source=str(path))
+
+
+def chunk_document(document: str, max_bytes: int = 1024, min_bytes: int = 256) -> Iterator[str]:
+    """Cut a document into consecutive UTF-8-safe chunks, as the 1,000-model paper did.
+
+    Each chunk holds at most ``max_bytes`` bytes and never splits a character; chunks of
+    ``min_bytes`` bytes or fewer are dropped.
+    """
+    if max_bytes < 4:
+        raise ValueError("max_bytes must be at least 4 (one UTF-8 character)")
+    encoded = document.encode("utf-8")
+    start = 0
+    while start < len(encoded):
+        end = min(start + max_bytes, len(encoded))
+        # Step back over continuation bytes (0b10xxxxxx) so no character is split.
+        while end < len(encoded) and end > start and (encoded[end] & 0xC0) == 0x80:
+            end -= 1
+        chunk = encoded[start:end]
+        start = end
+        if len(chunk) > min_bytes:
+            yield chunk.decode("utf-8")
+
+
+def chunk_documents(
+    documents: Iterable[str], max_bytes: int = 1024, min_bytes: int = 256
+) -> Iterator[str]:
+    """Chunk every document in turn (see :func:`chunk_document`)."""
+    for document in documents:
+        yield from chunk_document(document, max_bytes=max_bytes, min_bytes=min_bytes)
