@@ -1,0 +1,198 @@
+"""Model references → checkpoints on disk (local directory, hub id, GGUF file or packaged name).
+
+A reference is resolved to a directory in Hugging Face layout (config.json, safetensors weights,
+tokenizer files). GGUF files are converted once into such a directory in the cache
+(:mod:`.gguf`); hub ids are fetched with ``huggingface_hub`` (safetensors only).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import yaml
+
+from ..models import UnsupportedModelError, WeightSource
+
+
+class CheckpointError(ValueError):
+    """A model reference that cannot be loaded; the message names the model and the problem."""
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
+_LIST_SUFFIXES = {".txt", ".yaml", ".yml", ".list"}
+_HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken"]
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A resolved model: where its HF-layout files are, and which exact version they are."""
+
+    reference: str
+    directory: Path
+    revision: str
+    source: str
+
+    def config(self) -> dict:
+        """The parsed config.json."""
+        try:
+            return json.loads((self.directory / "config.json").read_text())
+        except json.JSONDecodeError as error:
+            raise CheckpointError(f"{self.reference}: config.json is not valid JSON ({error})")
+
+    def weight_files(self) -> list[Path]:
+        """The safetensors files, from the shard index if there is one."""
+        return _weight_files(self.directory, self.reference)
+
+    def open_weights(self) -> WeightSource:
+        """Lazily readable named tensors (read on first use, straight into device arrays)."""
+        from safetensors import safe_open
+
+        handles = [safe_open(str(f), framework="flax") for f in self.weight_files()]
+        owner = {name: handle for handle in handles for name in handle.keys()}
+        return WeightSource(
+            tensors=lambda name: owner[name].get_tensor(name),
+            names=frozenset(owner),
+            model=self.reference,
+        )
+
+
+def _weight_files(directory: Path, reference: str) -> list[Path]:
+    index = directory / "model.safetensors.index.json"
+    if index.exists():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        missing = [s for s in shards if not (directory / s).exists()]
+        if missing:
+            raise CheckpointError(f"{reference}: shard(s) missing: {', '.join(missing)}")
+        return [directory / s for s in shards]
+    single = directory / "model.safetensors"
+    if single.exists():
+        return [single]
+    pickles = sorted(p.name for p in directory.glob("*.bin")) + sorted(
+        p.name for p in directory.glob("*.pt")
+    )
+    if pickles:
+        raise CheckpointError(
+            f"{reference}: pickle-only checkpoint ({', '.join(pickles)}); jaxmap reads "
+            "safetensors only, since unpickling runs arbitrary code. Convert it with "
+            "transformers' save_pretrained(..., safe_serialization=True)."
+        )
+    raise CheckpointError(f"{reference}: no model.safetensors or model.safetensors.index.json")
+
+
+def _content_hash(directory: Path, reference: str) -> str:
+    """Hash of config.json and every safetensors header (names, shapes, dtypes, offsets)."""
+    digest = hashlib.sha256((directory / "config.json").read_bytes())
+    for path in _weight_files(directory, reference):
+        with open(path, "rb") as handle:
+            header_length = int.from_bytes(handle.read(8), "little")
+            digest.update(handle.read(header_length))
+        digest.update(str(path.stat().st_size).encode())
+    return "sha256:" + digest.hexdigest()[:16]
+
+
+def _local(reference: str, directory: Path, source: str, revision: str | None = None) -> Checkpoint:
+    if not (directory / "config.json").exists():
+        raise CheckpointError(f"{reference}: no config.json in {directory}")
+    _weight_files(directory, reference)
+    return Checkpoint(reference, directory, revision or _content_hash(directory, reference), source)
+
+
+def _hub(reference: str) -> Checkpoint:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+    repo_id, _, revision = reference.partition("@")
+    try:
+        directory = Path(
+            snapshot_download(repo_id, revision=revision or None, allow_patterns=_HUB_FILES)
+        )
+    except (LocalEntryNotFoundError, HFValidationError, OSError) as error:
+        raise CheckpointError(f"{reference}: cannot fetch from the hub ({error})") from None
+    return _local(reference, directory, "hub", revision=directory.name)
+
+
+def resolve(reference: str, cache_dir: str | Path | None = None) -> Checkpoint:
+    """Resolve one model reference to a :class:`Checkpoint` (see the module docstring)."""
+    path = Path(reference).expanduser()
+    if path.is_dir():
+        return _local(reference, path, "local")
+    if path.suffix == ".gguf" or _is_packaged(reference):
+        from .gguf import convert_gguf
+        from .packaged import find_packaged_gguf
+
+        gguf_path = path if path.suffix == ".gguf" else find_packaged_gguf(reference)
+        if not gguf_path.exists():
+            raise CheckpointError(f"{reference}: no such GGUF file")
+        directory = convert_gguf(gguf_path, cache_dir=cache_dir)
+        source = json.loads((directory / "jaxmap_source.json").read_text())
+        return _local(reference, directory, "gguf", revision=f"gguf-sha256:{source['sha256']}")
+    if path.exists():
+        raise CheckpointError(f"{reference}: not a model directory or .gguf file")
+    if _HUB_ID.match(reference):
+        return _hub(reference)
+    raise CheckpointError(f"{reference}: no such model directory, GGUF file or hub id")
+
+
+def _is_packaged(reference: str) -> bool:
+    from .packaged import PACKAGED_MODELS
+
+    return reference in PACKAGED_MODELS
+
+
+def _list_entry(entry, where: str) -> str:
+    if isinstance(entry, str):
+        return entry
+    if isinstance(entry, dict):
+        for key in ("model", "name", "id", "repo_id", "path"):
+            if isinstance(entry.get(key), str):
+                revision = entry.get("revision")
+                return f"{entry[key]}@{revision}" if revision else entry[key]
+    raise CheckpointError(f"{where}: cannot read a model reference from {entry!r}")
+
+
+def read_model_list(path: Path) -> list[str]:
+    """Model references from a list file: one per line (``#`` comments) or a YAML list."""
+    text = path.read_text()
+    if path.suffix in {".yaml", ".yml"}:
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            raise CheckpointError(f"{path}: not valid YAML ({error})") from None
+        if isinstance(data, dict) and "models" in data:
+            data = data["models"]
+        if not isinstance(data, list):
+            raise CheckpointError(f"{path}: expected a YAML list of models")
+        return [_list_entry(entry, f"{path} entry {i + 1}") for i, entry in enumerate(data)]
+    references = []
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            references.append(line)
+    return references
+
+
+def expand_references(references: Iterable[str]) -> list[str]:
+    """Replace list files by the references they hold; keep order, drop repeats."""
+    out: list[str] = []
+    for reference in references:
+        path = Path(reference)
+        items = read_model_list(path) if path.is_file() and path.suffix in _LIST_SUFFIXES else [reference]
+        for item in items:
+            if item not in out:
+                out.append(item)
+    return out
+
+
+__all__ = [
+    "Checkpoint",
+    "CheckpointError",
+    "UnsupportedModelError",
+    "expand_references",
+    "read_model_list",
+    "resolve",
+]

@@ -1,0 +1,251 @@
+"""The scoring engine: per-text log-likelihoods of many models on one text set, into a store.
+
+For each model: resolve the reference, translate its config, load its weights as device arrays,
+tokenize the texts (cached per tokenizer), run jitted forward passes over length-bucketed
+batches and reduce token log-probabilities with the fused vocab-tiled kernel. Params are jit
+arguments, so models of one shape share compilations. The next model loads in a background
+thread while the current one scores. Each finished row is committed to the store atomically.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from ._version import __version__
+from .batching import BatchPlan, plan_batches
+from .checkpoints import Checkpoint, expand_references, resolve
+from .kernels.fused_logprob import DEFAULT_TILE, token_logprobs
+from .models import DTYPES, DecoderConfig, Params, convert_weights, hidden_states, translate_config
+from .models import unembedding as model_unembedding
+from .store import Store, StoreWriter, open_store
+from .texts import TextSet, load_texts
+from .tokenization import POLICIES, TokenizedTexts, cached_tokenize, load_tokenizer
+
+DEFAULT_BATCH_TOKENS = 8192
+# float32 by default: neighbouring checkpoints differ by KL of 1e-3 nats per text or less, which
+# bfloat16 rounding (about 0.1 nats per text) would drown. bfloat16 is for throughput runs.
+DEFAULT_DTYPE = "float32"
+
+
+@partial(jax.jit, static_argnames=("config", "tile"))
+def token_log_likelihoods(
+    params: Params, tokens: jax.Array, config: DecoderConfig, tile: int = DEFAULT_TILE
+) -> jax.Array:
+    """log p(tokens[:, t+1] | tokens[:, :t+1]) for every position: [B, T-1] float32.
+
+    ``tokens`` is right-padded [B, T]; entries past a row's length are meaningless.
+    """
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]
+    hidden, _ = hidden_states(params, inputs, config)
+    rows, length, width = hidden.shape
+    logprobs = token_logprobs(
+        hidden.reshape(rows * length, width),
+        model_unembedding(params, config),
+        targets.reshape(-1),
+        tile=tile,
+        softcap=config.final_logit_softcap,
+    )
+    return logprobs.reshape(rows, length)
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to score: its checkpoint, decoder config, device params and tokenizer."""
+
+    reference: str
+    checkpoint: Checkpoint
+    architecture: str
+    config: DecoderConfig
+    params: Params
+    tokenizer: object
+    load_seconds: float
+
+
+@dataclass
+class ModelScores:
+    """One model's row: per-text log-likelihood (nats), scored tokens, truncation flags."""
+
+    loglik: np.ndarray
+    ntokens: np.ndarray
+    truncated: np.ndarray
+    stats: dict = field(default_factory=dict)
+
+
+def load_model(reference: str, dtype: str = DEFAULT_DTYPE, cache_dir=None) -> LoadedModel:
+    """Resolve, validate and load one model reference."""
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    started = time.perf_counter()
+    checkpoint = resolve(reference, cache_dir=cache_dir)
+    architecture, config = translate_config(checkpoint.config(), reference)
+    params = convert_weights(architecture, checkpoint.open_weights(), config, dtype)
+    tokenizer = load_tokenizer(checkpoint.directory)
+    params = jax.block_until_ready(params)
+    return LoadedModel(
+        reference, checkpoint, architecture, config, params, tokenizer,
+        time.perf_counter() - started,
+    )
+
+
+def _pad_batch(tokens: TokenizedTexts, indices: np.ndarray, rows: int, length: int, n_ctx: int):
+    batch = np.zeros((rows, length + 1), np.int32)
+    for row, index in enumerate(indices):
+        sequence = tokens[index][:n_ctx]
+        batch[row, : len(sequence)] = sequence
+    return batch
+
+
+def score_tokens(
+    model: LoadedModel,
+    tokens: TokenizedTexts,
+    batch_tokens: int = DEFAULT_BATCH_TOKENS,
+    progress: bool = True,
+) -> ModelScores:
+    """Score pre-tokenized texts with a loaded model (truncating to its context)."""
+    n_ctx = model.config.max_positions
+    lengths = np.minimum(tokens.lengths, n_ctx)
+    scored = np.maximum(lengths - 1, 0)
+    plan: BatchPlan = plan_batches(scored, batch_tokens, max_length=n_ctx - 1)
+    loglik = np.zeros(len(tokens), np.float64)
+    compiled_before = token_log_likelihoods._cache_size()
+    bar = tqdm(
+        total=len(tokens), desc=model.reference, unit="text", leave=False, disable=not progress
+    )
+    bar.update(len(tokens) - sum(len(b.indices) for b in plan.batches))
+    started = time.perf_counter()
+    done_tokens = 0
+
+    def collect(pending) -> None:
+        nonlocal done_tokens
+        batch, result = pending
+        values = np.asarray(result, np.float64)
+        for row, index in enumerate(batch.indices):
+            loglik[index] = values[row, : scored[index]].sum()
+        done_tokens += int(scored[batch.indices].sum())
+        bar.update(len(batch.indices))
+        bar.set_postfix(tok_s=f"{done_tokens / (time.perf_counter() - started):.0f}")
+
+    pending = None
+    for batch in plan.batches:
+        padded = _pad_batch(tokens, batch.indices, batch.rows, batch.length, n_ctx)
+        # Dispatch this batch before pulling the previous one back, so the host work of
+        # padding and summing overlaps device compute.
+        result = token_log_likelihoods(model.params, jnp.asarray(padded), model.config)
+        if pending is not None:
+            collect(pending)
+        pending = (batch, result)
+    if pending is not None:
+        collect(pending)
+    bar.close()
+    seconds = time.perf_counter() - started
+    return ModelScores(
+        loglik=loglik,
+        ntokens=scored.astype(np.int32),
+        truncated=tokens.lengths > n_ctx,
+        stats={
+            "seconds": seconds,
+            "tokens": int(scored.sum()),
+            "tokens_per_second": float(scored.sum() / seconds) if seconds else 0.0,
+            "padding_fraction": plan.padding_fraction,
+            "batch_shapes": len(plan.shapes),
+            "compilations": token_log_likelihoods._cache_size() - compiled_before,
+        },
+    )
+
+
+def _as_text_set(texts: TextSet | str | Path | Sequence[str]) -> TextSet:
+    if isinstance(texts, TextSet):
+        return texts
+    if isinstance(texts, (str, Path)):
+        return load_texts(texts)
+    return TextSet.from_texts(list(texts))
+
+
+def score(
+    models: Sequence[str] | str,
+    texts: TextSet | str | Path | Sequence[str],
+    out: str | Path,
+    *,
+    dtype: str = DEFAULT_DTYPE,
+    bos_policy: str = "full",
+    batch_tokens: int = DEFAULT_BATCH_TOKENS,
+    progress: bool = True,
+    cache_dir: str | Path | None = None,
+) -> Store:
+    """Score every model on every text and append one row per model to the store ``out``.
+
+    ``models`` holds model references (local HF directories, hub ids ``org/name[@rev]``,
+    ``.gguf`` files, packaged model names, or list files of references). Models whose rows the
+    store already holds are skipped, so re-running a killed job computes only what is missing.
+    Every reference is validated (config translated) before any scoring starts. Returns the
+    store as it is afterwards.
+    """
+    if bos_policy not in POLICIES:
+        raise ValueError(f"unknown BOS policy {bos_policy!r}; choose one of {POLICIES}")
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    text_set = _as_text_set(texts)
+    references = expand_references([models] if isinstance(models, str) else models)
+    out = Path(out)
+    writer = StoreWriter(out, text_set, created_by=f"jaxmap {__version__}")
+    done = set(writer.completed_models())
+    todo = [r for r in references if r not in done]
+    for reference in todo:
+        checkpoint = resolve(reference, cache_dir=cache_dir)
+        translate_config(checkpoint.config(), reference)
+    token_cache = out.with_name(out.name + ".tokens")
+    overall = tqdm(total=len(todo), desc="models", unit="model", disable=not progress or len(todo) < 2)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as loader:
+        upcoming = loader.submit(load_model, todo[0], dtype, cache_dir) if todo else None
+        for position, reference in enumerate(todo):
+            model = upcoming.result()
+            upcoming = (
+                loader.submit(load_model, todo[position + 1], dtype, cache_dir)
+                if position + 1 < len(todo)
+                else None
+            )
+            tokens, tokenizer_id = cached_tokenize(
+                text_set, model.tokenizer, bos_policy, token_cache
+            )
+            result = score_tokens(model, tokens, batch_tokens, progress)
+            writer.append(
+                reference,
+                result.loglik,
+                result.ntokens,
+                result.truncated,
+                {
+                    "reference": reference,
+                    "revision": model.checkpoint.revision,
+                    "source": model.checkpoint.source,
+                    "architecture": model.architecture,
+                    "dtype": dtype,
+                    "bos_policy": bos_policy,
+                    "n_ctx": model.config.max_positions,
+                    "tokenizer": tokenizer_id,
+                    "jaxmap_version": __version__,
+                    "load_seconds": model.load_seconds,
+                    **result.stats,
+                },
+            )
+            if progress:
+                stats = result.stats
+                tqdm.write(
+                    f"{reference}: {stats['tokens']} tokens in {stats['seconds']:.1f} s "
+                    f"({stats['tokens_per_second']:.0f} tok/s), padding "
+                    f"{100 * stats['padding_fraction']:.1f}%, {stats['compilations']} new "
+                    f"compilation(s), {int(result.truncated.sum())} truncated"
+                )
+            del model
+            overall.update(1)
+    overall.close()
+    return open_store(out)

@@ -1,0 +1,253 @@
+"""What every architecture adapter shares: strict config reading, rope tables, weight access.
+
+An adapter is two functions: ``translate(ConfigReader) -> DecoderConfig``, which takes every
+config field it understands and refuses the rest by name, and ``convert(WeightSource,
+DecoderConfig) -> Params``, which maps Hugging Face tensor names onto the decoder's pytree.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .decoder import DecoderConfig, Params, RopeTable
+
+
+class UnsupportedModelError(ValueError):
+    """A model jaxmap would compute wrongly: unknown architecture, config field or tensor."""
+
+
+# Fields that do not change the log-likelihood of a text: bookkeeping, training-only settings
+# (dropout, initialisation), generation defaults and token ids (handled by the tokenizer).
+_NEUTRAL_FIELDS = frozenset(
+    """
+    _name_or_path architectures model_type transformers_version torch_dtype dtype use_cache
+    initializer_range initializer_factor pad_token_id bos_token_id eos_token_id sep_token_id
+    decoder_start_token_id attention_dropout hidden_dropout resid_pdrop embd_pdrop attn_pdrop
+    classifier_dropout hidden_dropout_prob attention_probs_dropout_prob tokenizer_class
+    output_attentions output_hidden_states return_dict use_return_dict id2label label2id
+    problem_type task_specific_params chunk_size_feed_forward pruned_heads torchscript
+    max_length min_length do_sample early_stopping num_beams num_beam_groups diversity_penalty
+    temperature top_k top_p typical_p repetition_penalty length_penalty no_repeat_ngram_size
+    encoder_no_repeat_ngram_size bad_words_ids num_return_sequences output_scores
+    return_dict_in_generate forced_bos_token_id forced_eos_token_id remove_invalid_values
+    exponential_decay_length_penalty suppress_tokens begin_suppress_tokens prefix
+    finetuning_task cross_attention_hidden_size add_cross_attention is_encoder_decoder
+    tie_encoder_decoder is_decoder auto_map pretraining_tp summary_type summary_use_proj
+    summary_activation summary_proj_to_labels summary_first_dropout use_bfloat16 tf_legacy_loss
+    """.split()
+)
+
+
+class ConfigReader:
+    """Reads a Hugging Face config dict, tracking which fields the adapter understood."""
+
+    def __init__(self, config: dict, architecture: str) -> None:
+        self.config = dict(config)
+        self.architecture = architecture
+        self._taken: set[str] = set()
+
+    def has(self, name: str) -> bool:
+        return self.config.get(name) is not None
+
+    def take(self, name: str, default: Any = ...) -> Any:
+        """The field's value (``default`` when absent or null); missing without default fails."""
+        self._taken.add(name)
+        value = self.config.get(name)
+        if value is None:
+            if default is ...:
+                raise UnsupportedModelError(
+                    f"{self.architecture}: config field {name!r} is required but missing"
+                )
+            return default
+        return value
+
+    def take_first(self, names: Iterable[str], default: Any = ...) -> Any:
+        """The first present field among aliases (e.g. ``n_embd`` / ``hidden_size``)."""
+        names = list(names)
+        for name in names:
+            self._taken.add(name)
+        for name in names:
+            if self.config.get(name) is not None:
+                return self.config[name]
+        if default is ...:
+            raise UnsupportedModelError(
+                f"{self.architecture}: config needs one of the fields {', '.join(names)}"
+            )
+        return default
+
+    def expect(self, name: str, allowed: Iterable[Any], default: Any = None) -> Any:
+        """Take a field that jaxmap implements only for some values; refuse the others."""
+        allowed = list(allowed)
+        value = self.take(name, default)
+        if value not in allowed:
+            raise self.refuse(name, value, f"jaxmap implements only {allowed}")
+        return value
+
+    def refuse(self, name: str, value: Any, why: str = "") -> UnsupportedModelError:
+        detail = f": {why}" if why else ""
+        return UnsupportedModelError(
+            f"{self.architecture}: unsupported config field {name!r} = {value!r}{detail}"
+        )
+
+    def finish(self) -> None:
+        """Refuse, by name, every field nobody took that could change the model's output."""
+        unknown = sorted(
+            name
+            for name, value in self.config.items()
+            if name not in self._taken and name not in _NEUTRAL_FIELDS and value is not None
+        )
+        if unknown:
+            shown = ", ".join(f"{name}={self.config[name]!r}" for name in unknown)
+            raise UnsupportedModelError(
+                f"{self.architecture}: config fields not implemented by jaxmap: {shown}"
+            )
+
+
+# ---------------------------------------------------------------------------------------------
+# Rotary position embeddings
+
+
+def _default_inv_freq(theta: float, dim: int) -> np.ndarray:
+    # float32 like HF, so the angles match to the last bit where possible.
+    exponents = np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / np.float32(dim)
+    return (np.float32(1.0) / (np.float32(theta) ** exponents)).astype(np.float32)
+
+
+def _llama3_inv_freq(inv_freq: np.ndarray, params: dict) -> np.ndarray:
+    factor = params["factor"]
+    low, high = params["low_freq_factor"], params["high_freq_factor"]
+    old_context = params["original_max_position_embeddings"]
+    wavelength = 2 * math.pi / inv_freq
+    scaled = np.where(wavelength > old_context / low, inv_freq / factor, inv_freq)
+    smooth = (old_context / wavelength - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = ~(wavelength < old_context / high) & ~(wavelength > old_context / low)
+    return np.where(medium, smoothed, scaled).astype(np.float32)
+
+
+_ROPE_KEYS = {
+    "default": {"rope_type", "type", "rope_theta", "partial_rotary_factor"},
+    "linear": {"factor"},
+    "dynamic": {"factor", "original_max_position_embeddings"},
+    "llama3": {"factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"},
+}
+
+
+def rope_table(
+    params: dict, rotary_dim: int, max_positions: int, where: str
+) -> tuple[RopeTable, int]:
+    """Translate one rope parameter dict (HF v5 ``rope_parameters`` form).
+
+    Returns the table and the context this port can score exactly (dynamic NTK scaling only
+    changes frequencies beyond its original context, so scoring stops there).
+    """
+    rope_type = params.get("rope_type", params.get("type", "default"))
+    if rope_type not in _ROPE_KEYS:
+        raise UnsupportedModelError(
+            f"{where}: unsupported rope type {rope_type!r} (jaxmap implements "
+            f"{', '.join(_ROPE_KEYS)})"
+        )
+    extra = set(params) - _ROPE_KEYS["default"] - _ROPE_KEYS[rope_type]
+    if extra:
+        raise UnsupportedModelError(
+            f"{where}: rope parameter(s) {', '.join(sorted(extra))} not implemented for "
+            f"rope type {rope_type!r}"
+        )
+    inv_freq = _default_inv_freq(params["rope_theta"], rotary_dim)
+    if rope_type == "linear":
+        inv_freq = (inv_freq / np.float32(params["factor"])).astype(np.float32)
+    elif rope_type == "llama3":
+        inv_freq = _llama3_inv_freq(inv_freq, params)
+    elif rope_type == "dynamic":
+        max_positions = min(
+            max_positions, params.get("original_max_position_embeddings", max_positions)
+        )
+    return RopeTable(tuple(float(f) for f in inv_freq)), max_positions
+
+
+def read_rope_parameters(reader: ConfigReader, default_theta: float = 10000.0) -> dict:
+    """The rope parameter dict, from HF v5 ``rope_parameters`` or v4 ``rope_theta``/``rope_scaling``."""
+    if reader.has("rope_parameters"):
+        params = dict(reader.take("rope_parameters"))
+        params.setdefault("rope_theta", reader.take("rope_theta", default_theta))
+    else:
+        params = dict(reader.take("rope_scaling", {}))
+        params["rope_theta"] = reader.take("rope_theta", default_theta)
+    return params
+
+
+# ---------------------------------------------------------------------------------------------
+# Weights
+
+
+@dataclass
+class WeightSource:
+    """Named tensors of one checkpoint; records which were used so leftovers can be refused."""
+
+    tensors: Callable[[str], Any]
+    names: frozenset[str]
+    model: str = "<model>"
+    used: set[str] = field(default_factory=set)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.names
+
+    def __call__(self, name: str, dtype=jnp.float32) -> jax.Array:
+        if name not in self.names:
+            raise UnsupportedModelError(f"{self.model}: checkpoint has no tensor {name!r}")
+        self.used.add(name)
+        return jnp.asarray(self.tensors(name), dtype=dtype)
+
+    def check_all_used(self, ignorable: Iterable[str] = ()) -> None:
+        """Refuse tensors the port did not read: they may carry a feature it lacks."""
+        patterns = [re.compile(p) for p in ignorable]
+        left = sorted(
+            n for n in self.names - self.used if not any(p.fullmatch(n) for p in patterns)
+        )
+        if left:
+            shown = ", ".join(left[:5]) + (f" and {len(left) - 5} more" if len(left) > 5 else "")
+            raise UnsupportedModelError(f"{self.model}: tensors jaxmap does not use: {shown}")
+
+
+def stack_layers(layers: list[dict]) -> dict:
+    """Stack per-layer pytrees into one pytree with a leading layer axis (for ``lax.scan``)."""
+    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *layers)
+
+
+def torch_linear(
+    weights: WeightSource, prefix: str, dtype, bias: bool | None = None
+) -> dict:
+    """A torch ``nn.Linear`` ([out, in] weight) as ``{kernel: [in, out], bias}``.
+
+    ``bias=None`` takes the bias if the checkpoint has one.
+    """
+    out = {"kernel": weights(f"{prefix}.weight", dtype).T}
+    if bias or (bias is None and f"{prefix}.bias" in weights):
+        out["bias"] = weights(f"{prefix}.bias")
+    return out
+
+
+def norm_params(weights: WeightSource, prefix: str, with_bias: bool, offset: float = 0.0) -> dict:
+    """Norm weights in float32; ``offset`` folds in Gemma's ``(1 + w)`` scale."""
+    out = {"scale": weights(f"{prefix}.weight") + offset}
+    if with_bias:
+        out["bias"] = weights(f"{prefix}.bias")
+    return out
+
+
+def finish_params(params: Params, config: DecoderConfig) -> Params:
+    """Sanity-check the shapes that the decoder relies on."""
+    embed = params["embed"]
+    if embed.shape != (config.vocab_size, config.hidden_size):
+        raise UnsupportedModelError(
+            f"embedding has shape {tuple(embed.shape)}, config says "
+            f"({config.vocab_size}, {config.hidden_size})"
+        )
+    return params

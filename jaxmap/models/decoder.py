@@ -1,0 +1,263 @@
+"""One configurable decoder-only transformer, as pure functions over a params pytree.
+
+Every supported Hugging Face architecture is this decoder with a different
+:class:`DecoderConfig` and a weight-name map (see the adapters beside this file).
+
+Params layout (linear weights are ``[in, out]`` so the hot loop multiplies without transposes)::
+
+    embed        [V, D]            token embedding
+    positions    [P, D]            learned positions (only when config.position == "learned")
+    unembed      [V, D]            output projection; absent when config.tie_embeddings
+    final_norm   {scale[, bias]}
+    layers       every leaf stacked over a leading layer axis [L, ...]:
+      attn_norm {scale[, bias]}, mlp_norm {scale[, bias]}
+      attn_post_norm, mlp_post_norm   (sandwich norms, optional)
+      q_norm, k_norm                  (per-head norms, optional)
+      q, k, v, o {kernel[, bias]}     q: [D, H*hd], k/v: [D, Hkv*hd], o: [H*hd, D]
+      up, down[, gate] {kernel[, bias]}
+
+Norm scales, biases and the residual stream stay float32 whatever the weights' dtype; matmuls
+take weights in the params' dtype and accumulate in float32.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Params = dict
+
+
+@dataclass(frozen=True)
+class RopeTable:
+    """Rotary frequencies for one group of layers (inverse frequencies in float32 order)."""
+
+    inv_freq: tuple[float, ...]
+    attention_factor: float = 1.0
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    """Everything the decoder needs besides the weights. Hashable: it is a static jit argument."""
+
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    max_positions: int
+    norm: Literal["rms", "layer"]
+    norm_eps: float
+    activation: Literal["silu", "gelu", "gelu_tanh", "relu"]
+    gated_mlp: bool
+    position: Literal["rope", "learned"]
+    attn_scale: float
+    tie_embeddings: bool
+    rotary_dim: int = 0
+    rope_tables: tuple[RopeTable, ...] = ()
+    layer_rope: tuple[int, ...] = ()
+    layer_window: tuple[int, ...] = ()
+    parallel_residual: bool = False
+    qk_norm: bool = False
+    sandwich_norm: bool = False
+    embed_scale: float | None = None
+    final_logit_softcap: float | None = None
+    attn_logit_softcap: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError("num_heads must be a multiple of num_kv_heads")
+        if len(self.layer_window) not in (0, self.num_layers):
+            raise ValueError("layer_window needs one entry per layer")
+        if self.position == "rope":
+            if not self.rope_tables or len(self.layer_rope) != self.num_layers:
+                raise ValueError("rope needs rope_tables and one layer_rope entry per layer")
+            if self.rotary_dim % 2 or not 0 < self.rotary_dim <= self.head_dim:
+                raise ValueError("rotary_dim must be even and within head_dim")
+
+    @property
+    def windows(self) -> tuple[int, ...]:
+        """Per-layer sliding window (0 means full causal attention)."""
+        return self.layer_window or (0,) * self.num_layers
+
+
+def _norm(x: jax.Array, params: dict, config: DecoderConfig) -> jax.Array:
+    x = x.astype(jnp.float32)
+    if config.norm == "rms":
+        variance = jnp.mean(jnp.square(x), axis=-1, keepdims=True)
+        out = x * jax.lax.rsqrt(variance + config.norm_eps)
+    else:
+        mean = jnp.mean(x, axis=-1, keepdims=True)
+        centred = x - mean
+        variance = jnp.mean(jnp.square(centred), axis=-1, keepdims=True)
+        out = centred * jax.lax.rsqrt(variance + config.norm_eps)
+    out = out * params["scale"]
+    if "bias" in params:
+        out = out + params["bias"]
+    return out
+
+
+def _linear(x: jax.Array, params: dict) -> jax.Array:
+    kernel = params["kernel"]
+    out = jnp.einsum(
+        "...i,io->...o", x.astype(kernel.dtype), kernel, preferred_element_type=jnp.float32
+    )
+    if "bias" in params:
+        out = out + params["bias"]
+    return out
+
+
+def _activation(x: jax.Array, name: str) -> jax.Array:
+    if name == "silu":
+        return jax.nn.silu(x)
+    if name == "gelu":
+        return jax.nn.gelu(x, approximate=False)
+    if name == "gelu_tanh":
+        return jax.nn.gelu(x, approximate=True)
+    if name == "relu":
+        return jax.nn.relu(x)
+    raise ValueError(f"unknown activation {name!r}")
+
+
+def _rope_angles(config: DecoderConfig, length: int) -> tuple[jax.Array, jax.Array]:
+    """cos and sin for every rope table: [tables, T, rotary_dim] in float32."""
+    positions = jnp.arange(length, dtype=jnp.float32)
+    inv_freq = jnp.asarray(np.array([t.inv_freq for t in config.rope_tables], np.float32))
+    factor = jnp.asarray(np.array([t.attention_factor for t in config.rope_tables], np.float32))
+    angles = positions[None, :, None] * inv_freq[:, None, :]
+    angles = jnp.concatenate([angles, angles], axis=-1)
+    return jnp.cos(angles) * factor[:, None, None], jnp.sin(angles) * factor[:, None, None]
+
+
+def _apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array, rotary_dim: int) -> jax.Array:
+    """Rotate-half rotary embedding on the first ``rotary_dim`` features of each head.
+
+    x: [B, T, heads, head_dim]; cos, sin: [T, rotary_dim].
+    """
+    rotated, passed = x[..., :rotary_dim], x[..., rotary_dim:]
+    half = rotary_dim // 2
+    swapped = jnp.concatenate([-rotated[..., half:], rotated[..., :half]], axis=-1)
+    rotated = rotated * cos[None, :, None, :] + swapped * sin[None, :, None, :]
+    return jnp.concatenate([rotated, passed], axis=-1) if passed.shape[-1] else rotated
+
+
+def _attention(
+    x: jax.Array,
+    layer: dict,
+    config: DecoderConfig,
+    cos: jax.Array,
+    sin: jax.Array,
+    window: jax.Array,
+) -> jax.Array:
+    batch, length, _ = x.shape
+    heads, kv_heads, head_dim = config.num_heads, config.num_kv_heads, config.head_dim
+    q = _linear(x, layer["q"]).reshape(batch, length, heads, head_dim)
+    k = _linear(x, layer["k"]).reshape(batch, length, kv_heads, head_dim)
+    v = _linear(x, layer["v"]).reshape(batch, length, kv_heads, head_dim)
+    if config.qk_norm:
+        q = _norm(q, layer["q_norm"], config)
+        k = _norm(k, layer["k_norm"], config)
+    if config.position == "rope":
+        q = _apply_rope(q, cos, sin, config.rotary_dim)
+        k = _apply_rope(k, cos, sin, config.rotary_dim)
+    group = heads // kv_heads
+    compute_dtype = layer["q"]["kernel"].dtype
+    q = q.reshape(batch, length, kv_heads, group, head_dim) * config.attn_scale
+    scores = jnp.einsum(
+        "bqhgd,bkhd->bhgqk",
+        q.astype(compute_dtype),
+        k.astype(compute_dtype),
+        preferred_element_type=jnp.float32,
+    )
+    if config.attn_logit_softcap:
+        scores = config.attn_logit_softcap * jnp.tanh(scores / config.attn_logit_softcap)
+    query_pos = jnp.arange(length)[:, None]
+    key_pos = jnp.arange(length)[None, :]
+    visible = key_pos <= query_pos
+    # A window of w lets each query see itself and the w - 1 keys before it (HF's convention).
+    visible &= (window == 0) | (key_pos > query_pos - window)
+    scores = jnp.where(visible, scores, jnp.finfo(jnp.float32).min)
+    weights = jax.nn.softmax(scores, axis=-1)
+    context = jnp.einsum(
+        "bhgqk,bkhd->bqhgd",
+        weights.astype(compute_dtype),
+        v.astype(compute_dtype),
+        preferred_element_type=jnp.float32,
+    )
+    return _linear(context.reshape(batch, length, heads * head_dim), layer["o"])
+
+
+def _mlp(x: jax.Array, layer: dict, config: DecoderConfig) -> jax.Array:
+    up = _linear(x, layer["up"])
+    if config.gated_mlp:
+        hidden = _activation(_linear(x, layer["gate"]), config.activation) * up
+    else:
+        hidden = _activation(up, config.activation)
+    return _linear(hidden, layer["down"])
+
+
+def _block(
+    x: jax.Array, layer: dict, config: DecoderConfig, cos, sin, window
+) -> jax.Array:
+    attended = _attention(_norm(x, layer["attn_norm"], config), layer, config, cos, sin, window)
+    if config.sandwich_norm:
+        attended = _norm(attended, layer["attn_post_norm"], config)
+    if config.parallel_residual:
+        return x + attended + _mlp(_norm(x, layer["mlp_norm"], config), layer, config)
+    x = x + attended
+    transformed = _mlp(_norm(x, layer["mlp_norm"], config), layer, config)
+    if config.sandwich_norm:
+        transformed = _norm(transformed, layer["mlp_post_norm"], config)
+    return x + transformed
+
+
+def embed(params: Params, tokens: jax.Array, config: DecoderConfig) -> jax.Array:
+    """Input embeddings [B, T, D] in float32 (scaled, plus learned positions if any)."""
+    table = params["embed"]
+    x = jnp.take(table, tokens, axis=0)
+    if config.embed_scale is not None:
+        # HF multiplies by the scale cast to the embedding dtype; do the same for parity.
+        x = x * jnp.asarray(config.embed_scale, table.dtype)
+    x = x.astype(jnp.float32)
+    if config.position == "learned":
+        x = x + params["positions"][: tokens.shape[1]].astype(jnp.float32)[None]
+    return x
+
+
+def hidden_states(
+    params: Params, tokens: jax.Array, config: DecoderConfig, return_layers: bool = False
+) -> tuple[jax.Array, jax.Array | None]:
+    """Run the decoder on right-padded ``tokens`` [B, T].
+
+    Returns the final-normed hidden states [B, T, D] (float32) and, when ``return_layers``,
+    the residual stream after every layer [L, B, T, D] (not normed) for the logit lens.
+    Right padding needs no mask: causal attention keeps real positions from seeing it.
+    """
+    length = tokens.shape[1]
+    x = embed(params, tokens, config)
+    if config.position == "rope":
+        cos, sin = _rope_angles(config, length)
+        rope_index = jnp.asarray(config.layer_rope, jnp.int32)
+    else:
+        cos = sin = jnp.zeros((1, length, 0), jnp.float32)
+        rope_index = jnp.zeros((config.num_layers,), jnp.int32)
+    windows = jnp.asarray(config.windows, jnp.int32)
+
+    def step(carry, scanned):
+        layer, table, window = scanned
+        out = _block(carry, layer, config, cos[table], sin[table], window)
+        return out, (out if return_layers else None)
+
+    x, layers = jax.lax.scan(step, x, (params["layers"], rope_index, windows))
+    return _norm(x, params["final_norm"], config), layers
+
+
+def unembedding(params: Params, config: DecoderConfig) -> jax.Array:
+    """The [V, D] output projection (the embedding when tied)."""
+    return params["embed"] if config.tie_embeddings else params["unembed"]

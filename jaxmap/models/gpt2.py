@@ -1,0 +1,80 @@
+"""GPT2LMHeadModel: learned positions, LayerNorm with bias, Conv1D weights already [in, out]."""
+
+from __future__ import annotations
+
+from .adapter import ConfigReader, WeightSource, finish_params, norm_params, stack_layers
+from .decoder import DecoderConfig, Params
+from .llama import activation
+
+
+def translate(reader: ConfigReader) -> DecoderConfig:
+    """Config translation for GPT-2."""
+    hidden = reader.take_first(("n_embd", "hidden_size"))
+    heads = reader.take_first(("n_head", "num_attention_heads"))
+    if reader.take("scale_attn_by_inverse_layer_idx", False):
+        raise reader.refuse("scale_attn_by_inverse_layer_idx", True)
+    # Upcasting only changes rounding in half precision; jaxmap's softmax is float32 anyway.
+    reader.take("reorder_and_upcast_attn", False)
+    scale_attention = reader.take("scale_attn_weights", True)
+    head_dim = hidden // heads
+    layers = reader.take_first(("n_layer", "num_hidden_layers"))
+    return DecoderConfig(
+        vocab_size=reader.take("vocab_size"),
+        hidden_size=hidden,
+        num_layers=layers,
+        num_heads=heads,
+        num_kv_heads=heads,
+        head_dim=head_dim,
+        intermediate_size=reader.take("n_inner", 4 * hidden),
+        max_positions=reader.take_first(("n_positions", "max_position_embeddings")),
+        norm="layer",
+        norm_eps=reader.take("layer_norm_epsilon", 1e-5),
+        activation=activation(reader, "activation_function"),
+        gated_mlp=False,
+        position="learned",
+        attn_scale=head_dim**-0.5 if scale_attention else 1.0,
+        tie_embeddings=reader.take("tie_word_embeddings", True),
+        rope_tables=(),
+        layer_rope=(),
+    )
+
+
+def _conv1d(weights: WeightSource, name: str, dtype, columns: slice | None = None) -> dict:
+    kernel = weights(f"{name}.weight", dtype)
+    bias = weights(f"{name}.bias")
+    if columns is not None:
+        kernel, bias = kernel[:, columns], bias[columns]
+    return {"kernel": kernel, "bias": bias}
+
+
+def convert(weights: WeightSource, config: DecoderConfig, dtype) -> Params:
+    """Map ``transformer.h.{i}.attn.c_attn`` etc. (prefix optional) onto the decoder's params."""
+    root = "transformer." if "transformer.wte.weight" in weights else ""
+    width = config.hidden_size
+    layers = []
+    for i in range(config.num_layers):
+        prefix = f"{root}h.{i}"
+        qkv = f"{prefix}.attn.c_attn"
+        layers.append(
+            {
+                "attn_norm": norm_params(weights, f"{prefix}.ln_1", True),
+                "mlp_norm": norm_params(weights, f"{prefix}.ln_2", True),
+                "q": _conv1d(weights, qkv, dtype, slice(0, width)),
+                "k": _conv1d(weights, qkv, dtype, slice(width, 2 * width)),
+                "v": _conv1d(weights, qkv, dtype, slice(2 * width, 3 * width)),
+                "o": _conv1d(weights, f"{prefix}.attn.c_proj", dtype),
+                "up": _conv1d(weights, f"{prefix}.mlp.c_fc", dtype),
+                "down": _conv1d(weights, f"{prefix}.mlp.c_proj", dtype),
+            }
+        )
+    params = {
+        "embed": weights(f"{root}wte.weight", dtype),
+        "positions": weights(f"{root}wpe.weight", dtype),
+        "final_norm": norm_params(weights, f"{root}ln_f", True),
+        "layers": stack_layers(layers),
+    }
+    if not config.tie_embeddings:
+        params["unembed"] = weights("lm_head.weight", dtype)
+    # Old checkpoints carry the causal-mask buffers as tensors.
+    weights.check_all_used((r"(transformer\.)?h\.\d+\.attn\.(masked_)?bias", r"lm_head\.weight"))
+    return finish_params(params, config)

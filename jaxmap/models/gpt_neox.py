@@ -1,0 +1,101 @@
+"""GPTNeoXForCausalLM: partial rotary, fused per-head q/k/v, parallel or sequential residual."""
+
+from __future__ import annotations
+
+from .adapter import (
+    ConfigReader,
+    WeightSource,
+    finish_params,
+    norm_params,
+    read_rope_parameters,
+    rope_table,
+    stack_layers,
+    torch_linear,
+)
+from .decoder import DecoderConfig, Params
+from .llama import activation
+
+
+def translate(reader: ConfigReader) -> DecoderConfig:
+    """Config translation for GPT-NeoX (Pythia and friends)."""
+    hidden = reader.take("hidden_size")
+    heads = reader.take("num_attention_heads")
+    layers = reader.take("num_hidden_layers")
+    head_dim = hidden // heads
+    max_positions = reader.take("max_position_embeddings")
+    if reader.has("rope_parameters"):
+        rope = read_rope_parameters(reader)
+    else:
+        # transformers v4 spelling.
+        rope = dict(reader.take("rope_scaling", {}))
+        rope["rope_theta"] = reader.take("rotary_emb_base", 10000.0)
+        rope["partial_rotary_factor"] = reader.take("rotary_pct", 0.25)
+    rotary_dim = int(head_dim * rope.pop("partial_rotary_factor", 1.0))
+    table, max_positions = rope_table(rope, rotary_dim, max_positions, reader.architecture)
+    reader.take("attention_bias", True)
+    return DecoderConfig(
+        vocab_size=reader.take("vocab_size"),
+        hidden_size=hidden,
+        num_layers=layers,
+        num_heads=heads,
+        num_kv_heads=heads,
+        head_dim=head_dim,
+        intermediate_size=reader.take("intermediate_size"),
+        max_positions=max_positions,
+        norm="layer",
+        norm_eps=reader.take("layer_norm_eps", 1e-5),
+        activation=activation(reader, "hidden_act"),
+        gated_mlp=False,
+        position="rope",
+        attn_scale=head_dim**-0.5,
+        tie_embeddings=reader.take("tie_word_embeddings", False),
+        rotary_dim=rotary_dim,
+        rope_tables=(table,),
+        layer_rope=(0,) * layers,
+        parallel_residual=reader.take("use_parallel_residual", True),
+    )
+
+
+def _split_fused_qkv(weights: WeightSource, name: str, config: DecoderConfig, dtype) -> dict:
+    # Rows are grouped per head as [q | k | v], each head_dim wide.
+    heads, head_dim, width = config.num_heads, config.head_dim, config.hidden_size
+    fused = torch_linear(weights, name, dtype)
+    kernel = fused["kernel"].reshape(width, heads, 3, head_dim)
+    bias = fused.get("bias")
+    out = {}
+    for index, part in enumerate("qkv"):
+        out[part] = {"kernel": kernel[:, :, index, :].reshape(width, heads * head_dim)}
+        if bias is not None:
+            out[part]["bias"] = bias.reshape(heads, 3, head_dim)[:, index, :].reshape(-1)
+    return out
+
+
+def convert(weights: WeightSource, config: DecoderConfig, dtype) -> Params:
+    """Map ``gpt_neox.layers.{i}.attention.query_key_value`` etc. onto the decoder's params."""
+    layers = []
+    for i in range(config.num_layers):
+        prefix = f"gpt_neox.layers.{i}"
+        layers.append(
+            {
+                "attn_norm": norm_params(weights, f"{prefix}.input_layernorm", True),
+                "mlp_norm": norm_params(weights, f"{prefix}.post_attention_layernorm", True),
+                **_split_fused_qkv(weights, f"{prefix}.attention.query_key_value", config, dtype),
+                "o": torch_linear(weights, f"{prefix}.attention.dense", dtype),
+                "up": torch_linear(weights, f"{prefix}.mlp.dense_h_to_4h", dtype),
+                "down": torch_linear(weights, f"{prefix}.mlp.dense_4h_to_h", dtype),
+            }
+        )
+    params = {
+        "embed": weights("gpt_neox.embed_in.weight", dtype),
+        "final_norm": norm_params(weights, "gpt_neox.final_layer_norm", True),
+        "layers": stack_layers(layers),
+    }
+    if not config.tie_embeddings:
+        params["unembed"] = weights("embed_out.weight", dtype)
+    weights.check_all_used(
+        (
+            r"gpt_neox\.layers\.\d+\.attention\.(bias|masked_bias|rotary_emb\.inv_freq)",
+            r"embed_out\.weight",
+        )
+    )
+    return finish_params(params, config)

@@ -1,0 +1,137 @@
+"""LlamaForCausalLM, MistralForCausalLM and Qwen2ForCausalLM: one weight map, three configs.
+
+They differ only in config: Mistral adds a sliding window on every layer, Qwen2 adds q/k/v
+biases (read from the checkpoint) and optional per-layer sliding windows.
+"""
+
+from __future__ import annotations
+
+from .adapter import (
+    ConfigReader,
+    UnsupportedModelError,
+    WeightSource,
+    finish_params,
+    norm_params,
+    read_rope_parameters,
+    rope_table,
+    stack_layers,
+    torch_linear,
+)
+from .decoder import DecoderConfig, Params
+
+ACTIVATIONS = {
+    "silu": "silu",
+    "swish": "silu",
+    "gelu": "gelu",
+    "gelu_new": "gelu_tanh",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "relu": "relu",
+}
+
+
+def activation(reader: ConfigReader, *names: str) -> str:
+    """Map an HF activation name onto the decoder's, refusing ones it lacks."""
+    name = reader.take_first(names)
+    if name not in ACTIVATIONS:
+        raise reader.refuse(names[0], name, f"jaxmap implements {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
+def _layer_windows(reader: ConfigReader, layers: int, always_sliding: bool) -> tuple[int, ...]:
+    window = reader.take("sliding_window", 0) or 0
+    layer_types = reader.take("layer_types", None)
+    if reader.architecture == "Qwen2ForCausalLM":
+        use_sliding = reader.take("use_sliding_window", False)
+        first_sliding = reader.take("max_window_layers", layers)
+        if layer_types is None:
+            layer_types = [
+                "sliding_attention" if use_sliding and i >= first_sliding else "full_attention"
+                for i in range(layers)
+            ]
+    if layer_types is None:
+        layer_types = ["sliding_attention" if always_sliding else "full_attention"] * layers
+    if len(layer_types) != layers:
+        raise reader.refuse("layer_types", layer_types, f"needs {layers} entries")
+    windows = []
+    for kind in layer_types:
+        if kind == "full_attention":
+            windows.append(0)
+        elif kind == "sliding_attention":
+            windows.append(int(window))
+        else:
+            raise reader.refuse("layer_types", kind, "unknown layer type")
+    return tuple(windows)
+
+
+def translate(reader: ConfigReader) -> DecoderConfig:
+    """Config translation for the Llama family (Llama, Mistral, Qwen2)."""
+    hidden = reader.take("hidden_size")
+    heads = reader.take("num_attention_heads")
+    layers = reader.take("num_hidden_layers")
+    head_dim = reader.take("head_dim", hidden // heads)
+    max_positions = reader.take("max_position_embeddings")
+    rope = read_rope_parameters(reader)
+    rotary_dim = int(head_dim * rope.pop("partial_rotary_factor", 1.0))
+    table, max_positions = rope_table(rope, rotary_dim, max_positions, reader.architecture)
+    # Biases are taken from the checkpoint; these flags only say whether to expect them.
+    reader.take("attention_bias", False)
+    reader.take("mlp_bias", False)
+    config = DecoderConfig(
+        vocab_size=reader.take("vocab_size"),
+        hidden_size=hidden,
+        num_layers=layers,
+        num_heads=heads,
+        num_kv_heads=reader.take("num_key_value_heads", heads),
+        head_dim=head_dim,
+        intermediate_size=reader.take("intermediate_size"),
+        max_positions=max_positions,
+        norm="rms",
+        norm_eps=reader.take("rms_norm_eps"),
+        activation=activation(reader, "hidden_act"),
+        gated_mlp=True,
+        position="rope",
+        attn_scale=head_dim**-0.5,
+        tie_embeddings=reader.take("tie_word_embeddings", False),
+        rotary_dim=rotary_dim,
+        rope_tables=(table,),
+        layer_rope=(0,) * layers,
+        layer_window=_layer_windows(
+            reader, layers, always_sliding=reader.architecture == "MistralForCausalLM"
+        ),
+    )
+    return config
+
+
+def convert(weights: WeightSource, config: DecoderConfig, dtype) -> Params:
+    """Map ``model.layers.{i}.self_attn.q_proj`` etc. onto the decoder's params."""
+    layers = []
+    for i in range(config.num_layers):
+        prefix = f"model.layers.{i}"
+        layers.append(
+            {
+                "attn_norm": norm_params(weights, f"{prefix}.input_layernorm", False),
+                "mlp_norm": norm_params(weights, f"{prefix}.post_attention_layernorm", False),
+                **{
+                    name: torch_linear(weights, f"{prefix}.self_attn.{name}_proj", dtype)
+                    for name in ("q", "k", "v", "o")
+                },
+                **{
+                    name: torch_linear(weights, f"{prefix}.mlp.{name}_proj", dtype)
+                    for name in ("gate", "up", "down")
+                },
+            }
+        )
+    params = {
+        "embed": weights("model.embed_tokens.weight", dtype),
+        "final_norm": norm_params(weights, "model.norm", False),
+        "layers": stack_layers(layers),
+    }
+    if not config.tie_embeddings:
+        params["unembed"] = weights("lm_head.weight", dtype)
+    weights.check_all_used(IGNORABLE_TENSORS)
+    return finish_params(params, config)
+
+
+IGNORABLE_TENSORS = (r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq", r"lm_head\.weight")
+
+__all__ = ["translate", "convert", "activation", "UnsupportedModelError"]

@@ -1,0 +1,117 @@
+"""Tokenization under a BOS policy, done once per tokenizer and cached on disk.
+
+Policies (DESIGN.md §1):
+
+* ``full`` (default): the start token (BOS, else the EOS/document separator) followed by the
+  text's tokens without special tokens; every text token is scored, so ℓ is the probability of
+  the whole string and comparable across tokenizers.
+* ``paper``: ``tokenizer.encode(text)`` with the tokenizer's default special tokens, as the
+  1,000-model paper's code did; its first token is never scored.
+
+Either way a text becomes one id sequence whose first entry is context only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .texts import TextSet
+
+POLICIES = ("full", "paper")
+
+
+@dataclass(frozen=True)
+class TokenizedTexts:
+    """Token ids of every text, concatenated; text i is ``flat[offsets[i]:offsets[i+1]]``."""
+
+    flat: np.ndarray
+    offsets: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        return self.flat[self.offsets[index] : self.offsets[index + 1]]
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    @classmethod
+    def from_sequences(cls, sequences: list[list[int]]) -> "TokenizedTexts":
+        offsets = np.zeros(len(sequences) + 1, np.int64)
+        np.cumsum([len(s) for s in sequences], out=offsets[1:])
+        flat = np.fromiter((t for s in sequences for t in s), np.int32, count=int(offsets[-1]))
+        return cls(flat, offsets)
+
+
+def load_tokenizer(directory: str | Path):
+    """The fast tokenizer saved in an HF-layout directory."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(directory))
+
+
+def start_token(tokenizer) -> int:
+    """The token the ``full`` policy puts before every text."""
+    for token_id in (tokenizer.bos_token_id, tokenizer.eos_token_id):
+        if token_id is not None:
+            return int(token_id)
+    raise ValueError(
+        f"tokenizer {tokenizer.name_or_path!r} has neither a BOS nor an EOS token; "
+        "use --bos-policy paper"
+    )
+
+
+def tokenizer_fingerprint(tokenizer, policy: str) -> str:
+    """Hash of everything that decides the ids: the backend's full state, specials, policy."""
+    state = {
+        "backend": tokenizer.backend_tokenizer.to_str(),
+        "bos": tokenizer.bos_token_id,
+        "eos": tokenizer.eos_token_id,
+        "add_bos": getattr(tokenizer, "add_bos_token", None),
+        "add_eos": getattr(tokenizer, "add_eos_token", None),
+        "policy": policy,
+    }
+    return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def tokenize(texts: TextSet, tokenizer, policy: str = "full") -> TokenizedTexts:
+    """Token ids for every text under ``policy`` (see the module docstring)."""
+    if policy not in POLICIES:
+        raise ValueError(f"unknown BOS policy {policy!r}; choose one of {POLICIES}")
+    if policy == "paper":
+        encoded = tokenizer(list(texts.texts), add_special_tokens=True)["input_ids"]
+        return TokenizedTexts.from_sequences(encoded)
+    start = start_token(tokenizer)
+    encoded = tokenizer(list(texts.texts), add_special_tokens=False)["input_ids"]
+    return TokenizedTexts.from_sequences([[start, *ids] for ids in encoded])
+
+
+def cached_tokenize(
+    texts: TextSet, tokenizer, policy: str, cache_dir: str | Path | None
+) -> tuple[TokenizedTexts, str]:
+    """:func:`tokenize`, reusing ``cache_dir/<tokenizer>-<texts>.npz`` when present.
+
+    Returns the tokens and the tokenizer fingerprint (models sharing it share the cache file).
+    """
+    fingerprint = tokenizer_fingerprint(tokenizer, policy)
+    if cache_dir is None:
+        return tokenize(texts, tokenizer, policy), fingerprint
+    cache_dir = Path(cache_dir)
+    path = cache_dir / f"{fingerprint}-{texts.fingerprint[:20]}.npz"
+    if path.exists():
+        with np.load(path) as data:
+            return TokenizedTexts(data["flat"], data["offsets"]), fingerprint
+    tokens = tokenize(texts, tokenizer, policy)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.npz")
+    np.savez(temporary, flat=tokens.flat, offsets=tokens.offsets)
+    os.replace(temporary, path)
+    return tokens, fingerprint

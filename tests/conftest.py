@@ -1,0 +1,139 @@
+"""Shared fixtures: tiny tokenizers, random Hugging Face models saved with save_pretrained, and
+the transformers (PyTorch, CPU, float32) reference log-likelihoods they are checked against."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import numpy as np
+import pytest
+
+CORPUS = [
+    "The quick brown fox jumps over the lazy dog. " * 3,
+    "Language models assign probabilities to text; maps of models compare them.",
+    "Ünïcödé façade, naïve café, 東京 and Zürich — plus emoji 🙂 and maths ∑ x².",
+    "def add(a, b):\n    return a + b\n\nprint(add(2, 3))\n",
+    "In the beginning was the Word, and the Word was with God.",
+    "Call me Ishmael. Some years ago, never mind how long precisely.",
+]
+
+TEXTS = [
+    "Hello world.",
+    "",
+    "A",
+    "Ünïcödé façade — 東京 🙂 naïve café.",
+    "The quick brown fox jumps over the lazy dog. " * 6,
+    "def add(a, b):\n    return a + b\n" * 4,
+    "Call me Ishmael. Some years ago, never mind how long precisely, having little money.",
+    "short",
+    "Language models assign probabilities to text. " * 12,
+]
+
+
+def build_tokenizer(directory: Path, adds_bos: bool, vocab_size: int = 300):
+    """A byte-level BPE tokenizer trained on CORPUS, saved as an HF fast tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tokenizer.train_from_iterator(CORPUS, trainer)
+    if adds_bos:
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single="<s> $A", special_tokens=[("<s>", tokenizer.token_to_id("<s>"))]
+        )
+        fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>")
+    else:
+        fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="</s>")
+    fast.save_pretrained(directory)
+    return fast
+
+
+def randomize(model, seed: int, norm_center: float = 1.0) -> None:
+    """Give every weight a distinctive random value so parity checks are sensitive.
+
+    HF's default init makes near-uniform predictions, which would hide most port errors.
+    """
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, tensor in model.named_parameters():
+            noise = torch.randn(tensor.shape, generator=generator)
+            if "norm" in name or name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight")):
+                center = norm_center if name.endswith("weight") else 0.0
+                tensor.copy_(center + 0.2 * noise)
+            elif name.endswith("bias"):
+                tensor.copy_(0.2 * noise)
+            else:
+                tensor.copy_(noise * (1.5 / tensor.shape[-1] ** 0.5))
+
+
+def save_random_model(
+    directory: Path, config, seed: int = 0, adds_bos: bool = True, norm_center: float = 1.0
+) -> Path:
+    """Build a random transformers model from ``config``, save it with a tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(directory, adds_bos)
+    config.vocab_size = max(config.vocab_size, len(tokenizer))
+    if adds_bos:
+        config.bos_token_id = tokenizer.bos_token_id
+    config.eos_token_id = tokenizer.eos_token_id
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    randomize(model, seed, norm_center)
+    model.save_pretrained(directory, safe_serialization=True)
+    return directory
+
+
+def reference_loglik(directory: Path, texts: list[str], policy: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per-text log-likelihood and scored-token count from transformers, one text at a time."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
+    n_ctx = getattr(model.config, "max_position_embeddings", None) or model.config.n_positions
+    logliks, counts = [], []
+    for text in texts:
+        if policy == "paper":
+            ids = tokenizer.encode(text)
+        else:
+            start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+            ids = [start] + tokenizer.encode(text, add_special_tokens=False)
+        ids = ids[:n_ctx]
+        if len(ids) < 2:
+            logliks.append(0.0)
+            counts.append(0)
+            continue
+        with torch.no_grad():
+            logits = model(torch.tensor([ids])).logits[0].double()
+        logprobs = torch.log_softmax(logits[:-1], dim=-1)
+        picked = logprobs.gather(1, torch.tensor(ids[1:])[:, None])[:, 0]
+        logliks.append(float(picked.sum()))
+        counts.append(len(ids) - 1)
+    return np.array(logliks), np.array(counts)
+
+
+@pytest.fixture(scope="session")
+def text_file(tmp_path_factory) -> Path:
+    import json
+
+    path = tmp_path_factory.mktemp("texts") / "texts.jsonl"
+    with open(path, "w", encoding="utf-8") as handle:
+        for i, text in enumerate(TEXTS):
+            handle.write(json.dumps({"id": f"t{i}", "text": text, "source": "test"}) + "\n")
+    return path
