@@ -1,0 +1,54 @@
+"""Two-dimensional maps of the model coordinates: t-SNE (the papers' default), PCA, MDS."""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+
+import numpy as np
+from sklearn.decomposition import PCA
+from sklearn.manifold import MDS, TSNE
+
+from ._arrays import AnalysisError, float64_matrix, require_finite
+from .geometry import squared_distances
+
+PROJECTIONS = ("tsne", "pca", "mds")
+
+
+def effective_perplexity(n_models: int, perplexity: float) -> float:
+    """``perplexity``, lowered to (K − 1)/3 for small K, the largest the t-SNE kernel supports."""
+    return float(min(perplexity, max((n_models - 1) / 3.0, 1.0)))
+
+
+def project(Q, method: str = "tsne", *, seed: int = 0, perplexity: float = 30.0) -> np.ndarray:
+    """K×2 map coordinates of the rows of Q.
+
+    ``"tsne"``: the papers' settings (perplexity 30, PCA initialisation, squared-Euclidean
+    distances between rows of Q). ``"pca"``: the first two principal components.
+    ``"mds"``: metric MDS (SMACOF) on the Euclidean distances ‖q_i − q_j‖, started from
+    classical MDS. Small K lowers the perplexity (see :func:`effective_perplexity`) with a warning.
+    """
+    if method not in PROJECTIONS:
+        raise AnalysisError(f"unknown projection {method!r}; choose one of {', '.join(PROJECTIONS)}")
+    Q = float64_matrix(Q, "Q")
+    require_finite(Q, "Q")
+    n_models = Q.shape[0]
+    if n_models < 3:
+        raise AnalysisError(f"a map needs at least 3 models, got {n_models}")
+    if method == "pca":
+        return PCA(n_components=2, random_state=seed).fit_transform(Q)
+    if method == "tsne":
+        used = effective_perplexity(n_models, perplexity)
+        if used < perplexity:
+            warnings.warn(f"t-SNE perplexity lowered from {perplexity:g} to {used:g} for {n_models} models", stacklevel=2)
+        tsne = TSNE(
+            n_components=2, perplexity=used, init="pca", metric="sqeuclidean", random_state=seed
+        )
+        return tsne.fit_transform(Q)
+    distances = np.sqrt(squared_distances(Q))
+    # scikit-learn 1.8 renamed MDS's options ("dissimilarity" became "metric").
+    if "metric_mds" in inspect.signature(MDS).parameters:
+        mds = MDS(n_components=2, metric="precomputed", init="classical_mds", random_state=seed)
+    else:
+        mds = MDS(n_components=2, dissimilarity="precomputed", n_init=4, random_state=seed)
+    return mds.fit_transform(distances)
