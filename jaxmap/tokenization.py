@@ -52,7 +52,17 @@ class TokenizedTexts:
 
 
 def load_tokenizer(directory: str | Path):
-    """The fast tokenizer saved in an HF-layout directory."""
+    """The fast tokenizer saved in an HF-layout directory.
+
+    With a ``tokenizer.json`` this uses the generic fast tokenizer, whose import does not pull
+    in torch (``AutoTokenizer`` does). Directories with only slow-tokenizer files go through
+    ``AutoTokenizer``, which converts them.
+    """
+    directory = Path(directory)
+    if (directory / "tokenizer.json").exists():
+        from transformers.tokenization_utils_tokenizers import PreTrainedTokenizerFast
+
+        return PreTrainedTokenizerFast.from_pretrained(str(directory))
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(directory))

@@ -137,3 +137,19 @@ def text_file(tmp_path_factory) -> Path:
         for i, text in enumerate(TEXTS):
             handle.write(json.dumps({"id": f"t{i}", "text": text, "source": "test"}) + "\n")
     return path
+
+
+def tiny_llama_config(**overrides):
+    import transformers
+
+    return transformers.LlamaConfig(
+        hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=300, max_position_embeddings=256, **overrides,
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> list[Path]:
+    """Four random Llama models of one shape (different seeds), saved with save_pretrained."""
+    root = tmp_path_factory.mktemp("models")
+    return [save_random_model(root / f"tiny-{seed}", tiny_llama_config(), seed=seed) for seed in range(4)]

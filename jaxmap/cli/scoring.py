@@ -1,0 +1,134 @@
+"""``jaxmap score``, ``jaxmap info`` and ``jaxmap chunk``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def register(subparsers) -> None:
+    from ..engine import DEFAULT_BATCH_TOKENS, DEFAULT_DTYPE
+
+    score = subparsers.add_parser(
+        "score",
+        help="score models on a text set into an HDF5 store",
+        description=(
+            "Score every MODEL on every text and append one row per model to the store. "
+            "MODEL is a local HF directory, a hub id org/name[@revision], a .gguf file, a "
+            "packaged model name, or a .txt/.yaml file listing models. Models already in the "
+            "store are skipped, so re-running a killed job computes only what is missing."
+        ),
+    )
+    score.add_argument("models", nargs="+", metavar="MODEL")
+    score.add_argument("--texts", required=True, help="JSONL text set (a 'text' field per line)")
+    score.add_argument("--out", required=True, help="HDF5 store to create or extend")
+    score.add_argument(
+        "--dtype", default=DEFAULT_DTYPE, choices=["float32", "bfloat16", "float16"],
+        help="weight/matmul dtype; accumulation and softmax stay float32 (default: %(default)s)",
+    )
+    score.add_argument(
+        "--bos-policy", default="full", choices=["full", "paper"],
+        help="full: start token + every text token scored; paper: the 1,000-model paper's rule "
+        "(default: %(default)s)",
+    )
+    score.add_argument(
+        "--batch-tokens", type=int, default=DEFAULT_BATCH_TOKENS,
+        help="padded tokens per batch (default: %(default)s)",
+    )
+    score.add_argument("--cache-dir", help="cache for converted GGUF weights (default: ~/.cache/jaxmap)")
+    score.add_argument("--quiet", action="store_true", help="no progress bars")
+    score.set_defaults(func=run_score)
+
+    info = subparsers.add_parser("info", help="summarise a store")
+    info.add_argument("store")
+    info.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    info.set_defaults(func=run_info)
+
+    chunk = subparsers.add_parser(
+        "chunk",
+        help="cut raw documents into a JSONL text set (the paper's rule)",
+        description="UTF-8-safe chunks of at most --max-bytes bytes; only chunks over "
+        "--min-bytes bytes are kept. Each input file is one document.",
+    )
+    chunk.add_argument("documents", nargs="+", help="text files, one document each")
+    chunk.add_argument("--out", required=True, help="JSONL file to write")
+    chunk.add_argument("--max-bytes", type=int, default=1024)
+    chunk.add_argument("--min-bytes", type=int, default=256)
+    chunk.set_defaults(func=run_chunk)
+
+
+def run_score(args: argparse.Namespace) -> int:
+    from ..engine import score
+
+    store = score(
+        args.models, args.texts, out=args.out, dtype=args.dtype, bos_policy=args.bos_policy,
+        batch_tokens=args.batch_tokens, progress=not args.quiet, cache_dir=args.cache_dir,
+    )
+    print(f"{store.path}: {len(store.models)} model(s) × {len(store.text_ids)} texts")
+    return 0
+
+
+def run_info(args: argparse.Namespace) -> int:
+    from ..store import open_store
+
+    store = open_store(args.store)
+    rows = []
+    for index, (model, meta) in enumerate(zip(store.models, store.model_meta)):
+        rows.append(
+            {
+                "model": model,
+                "architecture": meta.get("architecture"),
+                "dtype": meta.get("dtype"),
+                "bos_policy": meta.get("bos_policy"),
+                "revision": meta.get("revision"),
+                "mean_loglik": float(store.loglik[index].mean()),
+                "scored_tokens": int(store.ntokens[index].sum()),
+                "truncated_texts": int(store.truncated[index].sum()),
+                "tokens_per_second": meta.get("tokens_per_second"),
+            }
+        )
+    if args.json:
+        json.dump(
+            {"path": str(store.path), "texts": len(store.text_ids),
+             "text_fingerprint": store.text_fingerprint, "models": rows},
+            sys.stdout, indent=2,
+        )
+        print()
+        return 0
+    print(f"store      {store.path}")
+    print(f"texts      {len(store.text_ids)} (fingerprint {store.text_fingerprint[:16]}, "
+          f"mean {np.mean(store.text_bytes):.0f} bytes)")
+    print(f"models     {len(store.models)}")
+    for row in rows:
+        speed = row["tokens_per_second"]
+        print(
+            f"  {row['model']}  [{row['architecture']}, {row['dtype']}, {row['bos_policy']}]  "
+            f"mean ℓ {row['mean_loglik']:.2f} nats, {row['scored_tokens']} tokens, "
+            f"{row['truncated_texts']} truncated"
+            + (f", {speed:.0f} tok/s" if speed else "")
+        )
+    return 0
+
+
+def run_chunk(args: argparse.Namespace) -> int:
+    from ..texts import chunk_document
+
+    count = 0
+    with open(args.out, "w", encoding="utf-8") as handle:
+        for path in args.documents:
+            try:
+                document = Path(path).read_text(encoding="utf-8")
+            except UnicodeDecodeError as error:
+                raise ValueError(f"{path}: not UTF-8 text ({error.reason})") from None
+            for piece, text in enumerate(
+                chunk_document(document, max_bytes=args.max_bytes, min_bytes=args.min_bytes)
+            ):
+                record = {"id": f"{Path(path).name}:{piece}", "text": text, "source": str(path)}
+                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+                count += 1
+    print(f"{args.out}: {count} chunks")
+    return 0
