@@ -130,7 +130,7 @@ def resolve(reference: str, cache_dir: str | Path | None = None) -> Checkpoint:
             raise CheckpointError(f"{reference}: no such GGUF file")
         directory = convert_gguf(gguf_path, cache_dir=cache_dir)
         source = json.loads((directory / "jaxmap_source.json").read_text())
-        return _local(reference, directory, "gguf", revision=f"gguf-sha256:{source['sha256']}")
+        return _local(reference, directory, "gguf", revision=f"gguf:{source['cache_key']}")
     if path.exists():
         raise CheckpointError(f"{reference}: not a model directory or .gguf file")
     if _HUB_ID.match(reference):

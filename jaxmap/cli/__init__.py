@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from .._version import __version__
-from . import analysis, scoring
+from . import analysis, demo, scoring
 
 PEOPLE_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, RuntimeError, KeyError)
 
@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"jaxmap {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (scoring, analysis):
+    for module in (scoring, analysis, demo):
         module.register(subparsers)
     return parser
 

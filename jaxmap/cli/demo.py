@@ -1,0 +1,30 @@
+"""``jaxmap demo``: the README's main job."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+    from ..demo import DEFAULT_TEXTS
+
+    demo = subparsers.add_parser(
+        "demo",
+        help="map the packaged real models on the built-in text set (offline)",
+        description="Score every installed packaged model (see scripts/install.sh) on the "
+        "built-in demo texts; write the store, KL table, neighbours, map and a report.",
+    )
+    demo.add_argument("--out", default="jaxmap-demo", help="output directory (default: %(default)s)")
+    demo.add_argument("--texts", type=int, default=DEFAULT_TEXTS, help="number of demo texts (default: %(default)s)")
+    demo.add_argument("--models", nargs="+", help="model references (default: every installed packaged model)")
+    demo.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    demo.add_argument("--seed", type=int, default=0, help="seed of the text sample (default: %(default)s)")
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    demo.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..demo import run_demo
+
+    run_demo(args.out, n_texts=args.texts, models=args.models, dtype=args.dtype, seed=args.seed, progress=not args.quiet)
+    return 0
