@@ -2,14 +2,17 @@
 
 Every function takes numpy or JAX arrays and returns numpy float64; the linear algebra runs in
 jitted JAX with float64 enabled locally (see :mod:`jaxmap.analysis.geometry`).
+
+The scikit-learn and matplotlib parts (prediction, projection, plots) load on first use, so
+that ``import jaxmap`` stays quick.
 """
+
+import importlib
 
 from ._arrays import AnalysisError
 from .geometry import clip, double_center, kl_matrix, nearest_neighbors, squared_distances
 from .inputs import InputError, LoglikMatrix, load_loglik
 from .outliers import TextOutliers, text_outliers
-from .prediction import PredictionResult, predict_scores
-from .projection import project
 from .resampling import (
     ResamplingCurve,
     expected_distance_bias,
@@ -20,6 +23,22 @@ from .resampling import (
     sampling_probabilities,
 )
 from .subset import MapInfo, Subset, read_subset, write_subset
+
+_LAZY = {
+    "PredictionResult": ".prediction",
+    "predict_scores": ".prediction",
+    "project": ".projection",
+    "plot_map": ".plots",
+    "map_html": ".plots",
+    "plot_resampling_curve": ".plots",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "AnalysisError",
@@ -35,8 +54,11 @@ __all__ = [
     "expected_distance_bias",
     "kl_matrix",
     "load_loglik",
+    "map_html",
     "nearest_neighbors",
     "place_models",
+    "plot_map",
+    "plot_resampling_curve",
     "predict_scores",
     "project",
     "read_subset",

@@ -13,7 +13,9 @@ def float64_matrix(values, name: str = "L") -> np.ndarray:
     """``values`` (numpy or JAX) as a 2-D float64 numpy array, copied only if needed."""
     matrix = np.asarray(values, dtype=np.float64)
     if matrix.ndim != 2:
-        raise AnalysisError(f"{name} must be a 2-D matrix (models × texts), got shape {matrix.shape}")
+        raise AnalysisError(
+            f"{name} must be a 2-D matrix (models × texts), got shape {matrix.shape}"
+        )
     if 0 in matrix.shape:
         raise AnalysisError(f"{name} is empty (shape {matrix.shape})")
     return matrix

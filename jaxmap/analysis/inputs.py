@@ -58,7 +58,9 @@ def _default_names(count: int) -> list[str]:
 def _checked(path: Path, matrix) -> np.ndarray:
     matrix = np.asarray(matrix)
     if matrix.ndim != 2:
-        raise InputError(f"{path}: expected a 2-D matrix (models × texts), got shape {matrix.shape}")
+        raise InputError(
+            f"{path}: expected a 2-D matrix (models × texts), got shape {matrix.shape}"
+        )
     if not (np.issubdtype(matrix.dtype, np.floating) or np.issubdtype(matrix.dtype, np.integer)):
         raise InputError(f"{path}: expected numbers, got dtype {matrix.dtype}")
     if matrix.shape[0] < 2 or matrix.shape[1] < 2:
@@ -90,7 +92,9 @@ def _load_plain_h5(path: Path, handle: h5py.File) -> LoglikMatrix:
     loglik = _checked(path, handle[name][...])
     models = _default_names(loglik.shape[0])
     if "models" in handle and isinstance(handle["models"], h5py.Dataset):
-        stored = [m.decode("utf-8") if isinstance(m, bytes) else str(m) for m in handle["models"][...]]
+        stored = [
+            m.decode("utf-8") if isinstance(m, bytes) else str(m) for m in handle["models"][...]
+        ]
         if len(stored) != loglik.shape[0]:
             raise InputError(f"{path}: {len(stored)} model names for {loglik.shape[0]} rows")
         models = stored
@@ -129,7 +133,9 @@ def load_loglik(path: str | Path) -> LoglikMatrix:
         except StoreError as error:
             raise InputError(str(error)) from None
         if len(store.models) < 2:
-            raise InputError(f"{path}: the store has {len(store.models)} models; a map needs at least 2")
+            raise InputError(
+                f"{path}: the store has {len(store.models)} models; a map needs at least 2"
+            )
         return LoglikMatrix(
             source=path,
             loglik=_checked(path, store.loglik),
@@ -139,4 +145,6 @@ def load_loglik(path: str | Path) -> LoglikMatrix:
             text_bytes=np.asarray(store.text_bytes),
             text_fingerprint=store.text_fingerprint,
         )
-    raise InputError(f"{path}: unsupported file type {suffix or '(none)'}; expected a store (.h5), .npy or .hdf5")
+    raise InputError(
+        f"{path}: unsupported file type {suffix or '(none)'}; expected a store (.h5), .npy or .hdf5"
+    )

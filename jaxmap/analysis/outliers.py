@@ -32,7 +32,7 @@ class TextOutliers:
 
 
 def text_outliers(L, model: int, *, neighbors: int = 10) -> TextOutliers:
-    """Residuals of model ``model`` (a row of the K×N ``L``) against its ``neighbors`` nearest models."""
+    """Residuals of row ``model`` of the K×N ``L`` against its ``neighbors`` nearest models."""
     L = float64_matrix(L)
     require_finite(L)
     n_models = L.shape[0]

@@ -14,8 +14,9 @@ from typing import Sequence
 
 import numpy as np
 from matplotlib import colormaps
-from matplotlib.colors import Normalize, to_hex
+from matplotlib.colors import LogNorm, Normalize, to_hex
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from ._arrays import AnalysisError
 from .resampling import ResamplingCurve
@@ -30,7 +31,7 @@ _GREY = "#b0b0b0"
 class _Coloring:
     point_colors: list[str]
     legend: list[tuple[str, str]]  # (label, colour) for categories
-    value_range: tuple[float, float] | None  # for a numeric colour bar
+    norm: Normalize | None  # for a numeric colour bar
     point_labels: list[str]  # the value shown for each point
 
 
@@ -50,13 +51,22 @@ def _coloring(values: Sequence | None, count: int) -> _Coloring:
     missing = [v is None or (isinstance(v, str) and not v.strip()) for v in values]
     numbers = [None if gone else _parse_number(v) for v, gone in zip(values, missing)]
     present = [n for n, gone in zip(numbers, missing) if not gone]
-    if present and all(n is not None for n in present) and len(set(present)) >= _NUMERIC_MIN_DISTINCT:
+    if (
+        present
+        and all(n is not None for n in present)
+        and len(set(present)) >= _NUMERIC_MIN_DISTINCT
+    ):
         low, high = min(present), max(present)
-        norm = Normalize(low, high if high > low else low + 1)
+        # Positive values spanning decades (parameters, tokens seen) read better on a log scale.
+        norm = (
+            LogNorm(low, high)
+            if low > 0 and high / low > 100
+            else Normalize(low, high if high > low else low + 1)
+        )
         cmap = colormaps["viridis"]
         colors = [_GREY if n is None else to_hex(cmap(norm(n))) for n in numbers]
         labels = [MISSING if n is None else f"{n:g}" for n in numbers]
-        return _Coloring(colors, [(MISSING, _GREY)] if any(missing) else [], (low, high), labels)
+        return _Coloring(colors, [(MISSING, _GREY)] if any(missing) else [], norm, labels)
     labels = [MISSING if gone else str(v) for v, gone in zip(values, missing)]
     ranked = [label for label, _ in Counter(l for l in labels if l != MISSING).most_common()]
     if len(ranked) > _MAX_CATEGORIES:
@@ -66,7 +76,9 @@ def _coloring(values: Sequence | None, count: int) -> _Coloring:
     palette = colormaps["tab10" if len(ranked) <= 10 else "tab20"]
     colour_of = {label: to_hex(palette(i)) for i, label in enumerate(ranked)}
     colour_of[MISSING] = _GREY
-    legend = [(label, colour_of[label]) for label in ranked] + ([(MISSING, _GREY)] if any(missing) else [])
+    legend = [(label, colour_of[label]) for label in ranked] + (
+        [(MISSING, _GREY)] if any(missing) else []
+    )
     return _Coloring([colour_of[l] for l in labels], legend, None, labels)
 
 
@@ -104,24 +116,37 @@ def plot_map(
     axes = figure.add_subplot()
     marker_size = float(np.clip(4000 / count, 6, 60))
     axes.scatter(
-        coordinates[:, 0], coordinates[:, 1], s=marker_size, c=coloring.point_colors,
-        edgecolors="white", linewidths=0.4, alpha=0.9,
+        coordinates[:, 0],
+        coordinates[:, 1],
+        s=marker_size,
+        c=coloring.point_colors,
+        edgecolors="white",
+        linewidths=0.4,
+        alpha=0.9,
     )
     if annotate:
         for (x, y), name in zip(coordinates, names):
-            axes.annotate(name, (x, y), xytext=(4, 3), textcoords="offset points", fontsize=7, color="#333333")
-    if coloring.value_range is not None:
-        norm = Normalize(*coloring.value_range)
-        mappable = axes.scatter([], [], c=[], cmap="viridis", norm=norm)
+            axes.annotate(
+                name, (x, y), xytext=(4, 3), textcoords="offset points", fontsize=7, color="#333333"
+            )
+    if coloring.norm is not None:
+        mappable = axes.scatter([], [], c=[], cmap="viridis", norm=coloring.norm)
         figure.colorbar(mappable, ax=axes, label=color_label)
     if coloring.legend:
         handles = [
-            axes.scatter([], [], s=40, color=colour, label=label) for label, colour in coloring.legend
+            axes.scatter([], [], s=40, color=colour, label=label)
+            for label, colour in coloring.legend
         ]
         axes.legend(
-            handles=handles, title=color_label or None, loc="upper left", bbox_to_anchor=(1.01, 1.0),
-            frameon=False, fontsize=8, title_fontsize=9,
+            handles=handles,
+            title=color_label or None,
+            loc="upper left",
+            bbox_to_anchor=(1.01, 1.0),
+            frameon=False,
+            fontsize=8,
+            title_fontsize=9,
         )
+    axes.margins(0.08)  # room for the names of the outermost points
     axes.set_xlabel(f"{axis_label} 1")
     axes.set_ylabel(f"{axis_label} 2")
     axes.set_title(title)
@@ -133,8 +158,14 @@ def plot_map(
 _TOOLTIP_SCRIPT = """
 const tip = document.getElementById('tip');
 document.querySelectorAll('circle[data-name]').forEach(c => {
-  c.addEventListener('mouseenter', () => { tip.textContent = c.dataset.name; tip.style.display = 'block'; });
-  c.addEventListener('mousemove', e => { tip.style.left = (e.pageX + 12) + 'px'; tip.style.top = (e.pageY + 12) + 'px'; });
+  c.addEventListener('mouseenter', () => {
+    tip.textContent = c.dataset.name;
+    tip.style.display = 'block';
+  });
+  c.addEventListener('mousemove', e => {
+    tip.style.left = (e.pageX + 12) + 'px';
+    tip.style.top = (e.pageY + 12) + 'px';
+  });
   c.addEventListener('mouseleave', () => { tip.style.display = 'none'; });
 });
 """
@@ -157,7 +188,7 @@ def map_html(
     coordinates = _check_coordinates(coordinates, names)
     coloring = _coloring(color_values, len(names))
     width, height, margin = 900, 700, 30
-    legend_width = 240 if coloring.legend or coloring.value_range else 0
+    legend_width = 240 if coloring.legend or coloring.norm is not None else 0
     low, high = coordinates.min(axis=0), coordinates.max(axis=0)
     span = np.where(high > low, high - low, 1.0)
     plot_w, plot_h = width - 2 * margin, height - 2 * margin
@@ -165,20 +196,32 @@ def map_html(
     ys = height - margin - (coordinates[:, 1] - low[1]) / span[1] * plot_h
     radius = float(np.clip(300 / np.sqrt(len(names)), 2.5, 7))
     points = []
-    for x, y, name, colour, value in zip(xs, ys, names, coloring.point_colors, coloring.point_labels):
+    for x, y, name, colour, value in zip(
+        xs, ys, names, coloring.point_colors, coloring.point_labels
+    ):
         label = f"{name} — {color_label or 'value'}: {value}" if color_values is not None else name
         safe = html.escape(label, quote=True)
         points.append(
-            f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{radius:.1f}" fill="{colour}" data-name="{safe}">'
+            f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{radius:.1f}" fill="{colour}" '
+            f'data-name="{safe}">'
             f"<title>{safe}</title></circle>"
         )
     legend = []
     entries = list(coloring.legend)
-    if coloring.value_range is not None:
-        entries = [(f"{color_label or 'value'} {v:g}", to_hex(colormaps['viridis'](f)))
-                   for v, f in zip(np.linspace(*coloring.value_range, 5), np.linspace(0, 1, 5))] + entries
+    if coloring.norm is not None:
+        steps = np.linspace(0.0, 1.0, 5)
+        entries = [
+            (
+                f"{color_label or 'value'} {coloring.norm.inverse(f):.3g}",
+                to_hex(colormaps["viridis"](f)),
+            )
+            for f in steps
+        ] + entries
     if entries:
-        legend.append(f'<text x="{width + 10}" y="{margin}" font-weight="bold">{html.escape(color_label)}</text>')
+        legend.append(
+            f'<text x="{width + 10}" y="{margin}" font-weight="bold">'
+            f"{html.escape(color_label)}</text>"
+        )
         for row, (label, colour) in enumerate(entries):
             y = margin + 20 + 18 * row
             legend.append(
@@ -217,10 +260,18 @@ def plot_resampling_curve(curve: ResamplingCurve, path: str | Path, *, title: st
     axes = figure.add_subplot()
     for method in curve.errors:
         mean, sd = curve.mean(method), curve.sd(method)
-        axes.plot(curve.sizes, mean, marker="o", markersize=4, label=_METHOD_LABELS.get(method, method))
+        axes.plot(
+            curve.sizes, mean, marker="o", markersize=4, label=_METHOD_LABELS.get(method, method)
+        )
         axes.fill_between(curve.sizes, np.maximum(mean - sd, mean * 0.05), mean + sd, alpha=0.2)
     axes.set_xscale("log")
     axes.set_yscale("log")
+    plain = FuncFormatter(lambda value, _: f"{value:g}")
+    axes.set_xticks(curve.sizes)
+    axes.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    for axis in (axes.xaxis, axes.yaxis):
+        axis.set_major_formatter(plain)
+        axis.set_minor_formatter(NullFormatter())
     axes.set_xlabel("n (texts drawn)")
     axes.set_ylabel("relative Frobenius error of pairwise squared distances")
     axes.set_title(title or f"Resampling error over {len(curve.seeds)} seeds")

@@ -29,7 +29,9 @@ def project(Q, method: str = "tsne", *, seed: int = 0, perplexity: float = 30.0)
     classical MDS. Small K lowers the perplexity (see :func:`effective_perplexity`) with a warning.
     """
     if method not in PROJECTIONS:
-        raise AnalysisError(f"unknown projection {method!r}; choose one of {', '.join(PROJECTIONS)}")
+        raise AnalysisError(
+            f"unknown projection {method!r}; choose one of {', '.join(PROJECTIONS)}"
+        )
     Q = float64_matrix(Q, "Q")
     require_finite(Q, "Q")
     n_models = Q.shape[0]
@@ -40,7 +42,10 @@ def project(Q, method: str = "tsne", *, seed: int = 0, perplexity: float = 30.0)
     if method == "tsne":
         used = effective_perplexity(n_models, perplexity)
         if used < perplexity:
-            warnings.warn(f"t-SNE perplexity lowered from {perplexity:g} to {used:g} for {n_models} models", stacklevel=2)
+            warnings.warn(
+                f"t-SNE perplexity lowered from {perplexity:g} to {used:g} for {n_models} models",
+                stacklevel=2,
+            )
         tsne = TSNE(
             n_components=2, perplexity=used, init="pca", metric="sqeuclidean", random_state=seed
         )

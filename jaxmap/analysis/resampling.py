@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from ._arrays import AnalysisError, float64_matrix, require_finite
@@ -42,7 +41,9 @@ def sampling_probabilities(Q, method: str) -> np.ndarray:
     ``"uniform"``: π = 1/N.
     """
     if method not in METHODS:
-        raise AnalysisError(f"unknown resampling method {method!r}; choose one of {', '.join(METHODS)}")
+        raise AnalysisError(
+            f"unknown resampling method {method!r}; choose one of {', '.join(METHODS)}"
+        )
     Q = float64_matrix(Q, "Q")
     require_finite(Q, "Q")
     n_models, n_texts = Q.shape
@@ -99,7 +100,9 @@ def _check_selection(indices, scales, n_texts: int | None) -> tuple[np.ndarray, 
     if not (np.isfinite(scales).all() and (scales > 0).all()):
         raise AnalysisError("scales must be positive and finite")
     if n_texts is not None and (indices.min() < 0 or indices.max() >= n_texts):
-        raise AnalysisError(f"indices must lie in [0, {n_texts}); got {indices.min()}..{indices.max()}")
+        raise AnalysisError(
+            f"indices must lie in [0, {n_texts}); got {indices.min()}..{indices.max()}"
+        )
     return indices, scales
 
 
@@ -114,6 +117,7 @@ def resampled_coordinates(L, indices, scales) -> np.ndarray:
 
     Squared distances between rows of Q̃ estimate those between rows of ``double_center(L)``.
     ``L`` may equally be Q itself: both the row means and common column offsets drop out.
+    The result is a read-only float64 array.
     """
     L = float64_matrix(L)
     indices, scales = _check_selection(indices, scales, L.shape[1])
@@ -173,7 +177,11 @@ class ResamplingCurve:
 
     def sd(self, method: str) -> np.ndarray:
         """The standard deviation over seeds, one value per size."""
-        return self.errors[method].std(axis=1, ddof=1) if len(self.seeds) > 1 else np.zeros(len(self.sizes))
+        return (
+            self.errors[method].std(axis=1, ddof=1)
+            if len(self.seeds) > 1
+            else np.zeros(len(self.sizes))
+        )
 
 
 def resampling_curve(

@@ -69,8 +69,7 @@ def write_subset(
         tuple(text_ids[i] for i in indices),
         tuple(texts[i] for i in indices),
         tuple(
-            {"column": int(i), "scale": float(s), "map": header}
-            for i, s in zip(indices, scales)
+            {"column": int(i), "scale": float(s), "map": header} for i, s in zip(indices, scales)
         ),
     )
     selected.to_jsonl(path)
@@ -95,9 +94,13 @@ def read_subset(path: str | Path) -> Subset:
         if header is None:
             header = meta.get("map")
             if not isinstance(header, dict) or header.get("format") != SUBSET_FORMAT:
-                raise AnalysisError(f"{where}: no 'map' object of format {SUBSET_FORMAT!r}; not a subset file")
+                raise AnalysisError(
+                    f"{where}: no 'map' object of format {SUBSET_FORMAT!r}; not a subset file"
+                )
             if header.get("version") != SUBSET_VERSION:
-                raise AnalysisError(f"{where}: subset version {header.get('version')!r}, expected {SUBSET_VERSION}")
+                raise AnalysisError(
+                    f"{where}: subset version {header.get('version')!r}, expected {SUBSET_VERSION}"
+                )
         elif meta.get("map") != header:
             raise AnalysisError(f"{where}: its 'map' object differs from the first entry's")
         columns.append(column)
@@ -110,7 +113,9 @@ def read_subset(path: str | Path) -> Subset:
         raise AnalysisError(f"{path}: the 'map' object lacks {', '.join(sorted(missing))}")
     info = MapInfo(**fields)
     if max(columns) >= info.n_texts:
-        raise AnalysisError(f"{path}: column {max(columns)} is outside the map's {info.n_texts} texts")
+        raise AnalysisError(
+            f"{path}: column {max(columns)} is outside the map's {info.n_texts} texts"
+        )
     plain = TextSet(loaded.ids, loaded.texts, tuple({} for _ in loaded.ids), source=str(path))
     return Subset(
         path=path,

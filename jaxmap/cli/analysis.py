@@ -1,0 +1,597 @@
+"""The analysis subcommands: kl, map, predict, resample, add, outliers.
+
+Each reads a jaxmap store (or a ``.npy`` / plain HDF5 matrix), clips it at the global
+``--clip-quantile`` (0.02, as in the papers; 0 disables) and reports for people: results on
+stdout, a one-line error naming the file or model on stderr with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import functools
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from ..analysis import (
+    AnalysisError,
+    LoglikMatrix,
+    MapInfo,
+    clip,
+    double_center,
+    kl_matrix,
+    load_loglik,
+    nearest_neighbors,
+    place_models,
+    read_subset,
+    resample,
+    resampling_curve,
+    text_outliers,
+    write_subset,
+)
+from ..analysis.resampling import METHODS
+from ..store import StoreError
+from ..texts import TextSetError
+
+EXIT_BAD_INPUT = 2
+_PEOPLE_ERRORS = (AnalysisError, StoreError, TextSetError, OSError)
+
+
+def _reports_errors(command: str) -> Callable:
+    """Turn an input error into one line on stderr and exit status 2."""
+
+    def decorate(
+        handler: Callable[[argparse.Namespace], int],
+    ) -> Callable[[argparse.Namespace], int]:
+        @functools.wraps(handler)
+        def run(args: argparse.Namespace) -> int:
+            try:
+                return handler(args)
+            except _PEOPLE_ERRORS as error:
+                print(f"jaxmap {command}: error: {error}", file=sys.stderr)
+                return EXIT_BAD_INPUT
+
+        return run
+
+    return decorate
+
+
+def _add_input(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "store",
+        metavar="STORE",
+        help="jaxmap store (.h5), .npy matrix, or HDF5 file with a K×N matrix",
+    )
+    parser.add_argument(
+        "--clip-quantile",
+        type=float,
+        default=0.02,
+        metavar="Q",
+        help="clip log-likelihoods below this global quantile (default 0.02 as in the papers; "
+        "0 disables)",
+    )
+
+
+def _load_clipped(args: argparse.Namespace) -> tuple[LoglikMatrix, np.ndarray, float]:
+    matrix = load_loglik(args.store)
+    clipped, tau = clip(matrix.loglik, args.clip_quantile)
+    return matrix, clipped, tau
+
+
+def _describe(matrix: LoglikMatrix, tau: float, args: argparse.Namespace) -> str:
+    models, texts = matrix.loglik.shape
+    return (
+        f"{matrix.source}: {models} models × {texts} texts, "
+        f"clipped at τ = {tau:.6g} nats (quantile {args.clip_quantile:g})"
+    )
+
+
+def _text_bytes(matrix: LoglikMatrix) -> np.ndarray:
+    if matrix.text_bytes is None:
+        raise AnalysisError(
+            f"{matrix.source}: bits per byte needs the texts' byte lengths, "
+            "which only a jaxmap store has"
+        )
+    return matrix.text_bytes
+
+
+def _write_matrix_csv(
+    path: str | Path, row_names: Sequence[str], column_names: Sequence[str], values: np.ndarray
+) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["model", *column_names])
+        for name, row in zip(row_names, values):
+            writer.writerow([name, *(f"{v:.10g}" for v in row)])
+
+
+def _print_neighbors(
+    names: Sequence[str], candidate_names: Sequence[str], indices, values, unit: str
+) -> None:
+    for name, row_indices, row_values in zip(names, indices, values):
+        listed = ", ".join(
+            f"{candidate_names[j]} ({v:.4g})" for j, v in zip(row_indices, row_values)
+        )
+        print(f"{name}: {listed}")
+    print(f"(nearest first; estimated KL in {unit})")
+
+
+def _read_table(path: str | Path, needed: Sequence[str]) -> tuple[str, list[dict[str, str]]]:
+    """Rows of a CSV file and its model-name column ("model" if present, else the first)."""
+    path = Path(path)
+    if not path.exists():
+        raise AnalysisError(f"{path}: no such file")
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        rows = list(reader)
+        columns = reader.fieldnames or []
+    if not columns or not rows:
+        raise AnalysisError(f"{path}: no header or no rows")
+    for column in needed:
+        if column not in columns:
+            raise AnalysisError(f"{path}: no column {column!r} (columns: {', '.join(columns)})")
+    return ("model" if "model" in columns else columns[0]), rows
+
+
+def _values_by_model(path: str | Path, column: str, models: Sequence[str]) -> list[str | None]:
+    """``column`` of the CSV for each model, matched by name; None where a model has no row."""
+    key, rows = _read_table(path, [column])
+    by_name = {row[key]: row[column] for row in rows}
+    values = [by_name.get(model) for model in models]
+    if all(v is None for v in values):
+        raise AnalysisError(
+            f"{path}: none of its {key!r} values names a model of the map "
+            f"(e.g. {rows[0][key]!r} vs {models[0]!r})"
+        )
+    missing = sum(v is None for v in values)
+    if missing:
+        print(f"note: {missing} of {len(models)} models have no row in {path}", file=sys.stderr)
+    return values
+
+
+# kl ------------------------------------------------------------------------------------------
+
+
+@_reports_errors("kl")
+def _run_kl(args: argparse.Namespace) -> int:
+    matrix, clipped, tau = _load_clipped(args)
+    text_bytes = _text_bytes(matrix) if args.bits_per_byte else None
+    unit = "bits per byte" if args.bits_per_byte else "nats per text"
+    print(_describe(matrix, tau, args))
+    divergences = kl_matrix(clipped, text_bytes=text_bytes, progress=len(matrix.models) > 4096)
+    _write_matrix_csv(args.out, matrix.models, matrix.models, divergences)
+    print(f"wrote {args.out} ({unit})")
+    indices, values = nearest_neighbors(divergences, args.neighbors)
+    _print_neighbors(matrix.models, matrix.models, indices, values, unit)
+    return 0
+
+
+# map -----------------------------------------------------------------------------------------
+
+_AXIS_LABELS = {"tsne": "t-SNE", "pca": "PC", "mds": "MDS"}
+
+
+@_reports_errors("map")
+def _run_map(args: argparse.Namespace) -> int:
+    from ..analysis.plots import map_html, plot_map
+    from ..analysis.projection import effective_perplexity, project
+
+    if args.color_by and not args.meta:
+        raise AnalysisError("--color-by needs --meta models.csv")
+    matrix, clipped, tau = _load_clipped(args)
+    print(_describe(matrix, tau, args))
+    colors = _values_by_model(args.meta, args.color_by, matrix.models) if args.color_by else None
+    models, texts = clipped.shape
+    perplexity = effective_perplexity(models, args.perplexity)
+    if args.method == "tsne" and perplexity < args.perplexity:
+        print(
+            f"note: t-SNE perplexity lowered to {perplexity:.3g} for {models} models",
+            file=sys.stderr,
+        )
+    coordinates = project(
+        double_center(clipped), args.method, seed=args.seed, perplexity=perplexity
+    )
+    title = f"{_AXIS_LABELS[args.method]} map of {models} models on {texts} texts"
+    plot_map(
+        coordinates,
+        matrix.models,
+        args.out,
+        color_values=colors,
+        color_label=args.color_by or "",
+        axis_label=_AXIS_LABELS[args.method],
+        title=title,
+    )
+    print(f"wrote {args.out}")
+    if args.html:
+        map_html(
+            coordinates,
+            matrix.models,
+            args.html,
+            color_values=colors,
+            color_label=args.color_by or "",
+            title=title,
+        )
+        print(f"wrote {args.html}")
+    if args.coords:
+        _write_matrix_csv(args.coords, matrix.models, ["x", "y"], coordinates)
+        print(f"wrote {args.coords}")
+    return 0
+
+
+# predict -------------------------------------------------------------------------------------
+
+
+@_reports_errors("predict")
+def _run_predict(args: argparse.Namespace) -> int:
+    from ..analysis.prediction import predict_scores
+
+    matrix, clipped, tau = _load_clipped(args)
+    print(_describe(matrix, tau, args))
+    needed = [args.target] + ([args.group_by] if args.group_by else [])
+    key, rows = _read_table(args.scores, needed)
+    by_name = {row[key]: row for row in rows}
+    selected, target, groups = [], [], []
+    for index, model in enumerate(matrix.models):
+        row = by_name.get(model)
+        if row is None or not row[args.target].strip():
+            continue
+        try:
+            value = float(row[args.target])
+        except ValueError:
+            raise AnalysisError(
+                f"{args.scores}: {args.target} of {model} is {row[args.target]!r}, not a number"
+            ) from None
+        selected.append(index)
+        target.append(value)
+        groups.append(row[args.group_by] if args.group_by else None)
+    if not selected:
+        raise AnalysisError(f"{args.scores}: no model of {matrix.source} has a {args.target} score")
+    print(f"{len(selected)} of {len(matrix.models)} models have a {args.target} score")
+    features = double_center(clipped) if args.features == "q" else clipped
+    results = predict_scores(
+        features[selected],
+        np.asarray(target),
+        groups=groups if args.group_by else None,
+        seeds=args.seeds,
+    )
+    for name, result in results.items():
+        by = f" by {args.group_by}" if name == "GroupKFold" else ""
+        print(f"{name}{by} (5 folds, {args.seeds} seeds): {result.summary()}")
+    return 0
+
+
+# resample ------------------------------------------------------------------------------------
+
+
+def _default_curve_sizes(n_texts: int) -> list[int]:
+    return sorted(
+        set(np.geomspace(max(5, n_texts // 100), n_texts, 8).round().astype(int).tolist())
+    )
+
+
+@_reports_errors("resample")
+def _run_resample(args: argparse.Namespace) -> int:
+    if not args.out and not args.curve:
+        raise AnalysisError(
+            "nothing to do: give --out subset.jsonl (with --n) and/or --curve curve.png"
+        )
+    if args.out and args.n is None:
+        raise AnalysisError("--out needs --n, the number of texts to draw")
+    matrix, clipped, tau = _load_clipped(args)
+    print(_describe(matrix, tau, args))
+    if args.out and not matrix.is_store:
+        raise AnalysisError(
+            f"{matrix.source}: a subset file needs the texts, which only a jaxmap store has"
+        )
+    Q = double_center(clipped)
+    if args.out:
+        indices, scales = resample(Q, args.n, args.method, args.seed)
+        info = MapInfo(
+            tau=tau,
+            draws=args.n,
+            n_texts=clipped.shape[1],
+            n_models=clipped.shape[0],
+            method=args.method,
+            seed=args.seed,
+            clip_quantile=args.clip_quantile,
+            text_fingerprint=matrix.text_fingerprint,
+            source=str(matrix.source),
+        )
+        write_subset(args.out, matrix.text_ids, matrix.texts, indices, scales, info)
+        print(
+            f"wrote {args.out}: {len(indices)} distinct texts from {args.n} {args.method} draws "
+            f"(seed {args.seed})"
+        )
+    if args.curve:
+        from ..analysis.plots import plot_resampling_curve
+
+        sizes = args.curve_sizes or _default_curve_sizes(clipped.shape[1])
+        curve = resampling_curve(Q, sizes, seeds=range(args.curve_seeds), progress=True)
+        plot_resampling_curve(
+            curve,
+            args.curve,
+            title=f"Resampling error, {clipped.shape[0]} models, {len(curve.seeds)} seeds",
+        )
+        print("n      " + "  ".join(f"{m:>16}" for m in curve.errors))
+        for position, size in enumerate(curve.sizes):
+            cells = "  ".join(
+                f"{curve.mean(m)[position]:8.4f} ± {curve.sd(m)[position]:5.3f}"
+                for m in curve.errors
+            )
+            print(f"{size:<7d}{cells}")
+        print(f"wrote {args.curve}")
+    return 0
+
+
+# add -----------------------------------------------------------------------------------------
+
+
+def _check_subset_matches(subset, matrix: LoglikMatrix) -> None:
+    info = subset.map
+    if info.n_texts != matrix.loglik.shape[1]:
+        raise AnalysisError(
+            f"{subset.path}: drawn from a map of {info.n_texts} texts, "
+            f"but {matrix.source} has {matrix.loglik.shape[1]}"
+        )
+    if matrix.is_store:
+        if info.text_fingerprint != matrix.text_fingerprint:
+            raise AnalysisError(f"{subset.path}: drawn from another text set than {matrix.source}")
+        for text_id, text, column in zip(subset.texts.ids, subset.texts.texts, subset.columns):
+            if matrix.text_ids[column] != text_id or matrix.texts[column] != text:
+                raise AnalysisError(
+                    f"{subset.path}: text {text_id!r} differs from column {column} "
+                    f"of {matrix.source}"
+                )
+    if info.n_models != len(matrix.models):
+        print(
+            f"note: the subset was drawn when the map had {info.n_models} models; "
+            f"it has {len(matrix.models)} now "
+            f"(using the subset's τ = {info.tau:.6g})",
+            file=sys.stderr,
+        )
+
+
+@_reports_errors("add")
+def _run_add(args: argparse.Namespace) -> int:
+    subset = read_subset(args.subset)
+    matrix = load_loglik(args.store)
+    _check_subset_matches(subset, matrix)
+    text_bytes = _text_bytes(matrix) if args.bits_per_byte else None  # fail before hours of scoring
+    out = Path(args.out) if args.out else Path(args.subset).with_suffix(".h5")
+    from ..checkpoints import expand_references
+    from ..engine import score
+
+    try:
+        scored = score(
+            args.models,
+            subset.texts,
+            out,
+            dtype=args.dtype,
+            bos_policy=args.bos_policy,
+            batch_tokens=args.batch_tokens,
+            progress=True,
+        )
+        wanted = expand_references(args.models)
+    except (
+        ValueError,
+        LookupError,
+    ) as error:  # the engine's errors for people: reference, config, policy
+        raise AnalysisError(str(error)) from None
+    if list(scored.text_ids) != list(subset.texts.ids):
+        raise AnalysisError(f"{out}: its texts are not those of {subset.path}")
+    rows = [scored.models.index(reference) for reference in wanted]
+    divergences = place_models(
+        matrix.loglik,
+        subset.map.tau,
+        subset.columns,
+        subset.scales,
+        scored.loglik[rows],
+        text_bytes=text_bytes,
+    )
+    unit = "bits per byte" if args.bits_per_byte else "nats per text"
+    print(
+        f"scored {len(rows)} models on {len(subset.columns)} texts into {out}; "
+        f"placed on {matrix.source}"
+    )
+    if args.kl_out:
+        _write_matrix_csv(args.kl_out, wanted, matrix.models, divergences)
+        print(f"wrote {args.kl_out} ({unit})")
+    order = np.argsort(divergences, axis=1, kind="stable")[:, : args.neighbors]
+    _print_neighbors(
+        wanted, matrix.models, order, np.take_along_axis(divergences, order, axis=1), unit
+    )
+    return 0
+
+
+# outliers ------------------------------------------------------------------------------------
+
+
+def _snippet(text: str, width: int = 70) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+@_reports_errors("outliers")
+def _run_outliers(args: argparse.Namespace) -> int:
+    matrix, clipped, tau = _load_clipped(args)
+    print(_describe(matrix, tau, args))
+    model = matrix.model_index(args.model)
+    found = text_outliers(clipped, model, neighbors=args.neighbors)
+    ids = matrix.text_ids or [str(i) for i in range(clipped.shape[1])]
+    print(
+        f"{args.model}: predicted by the mean of its {len(found.neighbors)} nearest models: "
+        + ", ".join(matrix.models[j] for j in found.neighbors)
+    )
+    print(f"{'rank':>4}  {'text':<14} {'z':>7} {'excess (nats)':>13}  snippet")
+    for rank, column in enumerate(found.top(args.top), start=1):
+        snippet = _snippet(matrix.texts[column]) if matrix.texts else ""
+        print(
+            f"{rank:>4}  {ids[column]:<14} {found.z[column]:7.2f} "
+            f"{found.residual[column]:13.2f}  {snippet}"
+        )
+    if args.out:
+        order = found.top(len(ids))
+        with open(args.out, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["text_id", "column", "z", "excess_nats"])
+            for column in order:
+                writer.writerow(
+                    [ids[column], column, f"{found.z[column]:.6g}", f"{found.residual[column]:.6g}"]
+                )
+        print(f"wrote {args.out}")
+    return 0
+
+
+# registration --------------------------------------------------------------------------------
+
+
+def _sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"sizes must be positive integers, got {text!r}")
+    return sizes
+
+
+def register(subparsers) -> None:
+    """Add the kl, map, predict, resample, add and outliers subcommands."""
+    kl = subparsers.add_parser(
+        "kl", help="estimated KL between every pair of models, and nearest neighbours"
+    )
+    _add_input(kl)
+    kl.add_argument("--out", required=True, help="CSV file for the K×K matrix")
+    kl.add_argument(
+        "--bits-per-byte", action="store_true", help="report bits per byte instead of nats per text"
+    )
+    kl.add_argument(
+        "--neighbors",
+        type=int,
+        default=5,
+        metavar="K",
+        help="nearest neighbours to print (default 5)",
+    )
+    kl.set_defaults(func=_run_kl)
+
+    map_ = subparsers.add_parser("map", help="2-D map of the models (PNG, optional offline HTML)")
+    _add_input(map_)
+    map_.add_argument("--out", required=True, help="PNG file")
+    map_.add_argument("--html", help="also write a self-contained HTML map (name on hover)")
+    map_.add_argument(
+        "--method",
+        choices=("tsne", "pca", "mds"),
+        default="tsne",
+        help="projection (default t-SNE, as in the papers)",
+    )
+    map_.add_argument(
+        "--meta", help="CSV with one row per model (column 'model', else the first, holds the name)"
+    )
+    map_.add_argument(
+        "--color-by", metavar="COLUMN", help="colour the points by this column of --meta"
+    )
+    map_.add_argument(
+        "--perplexity", type=float, default=30.0, help="t-SNE perplexity (default 30)"
+    )
+    map_.add_argument("--seed", type=int, default=0, help="random seed of t-SNE / MDS (default 0)")
+    map_.add_argument("--coords", help="also write the 2-D coordinates as CSV")
+    map_.set_defaults(func=_run_map)
+
+    predict = subparsers.add_parser(
+        "predict", help="predict benchmark scores from the map (RidgeCV, paper protocol)"
+    )
+    _add_input(predict)
+    predict.add_argument(
+        "--scores",
+        required=True,
+        help="CSV with a 'model' column (else the first) and score columns",
+    )
+    predict.add_argument(
+        "--target", required=True, metavar="COL", help="the score column to predict (0–100)"
+    )
+    predict.add_argument(
+        "--group-by", metavar="COL", help="also run GroupKFold with groups from this column"
+    )
+    predict.add_argument(
+        "--features",
+        choices=("q", "loglik"),
+        default="q",
+        help="Q (default) or the clipped log-likelihoods",
+    )
+    predict.add_argument(
+        "--seeds", type=int, default=5, help="outer cross-validation seeds (default 5)"
+    )
+    predict.set_defaults(func=_run_predict)
+
+    resample_ = subparsers.add_parser(
+        "resample", help="select texts by likelihood variance; error curve"
+    )
+    _add_input(resample_)
+    resample_.add_argument("--n", type=int, help="number of draws (with replacement)")
+    resample_.add_argument(
+        "--method", choices=METHODS, default="ls", help="sampling distribution (default ls)"
+    )
+    resample_.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    resample_.add_argument("--out", help="subset JSONL: the selected texts with their scales")
+    resample_.add_argument(
+        "--curve", metavar="PNG", help="plot the error against n for the three methods"
+    )
+    resample_.add_argument(
+        "--curve-sizes", type=_sizes, metavar="N1,N2,...", help="values of n for the curve"
+    )
+    resample_.add_argument(
+        "--curve-seeds", type=int, default=10, help="seeds per point of the curve (default 10)"
+    )
+    resample_.set_defaults(func=_run_resample)
+
+    add = subparsers.add_parser(
+        "add", help="score new models on a subset only and place them on the map"
+    )
+    add.add_argument(
+        "store", metavar="STORE", help="the map's store (or matrix) the subset was drawn from"
+    )
+    add.add_argument("models", metavar="MODEL", nargs="+", help="model references to score")
+    add.add_argument("--subset", required=True, help="subset JSONL written by 'jaxmap resample'")
+    add.add_argument(
+        "--out", help="store for the new models' scores (default: SUBSET with suffix .h5)"
+    )
+    add.add_argument(
+        "--kl-out", help="CSV of the estimated KL from each new model to each map model"
+    )
+    add.add_argument(
+        "--neighbors",
+        type=int,
+        default=5,
+        metavar="K",
+        help="nearest map models to print (default 5)",
+    )
+    add.add_argument(
+        "--bits-per-byte", action="store_true", help="report bits per byte instead of nats per text"
+    )
+    add.add_argument(
+        "--dtype", default="float32", help="compute dtype of the new models (default float32)"
+    )
+    add.add_argument(
+        "--bos-policy", default="full", help="token scoring policy; use the map's (default full)"
+    )
+    add.add_argument(
+        "--batch-tokens", type=int, default=16384, help="tokens per batch (default 16384)"
+    )
+    add.set_defaults(func=_run_add)
+
+    outliers = subparsers.add_parser(
+        "outliers", help="texts one model finds far more likely than its neighbours predict"
+    )
+    _add_input(outliers)
+    outliers.add_argument("--model", required=True, help="model name as in the store")
+    outliers.add_argument(
+        "--neighbors", type=int, default=10, help="models whose mean is the prediction (default 10)"
+    )
+    outliers.add_argument("--top", type=int, default=20, help="texts to list (default 20)")
+    outliers.add_argument("--out", help="CSV of every text's z-score and excess log-likelihood")
+    outliers.set_defaults(func=_run_outliers)
