@@ -125,7 +125,7 @@ def resolve(reference: str, cache_dir: str | Path | None = None) -> Checkpoint:
         from .gguf import convert_gguf
         from .packaged import find_packaged_gguf
 
-        gguf_path = path if path.suffix == ".gguf" else find_packaged_gguf(reference)
+        gguf_path = path if path.suffix == ".gguf" else find_packaged_gguf(reference, cache_dir)
         if not gguf_path.exists():
             raise CheckpointError(f"{reference}: no such GGUF file")
         directory = convert_gguf(gguf_path, cache_dir=cache_dir)
