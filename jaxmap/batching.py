@@ -1,9 +1,11 @@
 """Length-bucketed batches under a token budget.
 
 Texts are sorted by length and padded up to a bucket length from a fixed ladder (four steps
-per octave, so padding is under 25% per text and about 10% on average). Every batch of a bucket
-has the same number of rows, ``batch_tokens // length``, so each bucket compiles once and
-models of the same shape reuse those compilations.
+per octave, so padding is under 25% per text and about 10% on average). Full batches of a
+bucket have ``batch_tokens // length`` rows; a bucket's last, partial batch is cut to the next
+power of two rows, so small text sets do not pay for empty rows and the number of shapes stays
+small. Shapes depend only on the token lengths, so models sharing a tokenizer and architecture
+reuse every compilation.
 """
 
 from __future__ import annotations
@@ -84,5 +86,7 @@ def plan_batches(lengths: np.ndarray, batch_tokens: int, max_length: int | None 
         ):
             members.append(order[position])
             position += 1
+        if len(members) < rows:
+            rows = min(rows, 1 << (len(members) - 1).bit_length())
         batches.append(Batch(np.asarray(members, np.int64), rows, length))
     return BatchPlan(batches, int(lengths[lengths > 0].sum()))

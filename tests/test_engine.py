@@ -41,7 +41,14 @@ def test_batch_plan_covers_every_text_once_with_bounded_padding():
         assert len(batch.indices) <= batch.rows
         assert all(lengths[i] <= batch.length < 1.34 * lengths[i] + 16 for i in batch.indices)
     assert plan.padding_fraction < 0.2
-    assert len(plan.shapes) <= 20
+    # Four bucket lengths per octave above 64, and at most two row counts per bucket length.
+    octaves = np.log2(lengths.max() / 64)
+    bucket_lengths = {b.length for b in plan.batches}
+    assert len(bucket_lengths) <= 4 + 4 * np.ceil(octaves)
+    assert len(plan.shapes) <= 2 * len(bucket_lengths)
+    # A handful of texts does not pay for a full token budget of empty rows.
+    few = plan_batches(np.array([100, 120, 300, 310, 50]), batch_tokens=8192)
+    assert few.padding_fraction < 0.35
     assert bucket_length(1) == 16 and bucket_length(65) == 80 and bucket_length(1000) == 1024
 
 
