@@ -17,6 +17,7 @@ only large buffer is one float64 copy of the centred matrix (L's device copy is 
 from __future__ import annotations
 
 from functools import partial
+
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -13,6 +13,7 @@ from ._arrays import AnalysisError, float64_matrix, require_finite
 from .geometry import squared_distances
 
 PROJECTIONS = ("tsne", "pca", "mds")
+_EXACT_TSNE_MAX_MODELS = 500
 
 
 def effective_perplexity(n_models: int, perplexity: float) -> float:
@@ -24,7 +25,8 @@ def project(Q, method: str = "tsne", *, seed: int = 0, perplexity: float = 30.0)
     """K×2 map coordinates of the rows of Q.
 
     ``"tsne"``: the papers' settings (perplexity 30, PCA initialisation, squared-Euclidean
-    distances between rows of Q). ``"pca"``: the first two principal components.
+    distances between rows of Q; the exact gradient up to 500 models, Barnes-Hut beyond).
+    ``"pca"``: the first two principal components.
     ``"mds"``: metric MDS (SMACOF) on the Euclidean distances ‖q_i − q_j‖, started from
     classical MDS. Small K lowers the perplexity (see :func:`effective_perplexity`) with a warning.
     """
@@ -47,7 +49,14 @@ def project(Q, method: str = "tsne", *, seed: int = 0, perplexity: float = 30.0)
                 stacklevel=2,
             )
         tsne = TSNE(
-            n_components=2, perplexity=used, init="pca", metric="sqeuclidean", random_state=seed
+            n_components=2,
+            perplexity=used,
+            init="pca",
+            metric="sqeuclidean",
+            # Barnes-Hut approximates the gradient to scale to many models; below a few hundred
+            # the exact gradient is both exact and faster (measured 2-15x on 12-500 models).
+            method="exact" if n_models <= _EXACT_TSNE_MAX_MODELS else "barnes_hut",
+            random_state=seed,
         )
         return tsne.fit_transform(Q)
     distances = np.sqrt(squared_distances(Q))
