@@ -104,6 +104,12 @@ def open_store(path: str | Path) -> Store:
         )
 
 
+def read_model_meta(path: str | Path) -> list[dict]:
+    """Per-model metadata of a store, without reading its matrices."""
+    with h5py.File(path, "r", locking=False) as handle:
+        return [json.loads(m) for m in _decode(handle["model_meta"][...])]
+
+
 def _fsync_path(path: Path) -> None:
     descriptor = os.open(path, os.O_RDONLY)
     try:

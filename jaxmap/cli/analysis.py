@@ -354,12 +354,30 @@ def _check_subset_matches(subset, matrix: LoglikMatrix) -> None:
         )
 
 
+def _map_bos_policy(matrix: LoglikMatrix, requested: str | None) -> str:
+    """The BOS policy new models must be scored with: the map's, when the store records it."""
+    policies = set()
+    if matrix.is_store:
+        from ..store import read_model_meta
+
+        policies = {meta.get("bos_policy") for meta in read_model_meta(matrix.source)} - {None}
+    if len(policies) > 1:
+        raise AnalysisError(f"{matrix.source}: its models mix BOS policies {sorted(policies)}")
+    if requested and policies and requested not in policies:
+        raise AnalysisError(
+            f"{matrix.source}: the map was scored with --bos-policy {policies.pop()}, "
+            f"not {requested}; placing models needs the same policy"
+        )
+    return requested or (policies.pop() if policies else "full")
+
+
 @_reports_errors("add")
 def _run_add(args: argparse.Namespace) -> int:
     subset = read_subset(args.subset)
     matrix = load_loglik(args.store)
     _check_subset_matches(subset, matrix)
     text_bytes = _text_bytes(matrix) if args.bits_per_byte else None  # fail before hours of scoring
+    bos_policy = _map_bos_policy(matrix, args.bos_policy)
     out = Path(args.out) if args.out else Path(args.subset).with_suffix(".h5")
     from ..checkpoints import expand_references
     from ..engine import score
@@ -370,7 +388,7 @@ def _run_add(args: argparse.Namespace) -> int:
             subset.texts,
             out,
             dtype=args.dtype,
-            bos_policy=args.bos_policy,
+            bos_policy=bos_policy,
             batch_tokens=args.batch_tokens,
             progress=True,
         )
@@ -574,13 +592,15 @@ def register(subparsers) -> None:
         "--bits-per-byte", action="store_true", help="report bits per byte instead of nats per text"
     )
     add.add_argument(
-        "--dtype", default="float32", help="compute dtype of the new models (default float32)"
+        "--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+        help="compute dtype of the new models (default float32)",
     )
     add.add_argument(
-        "--bos-policy", default="full", help="token scoring policy; use the map's (default full)"
+        "--bos-policy", choices=["full", "paper"],
+        help="token scoring policy (default: the one the map's store records, else full)",
     )
     add.add_argument(
-        "--batch-tokens", type=int, default=16384, help="tokens per batch (default 16384)"
+        "--batch-tokens", type=int, default=8192, help="padded tokens per batch (default 8192)"
     )
     add.set_defaults(func=_run_add)
 
