@@ -1,11 +1,11 @@
 """Length-bucketed batches under a token budget.
 
 Texts are sorted by length and padded up to a bucket length from a fixed ladder (four steps
-per octave, so padding is under 25% per text and about 10% on average). Full batches of a
-bucket have ``batch_tokens // length`` rows; a bucket's last, partial batch is cut to the next
-power of two rows, so small text sets do not pay for empty rows and the number of shapes stays
-small. Shapes depend only on the token lengths, so models sharing a tokenizer and architecture
-reuse every compilation.
+per octave). A batch of bucket length L has ``batch_tokens // L`` rows; texts are added in
+length order, and a batch moves up one bucket length while its texts still fit the budget
+there, so a bucket's leftovers join the next bucket's texts. A batch left partly full is cut to
+the next power of two rows. That gives at most two shapes per bucket length; shapes depend only
+on the token lengths, so models sharing a tokenizer and architecture reuse every compilation.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 
 MIN_BUCKET = 16
+# How far (as a length ratio) a batch may grow past its first bucket: one step of the ladder.
+GROWTH = 1.25
 
 
 def bucket_length(length: int) -> int:
@@ -73,20 +75,30 @@ def plan_batches(lengths: np.ndarray, batch_tokens: int, max_length: int | None 
         raise ValueError(f"batch_tokens must be at least {MIN_BUCKET}")
     lengths = np.asarray(lengths)
     order = [int(i) for i in np.argsort(lengths, kind="stable") if lengths[i] > 0]
+
+    def rows_for(length: int) -> int:
+        return max(1, batch_tokens // length)
+
     batches: list[Batch] = []
-    position = 0
-    while position < len(order):
-        length = bucket(int(lengths[order[position]]))
-        rows = max(1, batch_tokens // length)
-        members = []
-        while (
-            position < len(order)
-            and len(members) < rows
-            and bucket(int(lengths[order[position]])) == length
-        ):
-            members.append(order[position])
-            position += 1
-        if len(members) < rows:
-            rows = min(rows, 1 << (len(members) - 1).bit_length())
+    members: list[int] = []
+    first = length = 0
+
+    def close() -> None:
+        rows = min(rows_for(length), 1 << (len(members) - 1).bit_length())
         batches.append(Batch(np.asarray(members, np.int64), rows, length))
+
+    for index in order:
+        wanted = bucket(int(lengths[index]))
+        # A batch grows into the next bucket length while its texts fit the token budget there,
+        # so a bucket's leftovers ride along with slightly longer texts instead of filling a
+        # half-empty batch; it never spans more than one step of the ladder.
+        if members and (len(members) + 1 > rows_for(wanted) or wanted > GROWTH * first):
+            close()
+            members = []
+        if not members:
+            first = wanted
+        members.append(index)
+        length = wanted
+    if members:
+        close()
     return BatchPlan(batches, int(lengths[lengths > 0].sum()))
