@@ -100,7 +100,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="texts for the (slow) paper loop, spread evenly over the length distribution "
         "(0: all)",
     )
-    parser.add_argument("--batch-tokens", type=int, default=8192, help="jaxmap's batch_tokens")
+    parser.add_argument("--batch-tokens", type=int, default=None, help="jaxmap's batch_tokens (default: the engine's)")
     parser.add_argument(
         "--hf-batch-tokens", type=int, default=4096, help="padded tokens per transformers batch"
     )

@@ -90,7 +90,7 @@ def profile_jaxmap(
     import jax.numpy as jnp
 
     from jaxmap.batching import plan_batches
-    from jaxmap.engine import load_model, score_tokens, token_log_likelihoods
+    from jaxmap.engine import default_batch_tokens, load_model, score_tokens, token_log_likelihoods
     from jaxmap.kernels.fused_logprob import DEFAULT_TILE, token_logprobs
     from jaxmap.models import hidden_states, unembedding
     from jaxmap.tokenization import tokenize
@@ -106,6 +106,7 @@ def profile_jaxmap(
     config, params = model.config, model.params
     n_ctx = config.max_positions
     scored = np.maximum(np.minimum(tokens.lengths, n_ctx) - 1, 0)
+    batch_tokens = batch_tokens or default_batch_tokens()
     plan = plan_batches(scored, batch_tokens, max_length=n_ctx - 1)
     weights = unembedding(params, config)
     decoder = jax.jit(lambda p, t: hidden_states(p, t, config)[0])
@@ -257,7 +258,7 @@ def main() -> None:
     parser.add_argument("--texts", help="JSONL text set (default: the standard-library set)")
     parser.add_argument("--texts-count", type=int, default=64)
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
-    parser.add_argument("--batch-tokens", type=int, default=8192)
+    parser.add_argument("--batch-tokens", type=int, default=None, help="default: the engine's")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--trace", type=Path, help="write a jax.profiler trace here")
     args = parser.parse_args()

@@ -600,7 +600,7 @@ def register(subparsers) -> None:
         help="token scoring policy (default: the one the map's store records, else full)",
     )
     add.add_argument(
-        "--batch-tokens", type=int, default=8192, help="padded tokens per batch (default 8192)"
+        "--batch-tokens", type=int, help="padded tokens per batch (default: the engine's)"
     )
     add.set_defaults(func=_run_add)
 

@@ -11,7 +11,7 @@ import numpy as np
 
 
 def register(subparsers) -> None:
-    from ..engine import DEFAULT_BATCH_TOKENS, DEFAULT_DTYPE
+    from ..engine import ACCELERATOR_BATCH_TOKENS, CPU_BATCH_TOKENS, DEFAULT_DTYPE
 
     score = subparsers.add_parser(
         "score",
@@ -36,8 +36,9 @@ def register(subparsers) -> None:
         "(default: %(default)s)",
     )
     score.add_argument(
-        "--batch-tokens", type=int, default=DEFAULT_BATCH_TOKENS,
-        help="padded tokens per batch (default: %(default)s)",
+        "--batch-tokens", type=int,
+        help=f"padded tokens per batch (default: {CPU_BATCH_TOKENS} on CPU, "
+        f"{ACCELERATOR_BATCH_TOKENS} on GPU/TPU)",
     )
     score.add_argument("--cache-dir", help="cache for converted GGUF weights (default: ~/.cache/jaxmap)")
     score.add_argument("--quiet", action="store_true", help="no progress bars")
