@@ -90,7 +90,13 @@ def run_demo(
     kl_bpb = kl_matrix(clipped, text_bytes=store.text_bytes)
     names = store.models
 
-    lines = ["KL estimates (nats per text, ‖q_i − q_j‖² / 2N):", *_table(names, names, kl_nats, 2), ""]
+    lines = [
+        "KL estimates (nats per text, ‖q_i − q_j‖² / 2N). The estimate is second order: close",
+        "for nearby models (checkpoints, fine-tunes), it overstates the divergence between",
+        "families this far apart; there it ranks neighbours rather than measuring KL.",
+        *_table(names, names, kl_nats, 2),
+        "",
+    ]
     lines += ["KL estimates (bits per byte):", *_table(names, names, kl_bpb, 4), ""]
     if len(names) > 1:
         indices, values = nearest_neighbors(kl_nats, k=min(2, len(names) - 1))

@@ -124,6 +124,10 @@ def plot_map(
         linewidths=0.4,
         alpha=0.9,
     )
+    # Distances are what the map shows, so one unit must be as long on both axes; the margins
+    # leave room for the names written beside the outermost points.
+    axes.set_aspect("equal", adjustable="datalim")
+    axes.margins(0.12)
     if annotate:
         for (x, y), name in zip(coordinates, names):
             axes.annotate(
