@@ -142,10 +142,11 @@ def text_file(tmp_path_factory) -> Path:
 def tiny_llama_config(**overrides):
     import transformers
 
-    return transformers.LlamaConfig(
+    settings = dict(
         hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, vocab_size=300, max_position_embeddings=256, **overrides,
+        num_key_value_heads=2, vocab_size=300, max_position_embeddings=256,
     )
+    return transformers.LlamaConfig(**{**settings, **overrides})
 
 
 @pytest.fixture(scope="session")

@@ -242,7 +242,47 @@ def norm_params(weights: WeightSource, prefix: str, with_bias: bool, offset: flo
     return out
 
 
-def finish_params(params: Params, config: DecoderConfig) -> Params:
+def assemble_params(
+    weights: WeightSource,
+    config: DecoderConfig,
+    dtype,
+    layer: Callable[[int], dict],
+    embed: str,
+    final_norm: dict,
+    unembed: str,
+    ignorable: Iterable[str] = (),
+    extra: dict | None = None,
+) -> Params:
+    """The decoder's params from per-layer params ``layer(i)`` and the named outer tensors.
+
+    Refuses checkpoint tensors nobody read (besides the ``ignorable`` patterns and a tied
+    ``unembed``) and checks the embedding's shape.
+    """
+    params = {
+        "embed": weights(embed, dtype),
+        "final_norm": final_norm,
+        "layers": stack_layers([layer(i) for i in range(config.num_layers)]),
+        **(extra or {}),
+    }
+    if not config.tie_embeddings:
+        params["unembed"] = weights(unembed, dtype)
+    weights.check_all_used((*ignorable, re.escape(unembed)))
+    return _check_shapes(params, config)
+
+
+def projections(weights: WeightSource, prefix: str, dtype) -> dict:
+    """q/k/v/o and gate/up/down of a Llama-style layer (``self_attn.q_proj`` ... ``mlp.down_proj``)."""
+    out = {
+        name: torch_linear(weights, f"{prefix}.self_attn.{name}_proj", dtype)
+        for name in ("q", "k", "v", "o")
+    }
+    out.update(
+        {name: torch_linear(weights, f"{prefix}.mlp.{name}_proj", dtype) for name in ("gate", "up", "down")}
+    )
+    return out
+
+
+def _check_shapes(params: Params, config: DecoderConfig) -> Params:
     """Sanity-check the shapes that the decoder relies on."""
     embed = params["embed"]
     if embed.shape != (config.vocab_size, config.hidden_size):

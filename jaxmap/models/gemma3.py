@@ -3,15 +3,7 @@ sandwich norms, a scaled embedding and ``(1 + w)`` norm scales (folded in at loa
 
 from __future__ import annotations
 
-from .adapter import (
-    ConfigReader,
-    WeightSource,
-    finish_params,
-    norm_params,
-    rope_table,
-    stack_layers,
-    torch_linear,
-)
+from .adapter import ConfigReader, WeightSource, assemble_params, norm_params, projections, rope_table
 from .decoder import DecoderConfig, Params
 from .llama import activation
 
@@ -46,10 +38,11 @@ def translate(reader: ConfigReader) -> DecoderConfig:
     )
     if len(layer_types) != layers or not set(layer_types) <= set(_LAYER_TYPES):
         raise reader.refuse("layer_types", layer_types)
+    rope_by_type = _rope_by_layer_type(reader)
     tables = []
     for kind in _LAYER_TYPES:
         table, max_positions = rope_table(
-            _rope_by_layer_type(reader)[kind], head_dim, max_positions, f"{reader.architecture} {kind}"
+            rope_by_type[kind], head_dim, max_positions, f"{reader.architecture} {kind}"
         )
         tables.append(table)
     window = reader.take("sliding_window")
@@ -88,33 +81,21 @@ def convert(weights: WeightSource, config: DecoderConfig, dtype) -> Params:
     def norm(name: str) -> dict:
         return norm_params(weights, name, False, offset=1.0)
 
-    layers = []
-    for i in range(config.num_layers):
+    def layer(i: int) -> dict:
         prefix = f"model.layers.{i}"
-        layers.append(
-            {
-                "attn_norm": norm(f"{prefix}.input_layernorm"),
-                "attn_post_norm": norm(f"{prefix}.post_attention_layernorm"),
-                "mlp_norm": norm(f"{prefix}.pre_feedforward_layernorm"),
-                "mlp_post_norm": norm(f"{prefix}.post_feedforward_layernorm"),
-                "q_norm": norm(f"{prefix}.self_attn.q_norm"),
-                "k_norm": norm(f"{prefix}.self_attn.k_norm"),
-                **{
-                    name: torch_linear(weights, f"{prefix}.self_attn.{name}_proj", dtype)
-                    for name in ("q", "k", "v", "o")
-                },
-                **{
-                    name: torch_linear(weights, f"{prefix}.mlp.{name}_proj", dtype)
-                    for name in ("gate", "up", "down")
-                },
-            }
-        )
-    params = {
-        "embed": weights("model.embed_tokens.weight", dtype),
-        "final_norm": norm("model.norm"),
-        "layers": stack_layers(layers),
-    }
-    if not config.tie_embeddings:
-        params["unembed"] = weights("lm_head.weight", dtype)
-    weights.check_all_used((r"lm_head\.weight",))
-    return finish_params(params, config)
+        return {
+            "attn_norm": norm(f"{prefix}.input_layernorm"),
+            "attn_post_norm": norm(f"{prefix}.post_attention_layernorm"),
+            "mlp_norm": norm(f"{prefix}.pre_feedforward_layernorm"),
+            "mlp_post_norm": norm(f"{prefix}.post_feedforward_layernorm"),
+            "q_norm": norm(f"{prefix}.self_attn.q_norm"),
+            "k_norm": norm(f"{prefix}.self_attn.k_norm"),
+            **projections(weights, prefix, dtype),
+        }
+
+    return assemble_params(
+        weights, config, dtype, layer,
+        embed="model.embed_tokens.weight",
+        final_norm=norm("model.norm"),
+        unembed="lm_head.weight",
+    )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .adapter import ConfigReader, WeightSource, finish_params, norm_params, stack_layers
+from .adapter import ConfigReader, WeightSource, assemble_params, norm_params
 from .decoder import DecoderConfig, Params
 from .llama import activation
 
@@ -51,30 +51,27 @@ def convert(weights: WeightSource, config: DecoderConfig, dtype) -> Params:
     """Map ``transformer.h.{i}.attn.c_attn`` etc. (prefix optional) onto the decoder's params."""
     root = "transformer." if "transformer.wte.weight" in weights else ""
     width = config.hidden_size
-    layers = []
-    for i in range(config.num_layers):
+
+    def layer(i: int) -> dict:
         prefix = f"{root}h.{i}"
         qkv = f"{prefix}.attn.c_attn"
-        layers.append(
-            {
-                "attn_norm": norm_params(weights, f"{prefix}.ln_1", True),
-                "mlp_norm": norm_params(weights, f"{prefix}.ln_2", True),
-                "q": _conv1d(weights, qkv, dtype, slice(0, width)),
-                "k": _conv1d(weights, qkv, dtype, slice(width, 2 * width)),
-                "v": _conv1d(weights, qkv, dtype, slice(2 * width, 3 * width)),
-                "o": _conv1d(weights, f"{prefix}.attn.c_proj", dtype),
-                "up": _conv1d(weights, f"{prefix}.mlp.c_fc", dtype),
-                "down": _conv1d(weights, f"{prefix}.mlp.c_proj", dtype),
-            }
-        )
-    params = {
-        "embed": weights(f"{root}wte.weight", dtype),
-        "positions": weights(f"{root}wpe.weight", dtype),
-        "final_norm": norm_params(weights, f"{root}ln_f", True),
-        "layers": stack_layers(layers),
-    }
-    if not config.tie_embeddings:
-        params["unembed"] = weights("lm_head.weight", dtype)
-    # Old checkpoints carry the causal-mask buffers as tensors.
-    weights.check_all_used((r"(transformer\.)?h\.\d+\.attn\.(masked_)?bias", r"lm_head\.weight"))
-    return finish_params(params, config)
+        return {
+            "attn_norm": norm_params(weights, f"{prefix}.ln_1", True),
+            "mlp_norm": norm_params(weights, f"{prefix}.ln_2", True),
+            "q": _conv1d(weights, qkv, dtype, slice(0, width)),
+            "k": _conv1d(weights, qkv, dtype, slice(width, 2 * width)),
+            "v": _conv1d(weights, qkv, dtype, slice(2 * width, 3 * width)),
+            "o": _conv1d(weights, f"{prefix}.attn.c_proj", dtype),
+            "up": _conv1d(weights, f"{prefix}.mlp.c_fc", dtype),
+            "down": _conv1d(weights, f"{prefix}.mlp.c_proj", dtype),
+        }
+
+    return assemble_params(
+        weights, config, dtype, layer,
+        embed=f"{root}wte.weight",
+        final_norm=norm_params(weights, f"{root}ln_f", True),
+        unembed="lm_head.weight",
+        # Old checkpoints carry the causal-mask buffers as tensors.
+        ignorable=(r"(transformer\.)?h\.\d+\.attn\.(masked_)?bias",),
+        extra={"positions": weights(f"{root}wpe.weight", dtype)},
+    )

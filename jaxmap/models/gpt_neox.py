@@ -5,11 +5,10 @@ from __future__ import annotations
 from .adapter import (
     ConfigReader,
     WeightSource,
-    finish_params,
+    assemble_params,
     norm_params,
     read_rope_parameters,
     rope_table,
-    stack_layers,
     torch_linear,
 )
 from .decoder import DecoderConfig, Params
@@ -72,30 +71,23 @@ def _split_fused_qkv(weights: WeightSource, name: str, config: DecoderConfig, dt
 
 def convert(weights: WeightSource, config: DecoderConfig, dtype) -> Params:
     """Map ``gpt_neox.layers.{i}.attention.query_key_value`` etc. onto the decoder's params."""
-    layers = []
-    for i in range(config.num_layers):
+
+    def layer(i: int) -> dict:
         prefix = f"gpt_neox.layers.{i}"
-        layers.append(
-            {
-                "attn_norm": norm_params(weights, f"{prefix}.input_layernorm", True),
-                "mlp_norm": norm_params(weights, f"{prefix}.post_attention_layernorm", True),
-                **_split_fused_qkv(weights, f"{prefix}.attention.query_key_value", config, dtype),
-                "o": torch_linear(weights, f"{prefix}.attention.dense", dtype),
-                "up": torch_linear(weights, f"{prefix}.mlp.dense_h_to_4h", dtype),
-                "down": torch_linear(weights, f"{prefix}.mlp.dense_4h_to_h", dtype),
-            }
-        )
-    params = {
-        "embed": weights("gpt_neox.embed_in.weight", dtype),
-        "final_norm": norm_params(weights, "gpt_neox.final_layer_norm", True),
-        "layers": stack_layers(layers),
-    }
-    if not config.tie_embeddings:
-        params["unembed"] = weights("embed_out.weight", dtype)
-    weights.check_all_used(
-        (
-            r"gpt_neox\.layers\.\d+\.attention\.(bias|masked_bias|rotary_emb\.inv_freq)",
-            r"embed_out\.weight",
-        )
+        return {
+            "attn_norm": norm_params(weights, f"{prefix}.input_layernorm", True),
+            "mlp_norm": norm_params(weights, f"{prefix}.post_attention_layernorm", True),
+            **_split_fused_qkv(weights, f"{prefix}.attention.query_key_value", config, dtype),
+            "o": torch_linear(weights, f"{prefix}.attention.dense", dtype),
+            "up": torch_linear(weights, f"{prefix}.mlp.dense_h_to_4h", dtype),
+            "down": torch_linear(weights, f"{prefix}.mlp.dense_4h_to_h", dtype),
+        }
+
+    return assemble_params(
+        weights, config, dtype, layer,
+        embed="gpt_neox.embed_in.weight",
+        final_norm=norm_params(weights, "gpt_neox.final_layer_norm", True),
+        unembed="embed_out.weight",
+        # Old checkpoints carry mask buffers and rotary frequencies as tensors.
+        ignorable=(r"gpt_neox\.layers\.\d+\.attention\.(bias|masked_bias|rotary_emb\.inv_freq)",),
     )
-    return finish_params(params, config)

@@ -10,12 +10,11 @@ from .adapter import (
     ConfigReader,
     UnsupportedModelError,
     WeightSource,
-    finish_params,
+    assemble_params,
     norm_params,
+    projections,
     read_rope_parameters,
     rope_table,
-    stack_layers,
-    torch_linear,
 )
 from .decoder import DecoderConfig, Params
 
@@ -104,34 +103,23 @@ def translate(reader: ConfigReader) -> DecoderConfig:
 
 def convert(weights: WeightSource, config: DecoderConfig, dtype) -> Params:
     """Map ``model.layers.{i}.self_attn.q_proj`` etc. onto the decoder's params."""
-    layers = []
-    for i in range(config.num_layers):
+
+    def layer(i: int) -> dict:
         prefix = f"model.layers.{i}"
-        layers.append(
-            {
-                "attn_norm": norm_params(weights, f"{prefix}.input_layernorm", False),
-                "mlp_norm": norm_params(weights, f"{prefix}.post_attention_layernorm", False),
-                **{
-                    name: torch_linear(weights, f"{prefix}.self_attn.{name}_proj", dtype)
-                    for name in ("q", "k", "v", "o")
-                },
-                **{
-                    name: torch_linear(weights, f"{prefix}.mlp.{name}_proj", dtype)
-                    for name in ("gate", "up", "down")
-                },
-            }
-        )
-    params = {
-        "embed": weights("model.embed_tokens.weight", dtype),
-        "final_norm": norm_params(weights, "model.norm", False),
-        "layers": stack_layers(layers),
-    }
-    if not config.tie_embeddings:
-        params["unembed"] = weights("lm_head.weight", dtype)
-    weights.check_all_used(IGNORABLE_TENSORS)
-    return finish_params(params, config)
+        return {
+            "attn_norm": norm_params(weights, f"{prefix}.input_layernorm", False),
+            "mlp_norm": norm_params(weights, f"{prefix}.post_attention_layernorm", False),
+            **projections(weights, prefix, dtype),
+        }
 
+    return assemble_params(
+        weights, config, dtype, layer,
+        embed="model.embed_tokens.weight",
+        final_norm=norm_params(weights, "model.norm", False),
+        unembed="lm_head.weight",
+        # Old checkpoints carry rotary frequencies as tensors.
+        ignorable=(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq",),
+    )
 
-IGNORABLE_TENSORS = (r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq", r"lm_head\.weight")
 
 __all__ = ["translate", "convert", "activation", "UnsupportedModelError"]
