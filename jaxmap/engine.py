@@ -247,7 +247,7 @@ def score(
     done = set(writer.completed_models())
     todo = [r for r in references if r not in done]
     for reference in todo:
-        checkpoint = resolve(reference, cache_dir=cache_dir)
+        checkpoint = resolve(reference, cache_dir=cache_dir, progress=progress)
         translate_config(checkpoint.config(), reference)
     token_cache = out.with_name(out.name + ".tokens")
     overall = tqdm(total=len(todo), desc="models", unit="model", disable=not progress or len(todo) < 2)

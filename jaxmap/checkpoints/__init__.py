@@ -116,8 +116,13 @@ def _hub(reference: str) -> Checkpoint:
     return _local(reference, directory, "hub", revision=directory.name)
 
 
-def resolve(reference: str, cache_dir: str | Path | None = None) -> Checkpoint:
-    """Resolve one model reference to a :class:`Checkpoint` (see the module docstring)."""
+def resolve(
+    reference: str, cache_dir: str | Path | None = None, progress: bool = True
+) -> Checkpoint:
+    """Resolve one model reference to a :class:`Checkpoint` (see the module docstring).
+
+    ``progress`` shows a bar while a GGUF file is converted (first use only).
+    """
     path = Path(reference).expanduser()
     if path.is_dir():
         return _local(reference, path, "local")
@@ -128,7 +133,7 @@ def resolve(reference: str, cache_dir: str | Path | None = None) -> Checkpoint:
         gguf_path = path if path.suffix == ".gguf" else find_packaged_gguf(reference, cache_dir)
         if not gguf_path.exists():
             raise CheckpointError(f"{reference}: no such GGUF file")
-        directory = convert_gguf(gguf_path, cache_dir=cache_dir)
+        directory = convert_gguf(gguf_path, cache_dir=cache_dir, progress=progress)
         source = json.loads((directory / "jaxmap_source.json").read_text())
         return _local(reference, directory, "gguf", revision=f"gguf:{source['cache_key']}")
     if path.exists():
