@@ -115,12 +115,15 @@ class ModelScores:
     stats: dict = field(default_factory=dict)
 
 
-def load_model(reference: str, dtype: str = DEFAULT_DTYPE, cache_dir=None) -> LoadedModel:
-    """Resolve, validate and load one model reference."""
+def load_model(
+    reference: str | Checkpoint, dtype: str = DEFAULT_DTYPE, cache_dir=None
+) -> LoadedModel:
+    """Resolve (unless given a resolved :class:`Checkpoint`), validate and load one model."""
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     started = time.perf_counter()
-    checkpoint = resolve(reference, cache_dir=cache_dir)
+    checkpoint = reference if isinstance(reference, Checkpoint) else resolve(reference, cache_dir=cache_dir)
+    reference = checkpoint.reference
     architecture, config = translate_config(checkpoint.config(), reference)
     params = convert_weights(architecture, checkpoint.open_weights(), config, dtype)
     tokenizer = load_tokenizer(checkpoint.directory)
@@ -246,17 +249,18 @@ def score(
     writer = StoreWriter(out, text_set, created_by=f"jaxmap {__version__}")
     done = set(writer.completed_models())
     todo = [r for r in references if r not in done]
-    for reference in todo:
-        checkpoint = resolve(reference, cache_dir=cache_dir, progress=progress)
-        translate_config(checkpoint.config(), reference)
+    # Resolve and validate everything before scoring anything; loading reuses these.
+    checkpoints = [resolve(r, cache_dir=cache_dir, progress=progress) for r in todo]
+    for checkpoint in checkpoints:
+        translate_config(checkpoint.config(), checkpoint.reference)
     token_cache = out.with_name(out.name + ".tokens")
     overall = tqdm(total=len(todo), desc="models", unit="model", disable=not progress or len(todo) < 2)
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as loader:
-        upcoming = loader.submit(load_model, todo[0], dtype, cache_dir) if todo else None
+        upcoming = loader.submit(load_model, checkpoints[0], dtype) if todo else None
         for position, reference in enumerate(todo):
             model = upcoming.result()
             upcoming = (
-                loader.submit(load_model, todo[position + 1], dtype, cache_dir)
+                loader.submit(load_model, checkpoints[position + 1], dtype)
                 if position + 1 < len(todo)
                 else None
             )
