@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 from jaxmap.texts import TextSet, chunk_document
+from .errors import DemoSourceError
 
 __all__ = [
     "ALL_DOMAINS",
@@ -58,9 +59,6 @@ MAX_BYTES = 1024
 MIN_BYTES = 256
 BUILDER_VERSION = 1
 
-
-class DemoSourceError(RuntimeError):
-    """A demo source that is not installed, or not at its pinned version; names the fix."""
 
 
 @dataclass(frozen=True)

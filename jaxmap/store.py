@@ -34,14 +34,12 @@ import h5py
 import numpy as np
 
 from .texts import TextSet
+from .errors import StoreError, StoreMismatchError
 
 FORMAT = "jaxmap-store"
 FORMAT_VERSION = 1
 _STRING = h5py.string_dtype("utf-8")
 
-
-class StoreError(RuntimeError):
-    """A store that cannot be used as asked; the message names the file and the reason."""
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
+from .errors import TextSetError
 
-
-class TextSetError(ValueError):
-    """A text file that cannot be read as a text set; the message names the file and line."""
 
 
 @dataclass(frozen=True)

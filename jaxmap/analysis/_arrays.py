@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
+from ..errors import AnalysisError
 
-
-class AnalysisError(ValueError):
-    """An input the analysis cannot use; the message says which input and what is wrong."""
 
 
 def float64_matrix(values, name: str = "L") -> np.ndarray:

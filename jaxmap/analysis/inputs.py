@@ -11,10 +11,8 @@ import numpy as np
 from ..store import FORMAT as STORE_FORMAT
 from ..store import StoreError, open_store
 from ._arrays import AnalysisError
+from ..errors import InputError
 
-
-class InputError(AnalysisError):
-    """A matrix file that cannot be read; the message names the file and the problem."""
 
 
 @dataclass(frozen=True)

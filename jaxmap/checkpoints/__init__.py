@@ -17,10 +17,8 @@ from typing import Iterable
 import yaml
 
 from ..models import UnsupportedModelError, WeightSource
+from ..errors import CheckpointError, HubError
 
-
-class CheckpointError(ValueError):
-    """A model reference that cannot be loaded; the message names the model and the problem."""
 
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
+from ..errors import GGUFConversionError
 
 __all__ = [
     "CONVERTER_VERSION",
@@ -48,9 +49,6 @@ CONVERTER_VERSION = 2
 _KEY_WINDOW = 16 << 20  # bytes hashed at each end of the file for the cache key
 SOURCE_FILE = "jaxmap_source.json"
 
-
-class GGUFConversionError(ValueError):
-    """A GGUF file that cannot be converted; the message names the file and the problem."""
 
 
 def default_cache_dir() -> Path:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from jaxmap.checkpoints.gguf import default_cache_dir
+from ..errors import PackagedModelError
 
 __all__ = [
     "PACKAGED_MODELS",
@@ -31,9 +32,6 @@ __all__ = [
     "installed_packaged_models",
 ]
 
-
-class PackagedModelError(LookupError):
-    """A packaged model that is unknown, not installed, or damaged; the message says what to do."""
 
 
 @dataclass(frozen=True)

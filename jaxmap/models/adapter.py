@@ -17,10 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from .decoder import DecoderConfig, Params, RopeTable
+from ..errors import UnsupportedModelError
 
-
-class UnsupportedModelError(ValueError):
-    """A model jaxmap would compute wrongly: unknown architecture, config field or tensor."""
 
 
 # Fields that do not change the log-likelihood of a text: bookkeeping, training-only settings
