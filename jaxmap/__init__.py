@@ -18,7 +18,8 @@ from .analysis import (
     resample,
     resampled_coordinates,
 )
-from .engine import load_model, score
+from .engine import load_model
+from .jobs import score
 from .store import Store, StoreError, open_store
 from .texts import TextSet, chunk_document, load_texts
 

@@ -16,7 +16,8 @@ import numpy as np
 from .analysis import clip, kl_matrix, nearest_neighbors
 from .checkpoints.packaged import PACKAGED_MODELS, installed_packaged_models
 from .demo_texts import build_demo_texts
-from .engine import DEFAULT_DTYPE, score
+from .engine import DEFAULT_DTYPE
+from .jobs import score
 
 # Sized so that scoring the three packaged models ends within about ten minutes on two CPU
 # cores (measured figures are in the README).

@@ -380,7 +380,7 @@ def _run_add(args: argparse.Namespace) -> int:
     bos_policy = _map_bos_policy(matrix, args.bos_policy)
     out = Path(args.out) if args.out else Path(args.subset).with_suffix(".h5")
     from ..checkpoints import expand_references
-    from ..engine import score
+    from ..jobs import score
 
     try:
         scored = score(

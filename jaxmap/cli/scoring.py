@@ -63,7 +63,7 @@ def register(subparsers) -> None:
 
 
 def run_score(args: argparse.Namespace) -> int:
-    from ..engine import score
+    from ..jobs import score
 
     store = score(
         args.models, args.texts, out=args.out, dtype=args.dtype, bos_policy=args.bos_policy,
