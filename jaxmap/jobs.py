@@ -1,25 +1,102 @@
 """Scoring jobs: many models on one text set, one committed store row per model.
 
-Every reference is resolved and validated before anything is scored; the next model loads in a
-background thread while the current one scores; each finished row is committed to the store
-atomically.
+A job runs unattended over a model list of any length:
+
+1. every reference is resolved and validated cheaply (config, tokenizer, weight headers) before
+   anything is scored; a reference that fails is recorded with its reason and the job goes on;
+2. the next model loads in a background thread while the current one scores;
+3. each finished row is checked (every value finite) and committed to the store atomically; a
+   model that fails while loading or scoring is recorded and the job goes on;
+4. the job ends with a summary (scored, skipped, failed with reasons, tokens/s), also written
+   beside the store as ``<store>.run.json``.
+
+An interrupt (SIGINT, or SIGTERM through the CLI) abandons the current model: its half-computed
+row is never committed, and every committed row stays.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import json
+import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from ._version import __version__
-from .checkpoints import expand_references, resolve
-from .engine import DEFAULT_DTYPE, load_model, score_tokens
+from .checkpoints import Checkpoint, expand_references, resolve
+from .engine import DEFAULT_DTYPE, LoadedModel, ModelScores, load_model, score_tokens
+from .errors import JaxmapError, ModelsFailedError, StoreError
 from .models import DTYPES, translate_config
 from .store import Store, StoreWriter, open_store
 from .texts import TextSet, load_texts
 from .tokenization import POLICIES, cached_tokenize
+
+
+@dataclass
+class ModelOutcome:
+    """What happened to one model of a job."""
+
+    reference: str
+    status: str  # "scored", "skipped" (already in the store) or "failed"
+    reason: str = ""
+    tokens: int = 0
+    seconds: float = 0.0
+    tokens_per_second: float = 0.0
+
+
+@dataclass
+class JobSummary:
+    """The outcome of a scoring job, model by model."""
+
+    store: str
+    outcomes: list[ModelOutcome] = field(default_factory=list)
+    seconds: float = 0.0
+    interrupted: bool = False
+
+    def with_status(self, status: str) -> list[ModelOutcome]:
+        return [o for o in self.outcomes if o.status == status]
+
+    @property
+    def failures(self) -> dict[str, str]:
+        """Failed references and why."""
+        return {o.reference: o.reason for o in self.with_status("failed")}
+
+    @property
+    def tokens(self) -> int:
+        return sum(o.tokens for o in self.outcomes)
+
+    @property
+    def tokens_per_second(self) -> float:
+        """Scored tokens over the whole job's wall time (loading and compiling included)."""
+        return self.tokens / self.seconds if self.seconds else 0.0
+
+    def lines(self) -> list[str]:
+        """A human-readable summary."""
+        scored, skipped, failed = (self.with_status(s) for s in ("scored", "skipped", "failed"))
+        out = [
+            f"{self.store}: {len(scored)} scored, {len(skipped)} already in the store, "
+            f"{len(failed)} failed"
+            + (", interrupted" if self.interrupted else "")
+            + f"; {self.tokens} tokens in {self.seconds:.1f} s ({self.tokens_per_second:.0f} tok/s "
+            "for the whole job)"
+        ]
+        out += [f"  scored  {o.reference}: {o.tokens_per_second:.0f} tok/s" for o in scored]
+        out += [f"  FAILED  {o.reference}: {o.reason}" for o in failed]
+        return out
+
+    def to_json(self) -> dict:
+        return {
+            "store": self.store,
+            "seconds": self.seconds,
+            "tokens": self.tokens,
+            "tokens_per_second": self.tokens_per_second,
+            "interrupted": self.interrupted,
+            "models": [asdict(o) for o in self.outcomes],
+        }
 
 
 def _as_text_set(texts: TextSet | str | Path | Sequence[str]) -> TextSet:
@@ -30,7 +107,48 @@ def _as_text_set(texts: TextSet | str | Path | Sequence[str]) -> TextSet:
     return TextSet.from_texts(list(texts))
 
 
-def score(
+def parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int] | None:
+    """``"I/N"`` (0 ≤ I < N) → ``(I, N)``: this job scores models I, I+N, I+2N, ... of the list."""
+    if shard is None or isinstance(shard, tuple):
+        return shard
+    index, slash, count = str(shard).partition("/")
+    try:
+        parsed = int(index), int(count)
+    except ValueError:
+        parsed = None
+    if not slash or parsed is None or not 0 <= parsed[0] < parsed[1]:
+        raise JaxmapError(f"--shard {shard!r}: expected I/N with 0 <= I < N, e.g. 0/8")
+    return parsed
+
+
+def _check_finite(reference: str, scores: ModelScores, texts: TextSet) -> None:
+    bad = np.flatnonzero(~np.isfinite(scores.loglik))
+    if bad.size:
+        shown = ", ".join(texts.ids[i] for i in bad[:3]) + (" ..." if bad.size > 3 else "")
+        raise JaxmapError(
+            f"non-finite log-likelihood on {bad.size} of {len(texts)} texts (ids {shown}); "
+            "the weights may hold NaN or inf"
+        )
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, JaxmapError):
+        return str(error)
+    # Not an error meant for people: keep its type, so a bug is recognisable in the summary.
+    return f"{type(error).__name__}: {error}"
+
+
+def _write_summary(summary: JobSummary, out: Path) -> None:
+    path = out.with_name(out.name + ".run.json")
+    temporary = path.with_name(f".{path.name}.tmp")
+    try:
+        temporary.write_text(json.dumps(summary.to_json(), indent=2))
+        temporary.replace(path)
+    except OSError:
+        temporary.unlink(missing_ok=True)  # the summary is a convenience; the rows are safe
+
+
+def score_job(
     models: Sequence[str] | str,
     texts: TextSet | str | Path | Sequence[str],
     out: str | Path,
@@ -40,73 +158,160 @@ def score(
     batch_tokens: int | None = None,
     progress: bool = True,
     cache_dir: str | Path | None = None,
-) -> Store:
-    """Score every model on every text and append one row per model to the store ``out``.
+    shard: str | tuple[int, int] | None = None,
+    report: Callable[[str], None] | None = None,
+) -> JobSummary:
+    """Score every model on every text into the store ``out``; see the module docstring.
 
-    ``models`` holds model references (local HF directories, hub ids ``org/name[@rev]``,
-    ``.gguf`` files, packaged model names, or list files of references). Models whose rows the
-    store already holds are skipped, so re-running a killed job computes only what is missing.
-    Every reference is validated (config translated) before any scoring starts. Returns the
-    store as it is afterwards.
+    Models whose rows the store already holds (matched by canonical reference) are skipped, so
+    re-running a killed job computes only what is missing. ``shard="I/N"`` takes every N-th
+    model of the list, starting at I, for running one list as N independent jobs (join their
+    stores with :func:`jaxmap.store.merge`). ``report`` receives one line per event (default:
+    printed when ``progress``). Failed models are in the returned summary; this raises only
+    for errors that stop the whole job (a bad text set, a foreign store, a full disk).
     """
     if bos_policy not in POLICIES:
-        raise ValueError(f"unknown BOS policy {bos_policy!r}; choose one of {POLICIES}")
+        raise JaxmapError(f"unknown BOS policy {bos_policy!r}; choose one of {', '.join(POLICIES)}")
     if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+        raise JaxmapError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    shard = parse_shard(shard)
+    say = report or (tqdm.write if progress else (lambda line: None))
+    started = time.perf_counter()
     text_set = _as_text_set(texts)
     references = expand_references([models] if isinstance(models, str) else models)
+    if shard is not None:
+        references = references[shard[0] :: shard[1]]
     out = Path(out)
-    writer = StoreWriter(out, text_set, created_by=f"jaxmap {__version__}")
-    done = set(writer.completed_models())
-    todo = [r for r in references if r not in done]
+    writer = StoreWriter(
+        out, text_set, {"bos_policy": bos_policy, "dtype": dtype}, created_by=f"jaxmap {__version__}"
+    )
+    summary = JobSummary(str(out))
+    done = set(writer.completed_keys())
+
     # Resolve and validate everything before scoring anything; loading reuses these.
-    checkpoints = [resolve(r, cache_dir=cache_dir, progress=progress) for r in todo]
-    for checkpoint in checkpoints:
-        translate_config(checkpoint.config(), checkpoint.reference)
+    todo: list[Checkpoint] = []
+    keys_seen: set[str] = set()
+    for reference in tqdm(references, desc="validating", unit="model", disable=not progress or len(references) < 2):
+        try:
+            checkpoint = resolve(reference, cache_dir=cache_dir, progress=progress)
+            translate_config(checkpoint.config(), checkpoint.reference)
+        except JaxmapError as error:
+            summary.outcomes.append(ModelOutcome(reference, "failed", _reason(error)))
+            say(f"jaxmap: {reference}: cannot be scored: {error}")
+            continue
+        key = getattr(checkpoint, "canonical", checkpoint.reference)
+        if key in done or key in keys_seen:
+            summary.outcomes.append(ModelOutcome(reference, "skipped"))
+            continue
+        keys_seen.add(key)
+        todo.append(checkpoint)
+
     token_cache = out.with_name(out.name + ".tokens")
     overall = tqdm(total=len(todo), desc="models", unit="model", disable=not progress or len(todo) < 2)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as loader:
-        upcoming = loader.submit(load_model, checkpoints[0], dtype) if todo else None
-        for position, reference in enumerate(todo):
-            model = upcoming.result()
-            upcoming = (
-                loader.submit(load_model, checkpoints[position + 1], dtype)
-                if position + 1 < len(todo)
-                else None
+    loader = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="jaxmap-loader")
+    upcoming = loader.submit(load_model, todo[0], dtype) if todo else None
+    try:
+        for position, checkpoint in enumerate(todo):
+            reference = checkpoint.reference
+            current, upcoming = upcoming, (
+                loader.submit(load_model, todo[position + 1], dtype)
+                if position + 1 < len(todo) else None
             )
-            tokens, tokenizer_id = cached_tokenize(
-                text_set, model.tokenizer, bos_policy, token_cache
+            outcome = _score_one(
+                current, checkpoint, text_set, writer, token_cache, dtype, bos_policy,
+                batch_tokens, progress, say,
             )
-            result = score_tokens(model, tokens, batch_tokens, progress)
-            writer.append(
-                reference,
-                result.loglik,
-                result.ntokens,
-                result.truncated,
-                {
-                    "reference": reference,
-                    "revision": model.checkpoint.revision,
-                    "source": model.checkpoint.source,
-                    "architecture": model.architecture,
-                    "dtype": dtype,
-                    "bos_policy": bos_policy,
-                    "n_ctx": model.config.max_positions,
-                    "tokenizer": tokenizer_id,
-                    "jaxmap_version": __version__,
-                    "load_seconds": model.load_seconds,
-                    **result.stats,
-                },
-            )
-            if progress:
-                stats = result.stats
-                tqdm.write(
-                    f"{reference}: {stats['tokens']} tokens in {stats['seconds']:.1f} s "
-                    f"({stats['tokens_per_second']:.0f} tok/s) + {stats['compile_seconds']:.1f} s "
-                    f"compiling, padding "
-                    f"{100 * stats['padding_fraction']:.1f}%, {stats['compilations']} new "
-                    f"compilation(s), {int(result.truncated.sum())} truncated"
-                )
-            del model
+            summary.outcomes.append(outcome)
             overall.update(1)
-    overall.close()
+    except KeyboardInterrupt:
+        summary.interrupted = True
+        raise
+    finally:
+        overall.close()
+        # Never wait for a load in flight: an interrupted job must stop now.
+        loader.shutdown(wait=False, cancel_futures=True)
+        summary.seconds = time.perf_counter() - started
+        if not summary.interrupted:
+            _compact(writer, say)
+        _write_summary(summary, out)
+    return summary
+
+
+def _score_one(
+    loading: concurrent.futures.Future,
+    checkpoint: Checkpoint,
+    text_set: TextSet,
+    writer: StoreWriter,
+    token_cache: Path,
+    dtype: str,
+    bos_policy: str,
+    batch_tokens: int | None,
+    progress: bool,
+    say: Callable[[str], None],
+) -> ModelOutcome:
+    """Load (already under way), score and commit one model; a failure becomes the outcome."""
+    reference = checkpoint.reference
+    try:
+        model: LoadedModel = loading.result()
+        tokens, tokenizer_id = cached_tokenize(text_set, model.tokenizer, bos_policy, token_cache)
+        result = score_tokens(model, tokens, batch_tokens, progress)
+        _check_finite(reference, result, text_set)
+    except Exception as error:  # noqa: BLE001 - one bad model must not stop a 1,000-model job
+        say(f"jaxmap: {reference}: failed: {_reason(error)}")
+        return ModelOutcome(reference, "failed", _reason(error))
+    meta = {
+        "reference": reference,
+        "key": getattr(checkpoint, "canonical", reference),
+        "revision": model.checkpoint.revision,
+        "source": model.checkpoint.source,
+        "architecture": model.architecture,
+        "dtype": dtype,
+        "bos_policy": bos_policy,
+        "n_ctx": model.config.max_positions,
+        "tokenizer": tokenizer_id,
+        "jaxmap_version": __version__,
+        "load_seconds": model.load_seconds,
+        **result.stats,
+    }
+    # A store that cannot take the row (full disk, damaged) stops the job: later rows would
+    # fail the same way.
+    writer.append(reference, result.loglik, result.ntokens, result.truncated, meta)
+    stats = result.stats
+    if progress:
+        say(
+            f"{reference}: {stats['tokens']} tokens in {stats['seconds']:.1f} s "
+            f"({stats['tokens_per_second']:.0f} tok/s) + {stats['compile_seconds']:.1f} s "
+            f"compiling, padding {100 * stats['padding_fraction']:.1f}%, "
+            f"{stats['compilations']} new compilation(s), {int(result.truncated.sum())} truncated"
+        )
+    return ModelOutcome(
+        reference, "scored", tokens=stats["tokens"], seconds=stats["seconds"],
+        tokens_per_second=stats["tokens_per_second"],
+    )
+
+
+def _compact(writer: StoreWriter, say: Callable[[str], None]) -> None:
+    try:
+        writer.compact()
+    except StoreError as error:
+        say(f"jaxmap: rows kept in the journal, not folded into the matrix: {error}")
+
+
+def score(
+    models: Sequence[str] | str,
+    texts: TextSet | str | Path | Sequence[str],
+    out: str | Path,
+    **options,
+) -> Store:
+    """Score every model on every text into the store ``out`` and return the store.
+
+    ``models`` holds model references (local HF directories, hub ids ``org/name[@rev]``,
+    ``.gguf`` files, packaged model names, or list files of references). Keyword options are
+    those of :func:`score_job`. Raises :class:`~jaxmap.errors.ModelsFailedError` naming every
+    failed model, after committing the others.
+    """
+    summary = score_job(models, texts, out, **options)
+    if summary.failures:
+        listed = "; ".join(f"{m}: {why}" for m, why in summary.failures.items())
+        raise ModelsFailedError(f"{len(summary.failures)} model(s) failed: {listed}", summary.failures)
     return open_store(out)

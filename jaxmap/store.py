@@ -1,6 +1,12 @@
-"""The HDF5 store: one row of per-text log-likelihoods per model.
+"""The store: one row of per-text log-likelihoods per model, crash-safe, committed in O(row).
 
-Layout (readable with plain h5py)::
+A store is a file and, beside it, a journal directory::
+
+    map.h5          the matrix (HDF5, readable with plain h5py)
+    map.h5.rows/    one file per row committed since the matrix was last compacted
+    map.h5.lock     writers serialise on it
+
+HDF5 layout::
 
     /texts        [N] utf-8 strings   the text set, in order
     /text_ids     [N] utf-8 strings
@@ -9,42 +15,91 @@ Layout (readable with plain h5py)::
     /ntokens      [K, N] int32        number of scored tokens
     /truncated    [K, N] bool         text was cut to the model's context
     /models       [K] utf-8 strings   model references as given
-    /model_meta   [K] utf-8 strings   JSON per model: resolved revision, architecture, dtype, ...
-    attrs: format, format_version, text_fingerprint, n_texts, created_by
+    /model_meta   [K] utf-8 strings   JSON per model: key, revision, architecture, dtype, ...
+    /row_checksum [K] utf-8 strings   sha256 of each row (model, meta, loglik, ntokens, truncated)
+    attrs: format, format_version, text_fingerprint, n_texts, settings (JSON), created_by,
+           journal_sequence (the last journal row folded into the matrix)
 
-Crash safety: the live file is never modified in place. A row is committed by copying the
-file, appending to the copy, fsyncing it and renaming it over the live path (an atomic
-``rename``). A SIGKILL at any moment leaves either the old or the new file, both complete;
-readers that opened the old file keep a consistent view. Writers serialise on ``<store>.lock``.
+Why a journal: committing a row by rewriting the matrix would cost O(store) per model (76 GB
+written over a 1,000 × 10,000 job). A row is instead written to a temporary file in the
+journal, fsynced and renamed to ``<sequence>.row``: atomic, and O(row). Compaction folds the
+journal into the matrix by writing a whole new file and renaming it over the old one; the new
+file records the last sequence it holds, so row files at or below it are ignored (and deleted)
+and a crash between the rename and the deletions neither loses nor duplicates a row. Jobs
+compact when they finish, and whenever the journal outgrows the matrix, so the amortised cost
+of a commit stays O(row). Plain h5py readers see the compacted rows; :func:`open_store` sees all.
+
+Every row carries a checksum; every reader verifies it and refuses a damaged row by name.
+A store's identity is its text set and its settings (BOS policy, dtype, ...): rows computed
+under other settings are not comparable, so a writer asking for other settings is refused.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
+import hashlib
+import io
 import json
 import os
-import shutil
+import re
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator, Sequence
 
 import h5py
 import numpy as np
 
-from .texts import TextSet
 from .errors import StoreError, StoreMismatchError
+from .texts import TextSet
 
 FORMAT = "jaxmap-store"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _STRING = h5py.string_dtype("utf-8")
+_ROW_MAGIC = b"JAXMAP-ROW 1\n"
+_ROW_NAME = re.compile(r"^(\d{12})\.row$")
+# The journal is folded into the matrix once it holds more rows than this or than the matrix.
+_COMPACT_AFTER_ROWS = 64
+# HDF5's own bookkeeping on top of the raw arrays, for the free-space check.
+_SPACE_MARGIN = 1 << 20
 
+
+@dataclass(frozen=True)
+class Row:
+    """One model's committed row, as stored."""
+
+    model: str
+    meta_json: str
+    loglik: np.ndarray
+    ntokens: np.ndarray
+    truncated: np.ndarray
+    checksum: str | None
+
+    @property
+    def meta(self) -> dict:
+        return json.loads(self.meta_json)
+
+    @property
+    def key(self) -> str:
+        """What makes two rows the same model (the canonical reference), else the name."""
+        return self.meta.get("key") or self.model
+
+
+def row_checksum(model: str, meta_json: str, loglik, ntokens, truncated) -> str:
+    """sha256 over a row's name, metadata and values, in a fixed byte order."""
+    digest = hashlib.sha256()
+    digest.update(model.encode("utf-8") + b"\0" + meta_json.encode("utf-8") + b"\0")
+    digest.update(np.ascontiguousarray(loglik, "<f8").tobytes())
+    digest.update(np.ascontiguousarray(ntokens, "<i4").tobytes())
+    digest.update(np.ascontiguousarray(truncated, "u1").tobytes())
+    return "sha256:" + digest.hexdigest()
 
 
 @dataclass(frozen=True)
 class Store:
-    """An in-memory snapshot of a store's complete rows."""
+    """An in-memory snapshot of a store's complete rows (matrix and journal)."""
 
     path: Path
     loglik: np.ndarray
@@ -56,6 +111,13 @@ class Store:
     texts: list[str]
     text_bytes: np.ndarray
     text_fingerprint: str
+    settings: dict
+    row_checksums: list[str | None]
+
+    @property
+    def model_keys(self) -> list[str]:
+        """The canonical key of each row (what resuming and merging match on)."""
+        return [meta.get("key") or model for model, meta in zip(self.models, self.model_meta)]
 
     @property
     def text_set(self) -> TextSet:
@@ -72,43 +134,224 @@ def _decode(values) -> list[str]:
     return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values]
 
 
-def open_store(path: str | Path) -> Store:
-    """Read every complete row of the store at ``path``.
+def journal_directory(path: Path) -> Path:
+    """Where a store's uncompacted rows live."""
+    return path.with_name(path.name + ".rows")
 
-    Safe while another process writes the store: the writer replaces the file atomically, so
-    this sees the rows committed at the moment it opened the file.
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    """Everything a store holds, with the rows still unverified."""
+
+    texts: TextSet
+    text_bytes: np.ndarray
+    settings: dict
+    created_by: str
+    format_version: int
+    journal_sequence: int
+    rows: list[Row]
+    row_sources: list[str]
+
+
+def _read_matrix(path: Path, handle: h5py.File) -> tuple[_Snapshot, int]:
+    if handle.attrs.get("format") != FORMAT:
+        raise StoreError(f"{path}: not a jaxmap store (no format attribute {FORMAT!r})")
+    version = int(handle.attrs.get("format_version", 1))
+    if version > FORMAT_VERSION:
+        raise StoreError(
+            f"{path}: store format {version} is newer than this jaxmap reads ({FORMAT_VERSION}); "
+            "upgrade jaxmap"
+        )
+    models = _decode(handle["models"][...])
+    metas = _decode(handle["model_meta"][...])
+    loglik = handle["loglik"][...]
+    ntokens = handle["ntokens"][...]
+    truncated = handle["truncated"][...]
+    checksums = (
+        _decode(handle["row_checksum"][...]) if "row_checksum" in handle else [None] * len(models)
+    )
+    if not (len(models) == len(metas) == len(loglik) == len(ntokens) == len(truncated) == len(checksums)):
+        raise StoreError(f"{path}: datasets disagree on the number of rows; the file is damaged")
+    rows = [
+        Row(m, j, loglik[i], ntokens[i], truncated[i].astype(bool), checksums[i])
+        for i, (m, j) in enumerate(zip(models, metas))
+    ]
+    texts = TextSet(
+        tuple(_decode(handle["text_ids"][...])),
+        tuple(_decode(handle["texts"][...])),
+        tuple({} for _ in range(int(handle.attrs["n_texts"]))),
+        source=str(path),
+    )
+    if texts.fingerprint != str(handle.attrs["text_fingerprint"]):
+        raise StoreError(f"{path}: the stored texts do not match their fingerprint; the file is damaged")
+    settings = json.loads(handle.attrs.get("settings", "{}"))
+    if version == 1:
+        settings = _infer_settings(rows)
+    snapshot = _Snapshot(
+        texts=texts,
+        text_bytes=handle["text_bytes"][...],
+        settings=settings,
+        created_by=str(handle.attrs.get("created_by", "")),
+        format_version=version,
+        journal_sequence=int(handle.attrs.get("journal_sequence", 0)),
+        rows=rows,
+        row_sources=[f"row {i}" for i in range(len(rows))],
+    )
+    return snapshot, len(texts)
+
+
+def _infer_settings(rows: list[Row]) -> dict:
+    """Format 1 kept settings per row only; a store whose rows agree has them as its settings."""
+    settings: dict = {}
+    for name in SETTINGS:
+        values = {row.meta.get(name) for row in rows} - {None}
+        if len(values) == 1:
+            settings[name] = values.pop()
+    return settings
+
+
+def _journal_entries(path: Path, after: int) -> list[tuple[int, Path]]:
+    directory = journal_directory(path)
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    entries = []
+    for name in names:
+        match = _ROW_NAME.match(name)
+        if match and int(match.group(1)) > after:
+            entries.append((int(match.group(1)), directory / name))
+    return sorted(entries)
+
+
+def _read_row_file(path: Path, n_texts: int) -> Row:
+    data = path.read_bytes()
+    where = f"{path}"
+    if not data.startswith(_ROW_MAGIC) or len(data) < len(_ROW_MAGIC) + 8:
+        raise StoreError(f"{where}: not a jaxmap row file; delete it and score that model again")
+    offset = len(_ROW_MAGIC)
+    header_length = int.from_bytes(data[offset : offset + 8], "little")
+    offset += 8
+    try:
+        header = json.loads(data[offset : offset + header_length])
+        model, meta_json, checksum = header["model"], header["meta"], header["checksum"]
+    except (ValueError, KeyError, TypeError):
+        raise StoreError(f"{where}: unreadable row header; delete it and score that model again") from None
+    offset += header_length
+    expected = n_texts * (8 + 4 + 1)
+    if len(data) - offset != expected:
+        raise StoreError(
+            f"{where}: row of {model} holds {len(data) - offset} bytes of values, expected "
+            f"{expected}; delete it and score that model again"
+        )
+    loglik = np.frombuffer(data, "<f8", n_texts, offset).astype(np.float64)
+    ntokens = np.frombuffer(data, "<i4", n_texts, offset + 8 * n_texts).astype(np.int32)
+    truncated = np.frombuffer(data, "u1", n_texts, offset + 12 * n_texts).astype(bool)
+    return Row(model, meta_json, loglik, ntokens, truncated, checksum)
+
+
+def _snapshot(path: Path) -> _Snapshot:
+    """Matrix plus journal as of one moment, retried if a compaction replaced the matrix meanwhile."""
+    path = Path(path)
+    for _ in range(20):
+        if not path.exists():
+            raise StoreError(f"{path}: no such store")
+        try:
+            handle = h5py.File(path, "r", locking=False)
+        except OSError as error:
+            raise StoreError(f"{path}: not a readable HDF5 file ({error})") from None
+        try:
+            with handle:
+                opened = os.fstat(handle.id.get_vfd_handle()).st_ino
+                snapshot, n_texts = _read_matrix(path, handle)
+        except (OSError, KeyError, ValueError) as error:
+            raise StoreError(f"{path}: the file is damaged ({error})") from None
+        rows, sources = list(snapshot.rows), list(snapshot.row_sources)
+        try:
+            for sequence, row_path in _journal_entries(path, snapshot.journal_sequence):
+                rows.append(_read_row_file(row_path, n_texts))
+                sources.append(f"journal row {sequence}")
+        except FileNotFoundError:
+            continue  # folded into a new matrix while we read: read again
+        try:
+            unchanged = os.stat(path).st_ino == opened
+        except FileNotFoundError:
+            unchanged = False
+        if unchanged:
+            return _Snapshot(**{**snapshot.__dict__, "rows": rows, "row_sources": sources})
+    raise StoreError(f"{path}: the store kept changing while it was read; try again")
+
+
+def verify_rows(path: str | Path) -> list[tuple[str, str, str]]:
+    """Check every row's checksum. Returns ``(where, model, problem)`` for each bad row.
+
+    Rows written by format 1 (no checksums) are reported as unverifiable.
+    """
+    snapshot = _snapshot(Path(path))
+    problems = []
+    for where, row in zip(snapshot.row_sources, snapshot.rows):
+        if row.checksum is None:
+            problems.append((where, row.model, "no checksum (written by store format 1)"))
+        elif row_checksum(row.model, row.meta_json, row.loglik, row.ntokens, row.truncated) != row.checksum:
+            problems.append((where, row.model, "checksum mismatch: the stored bytes are damaged"))
+    return problems
+
+
+def _verified(path: Path, snapshot: _Snapshot) -> _Snapshot:
+    for where, row in zip(snapshot.row_sources, snapshot.rows):
+        if row.checksum is not None and row_checksum(
+            row.model, row.meta_json, row.loglik, row.ntokens, row.truncated
+        ) != row.checksum:
+            raise StoreError(
+                f"{path}: {where} ({row.model}) fails its checksum: the stored bytes are "
+                f"damaged. Remove it with `jaxmap drop {path} {row.model}` and score it again"
+            )
+    return snapshot
+
+
+def open_store(path: str | Path) -> Store:
+    """Read every committed row of the store at ``path`` (matrix and journal), verified.
+
+    Safe while another process writes the store. A row whose checksum fails is refused with an
+    error naming it.
     """
     path = Path(path)
-    if not path.exists():
-        raise StoreError(f"{path}: no such store")
-    try:
-        handle = h5py.File(path, "r", locking=False)
-    except OSError as error:
-        raise StoreError(f"{path}: not a readable HDF5 file ({error})") from None
-    with handle:
-        if handle.attrs.get("format") != FORMAT:
-            raise StoreError(f"{path}: not a jaxmap store (no format attribute {FORMAT!r})")
-        return Store(
-            path=path,
-            loglik=handle["loglik"][...].astype(np.float64),
-            ntokens=handle["ntokens"][...],
-            truncated=handle["truncated"][...].astype(bool),
-            models=_decode(handle["models"][...]),
-            model_meta=[json.loads(m) for m in _decode(handle["model_meta"][...])],
-            text_ids=_decode(handle["text_ids"][...]),
-            texts=_decode(handle["texts"][...]),
-            text_bytes=handle["text_bytes"][...],
-            text_fingerprint=str(handle.attrs["text_fingerprint"]),
-        )
+    snapshot = _verified(path, _snapshot(path))
+    rows = snapshot.rows
+    n = len(snapshot.texts)
+    return Store(
+        path=path,
+        loglik=np.array([r.loglik for r in rows], np.float64).reshape(len(rows), n),
+        ntokens=np.array([r.ntokens for r in rows], np.int32).reshape(len(rows), n),
+        truncated=np.array([r.truncated for r in rows], bool).reshape(len(rows), n),
+        models=[r.model for r in rows],
+        model_meta=[r.meta for r in rows],
+        text_ids=list(snapshot.texts.ids),
+        texts=list(snapshot.texts.texts),
+        text_bytes=np.asarray(snapshot.text_bytes),
+        text_fingerprint=snapshot.texts.fingerprint,
+        settings=dict(snapshot.settings),
+        row_checksums=[r.checksum for r in rows],
+    )
 
 
 def read_model_meta(path: str | Path) -> list[dict]:
-    """Per-model metadata of a store, without reading its matrices."""
-    with h5py.File(path, "r", locking=False) as handle:
-        return [json.loads(m) for m in _decode(handle["model_meta"][...])]
+    """Per-model metadata of a store."""
+    return open_store(path).model_meta
 
 
-def _fsync_path(path: Path) -> None:
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+# The settings that change the numbers: rows computed under different values do not compare.
+SETTINGS = ("bos_policy", "dtype")
+
+
+def _fsync_directory(path: Path) -> None:
     descriptor = os.open(path, os.O_RDONLY)
     try:
         os.fsync(descriptor)
@@ -116,93 +359,207 @@ def _fsync_path(path: Path) -> None:
         os.close(descriptor)
 
 
-class StoreWriter:
-    """Appends model rows to a store, committing each row atomically.
+def _check_free_space(directory: Path, needed: int, what: str) -> None:
+    stats = os.statvfs(directory)
+    free = stats.f_bavail * stats.f_frsize
+    if free < needed + _SPACE_MARGIN:
+        raise StoreError(
+            f"{directory}: not enough free disk space to {what} (needs about "
+            f"{(needed + _SPACE_MARGIN) / 1e6:.1f} MB, {free / 1e6:.1f} MB free); the store is unchanged"
+        )
 
-    Opening creates the store for ``texts`` if it does not exist; an existing store written for
-    another text set is refused and left unchanged.
+
+def _write_atomically(target: Path, data: bytes, what: str) -> None:
+    """Write ``data`` to a temporary file beside ``target``, fsync, rename over ``target``.
+
+    On any failure the temporary file is removed and ``target`` is as it was.
+    """
+    _check_free_space(target.parent, len(data), what)
+    temporary = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    try:
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, target)
+        _fsync_directory(target.parent)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise StoreError(f"{target}: the disk is full; could not {what}; the store is unchanged") from None
+        raise StoreError(f"{target}: could not {what} ({error.strerror or error}); the store is unchanged") from None
+
+
+def _matrix_image(snapshot: _Snapshot, journal_sequence: int) -> bytes:
+    """A whole store file, built in memory so HDF5 itself never meets a full disk."""
+    texts, rows = snapshot.texts, snapshot.rows
+    n, k = len(texts), len(rows)
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as handle:
+        handle.attrs["format"] = FORMAT
+        handle.attrs["format_version"] = FORMAT_VERSION
+        handle.attrs["text_fingerprint"] = texts.fingerprint
+        handle.attrs["n_texts"] = n
+        handle.attrs["settings"] = json.dumps(snapshot.settings, sort_keys=True)
+        handle.attrs["created_by"] = snapshot.created_by
+        handle.attrs["journal_sequence"] = journal_sequence
+        handle.create_dataset("texts", data=list(texts.texts), dtype=_STRING)
+        handle.create_dataset("text_ids", data=list(texts.ids), dtype=_STRING)
+        handle.create_dataset("text_bytes", data=np.asarray(snapshot.text_bytes, np.int64))
+        chunks = (1, max(n, 1))
+        for name, dtype, values in (
+            ("loglik", np.float64, [r.loglik for r in rows]),
+            ("ntokens", np.int32, [r.ntokens for r in rows]),
+            ("truncated", bool, [r.truncated for r in rows]),
+        ):
+            data = np.array(values, dtype).reshape(k, n)
+            handle.create_dataset(name, data=data, maxshape=(None, n), chunks=chunks)
+        checksums = [
+            r.checksum or row_checksum(r.model, r.meta_json, r.loglik, r.ntokens, r.truncated)
+            for r in rows
+        ]
+        for name, values in (
+            ("models", [r.model for r in rows]),
+            ("model_meta", [r.meta_json for r in rows]),
+            ("row_checksum", checksums),
+        ):
+            handle.create_dataset(name, data=values, dtype=_STRING, maxshape=(None,))
+    return buffer.getvalue()
+
+
+def _row_file_bytes(row: Row) -> bytes:
+    header = json.dumps(
+        {"model": row.model, "meta": row.meta_json, "checksum": row.checksum}, ensure_ascii=False
+    ).encode("utf-8")
+    return b"".join(
+        [
+            _ROW_MAGIC,
+            len(header).to_bytes(8, "little"),
+            header,
+            np.ascontiguousarray(row.loglik, "<f8").tobytes(),
+            np.ascontiguousarray(row.ntokens, "<i4").tobytes(),
+            np.ascontiguousarray(row.truncated, "u1").tobytes(),
+        ]
+    )
+
+
+def _settings_difference(found: dict, wanted: dict) -> list[str]:
+    return [
+        f"{name}={found.get(name)!r} in the store, {wanted[name]!r} asked"
+        for name in sorted(wanted)
+        if name in found and found[name] != wanted[name]
+    ]
+
+
+class StoreWriter:
+    """Commits model rows to a store, each one atomically and in O(row).
+
+    Opening creates the store for ``texts`` and ``settings`` if it does not exist. An existing
+    store is refused, unchanged, when it was written for another text set or other settings,
+    or when a row fails its checksum.
     """
 
-    def __init__(self, path: str | Path, texts: TextSet, created_by: str = "") -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        texts: TextSet,
+        settings: dict | None = None,
+        created_by: str = "",
+        *,
+        verify: bool = True,
+    ) -> None:
+        """``verify=False`` skips the checksums on opening, so that damaged rows can be dropped."""
         self.path = Path(path)
         self.texts = texts
+        self.settings = dict(settings or {})
         self._lock_path = self.path.with_name(self.path.name + ".lock")
         with self._locked():
             if self.path.exists():
-                self._check_text_set()
+                snapshot = _snapshot(self.path)
+                if verify:
+                    _verified(self.path, snapshot)
+                self._check_identity(snapshot)
+                adopted = self._adopt_settings(snapshot)
+                if snapshot.format_version < FORMAT_VERSION or adopted != snapshot.settings:
+                    self._rewrite(_Snapshot(**{**snapshot.__dict__, "settings": adopted}))
             else:
-                self._create(created_by)
+                empty = _Snapshot(
+                    texts, np.asarray(texts.byte_lengths, np.int64), self.settings, created_by,
+                    FORMAT_VERSION, 0, [], [],
+                )
+                self._rewrite(empty)
+
+    def _adopt_settings(self, snapshot: _Snapshot) -> dict:
+        """The store's settings plus those of ours it did not record yet, if its rows agree."""
+        adopted = dict(snapshot.settings)
+        for name, value in self.settings.items():
+            if name in adopted:
+                continue
+            disagreeing = [r.model for r in snapshot.rows if r.meta.get(name, value) != value]
+            if disagreeing:
+                raise StoreMismatchError(
+                    f"{self.path}: {', '.join(disagreeing[:3])} computed with another {name} "
+                    f"than the {value!r} asked; rows under different settings are not comparable"
+                )
+            adopted[name] = value
+        return adopted
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self._lock_path, "a") as lock:
+        if self.path.is_dir():
+            raise StoreError(f"{self.path}: is a directory, not a store file")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            lock = open(self._lock_path, "a")
+        except OSError as error:
+            raise StoreError(f"{self.path}: cannot write here ({error.strerror or error})") from None
+        with lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
-                self._remove_stale_copies()
+                self._remove_stale_temporaries()
                 yield
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
-    def _remove_stale_copies(self) -> None:
-        # Copies left by a killed writer; safe to delete because we hold the lock.
+    def _remove_stale_temporaries(self) -> None:
+        # Left by a killed writer; safe to delete because we hold the lock.
         for stale in self.path.parent.glob(f".{self.path.name}.tmp-*"):
             stale.unlink(missing_ok=True)
+        journal = journal_directory(self.path)
+        if journal.is_dir():
+            for stale in journal.glob(".*.tmp-*"):
+                stale.unlink(missing_ok=True)
 
-    def _check_text_set(self) -> None:
-        try:
-            with h5py.File(self.path, "r", locking=False) as handle:
-                if handle.attrs.get("format") != FORMAT:
-                    raise StoreError(f"{self.path}: exists and is not a jaxmap store")
-                found = str(handle.attrs["text_fingerprint"])
-                n_found = int(handle.attrs["n_texts"])
-        except OSError as error:
-            raise StoreError(f"{self.path}: not a readable HDF5 file ({error})") from None
-        if found != self.texts.fingerprint:
-            raise StoreError(
-                f"{self.path}: written for another text set ({n_found} texts, fingerprint "
-                f"{found[:12]}); this one has {len(self.texts)} texts, fingerprint "
-                f"{self.texts.fingerprint[:12]}. Use a new store path."
+    def _check_identity(self, snapshot: _Snapshot) -> None:
+        if snapshot.texts.fingerprint != self.texts.fingerprint:
+            raise StoreMismatchError(
+                f"{self.path}: written for another text set ({len(snapshot.texts)} texts, "
+                f"fingerprint {snapshot.texts.fingerprint[:12]}); this one has {len(self.texts)} "
+                f"texts, fingerprint {self.texts.fingerprint[:12]}. Use a new store path."
+            )
+        differences = _settings_difference(snapshot.settings, self.settings)
+        if differences:
+            raise StoreMismatchError(
+                f"{self.path}: written with other settings ({'; '.join(differences)}); rows "
+                "computed under different settings are not comparable. Use a new store path "
+                "or the store's settings."
             )
 
-    def _commit(self, write) -> None:
-        """Copy the live file (if any), let ``write`` change the copy, then rename it over."""
-        temporary = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-        if self.path.exists():
-            shutil.copyfile(self.path, temporary)
-        with h5py.File(temporary, "a", locking=False) as handle:
-            write(handle)
-        _fsync_path(temporary)
-        os.replace(temporary, self.path)
-        _fsync_path(self.path.parent)
+    def _rewrite(self, snapshot: _Snapshot) -> None:
+        """Write the whole matrix from ``snapshot`` (which includes the journal), then retire
+        the journal rows it now holds."""
+        sequence = max([snapshot.journal_sequence] + [s for s, _ in _journal_entries(self.path, 0)])
+        _write_atomically(self.path, _matrix_image(snapshot, sequence), "write the store")
+        for _, row_path in _journal_entries(self.path, 0):
+            if int(row_path.stem) <= sequence:
+                row_path.unlink(missing_ok=True)
 
-    def _create(self, created_by: str) -> None:
-        texts = self.texts
-        n = len(texts)
+    def _current(self) -> _Snapshot:
+        return _verified(self.path, _snapshot(self.path))
 
-        def write(handle: h5py.File) -> None:
-            handle.attrs["format"] = FORMAT
-            handle.attrs["format_version"] = FORMAT_VERSION
-            handle.attrs["text_fingerprint"] = texts.fingerprint
-            handle.attrs["n_texts"] = n
-            handle.attrs["created_by"] = created_by
-            handle.create_dataset("texts", data=list(texts.texts), dtype=_STRING)
-            handle.create_dataset("text_ids", data=list(texts.ids), dtype=_STRING)
-            handle.create_dataset("text_bytes", data=np.asarray(texts.byte_lengths, np.int64))
-            row_chunks = (1, max(n, 1))
-            for name, dtype in (("loglik", np.float64), ("ntokens", np.int32), ("truncated", bool)):
-                handle.create_dataset(
-                    name, shape=(0, n), maxshape=(None, n), dtype=dtype, chunks=row_chunks
-                )
-            for name in ("models", "model_meta"):
-                handle.create_dataset(name, shape=(0,), maxshape=(None,), dtype=_STRING)
-
-        self._commit(write)
-
-    def completed_models(self) -> list[str]:
-        """References of the models whose rows are committed, in store order."""
-        with h5py.File(self.path, "r", locking=False) as handle:
-            return _decode(handle["models"][...])
+    def completed_keys(self) -> list[str]:
+        """Canonical keys of the models whose rows are committed, in store order."""
+        return [row.key for row in _snapshot(self.path).rows]
 
     def append(
         self,
@@ -212,23 +569,144 @@ class StoreWriter:
         truncated: np.ndarray,
         meta: dict,
     ) -> None:
-        """Commit one model's row. Raises if the row has the wrong length."""
+        """Commit one model's row. ``meta["key"]``, if given, is the model's canonical key.
+
+        Refuses a row of the wrong length, with non-finite values, or for a model (key) that
+        already has one; the store is then unchanged.
+        """
         n = len(self.texts)
         loglik = np.asarray(loglik, np.float64)
         if loglik.shape != (n,) or np.shape(ntokens) != (n,) or np.shape(truncated) != (n,):
             raise StoreError(f"{self.path}: row for {model} does not have {n} entries")
+        bad = np.flatnonzero(~np.isfinite(loglik))
+        if bad.size:
+            ids = ", ".join(self.texts.ids[i] for i in bad[:3])
+            raise StoreError(
+                f"{self.path}: row for {model} has {bad.size} non-finite value(s) (texts {ids}"
+                f"{' ...' if bad.size > 3 else ''}); not committed"
+            )
         meta = {**meta, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-
-        def write(handle: h5py.File) -> None:
-            k = handle["models"].shape[0]
-            for name, row in (("loglik", loglik), ("ntokens", ntokens), ("truncated", truncated)):
-                handle[name].resize(k + 1, axis=0)
-                handle[name][k] = row
-            for name, value in (("models", model), ("model_meta", json.dumps(meta))):
-                handle[name].resize(k + 1, axis=0)
-                handle[name][k] = value
-
+        meta_json = json.dumps(meta, sort_keys=True, ensure_ascii=False)
+        ntokens = np.asarray(ntokens, np.int32)
+        truncated = np.asarray(truncated, bool)
+        row = Row(
+            model, meta_json, loglik, ntokens, truncated,
+            row_checksum(model, meta_json, loglik, ntokens, truncated),
+        )
         with self._locked():
-            if model in self.completed_models():
+            snapshot = _snapshot(self.path)
+            if row.key in {r.key for r in snapshot.rows}:
                 raise StoreError(f"{self.path}: {model} already has a row")
-            self._commit(write)
+            entries = _journal_entries(self.path, 0)
+            sequence = max([snapshot.journal_sequence] + [s for s, _ in entries]) + 1
+            journal = journal_directory(self.path)
+            try:
+                journal.mkdir(exist_ok=True)
+            except OSError as error:
+                raise StoreError(f"{journal}: cannot create the journal ({error.strerror or error})") from None
+            _write_atomically(journal / f"{sequence:012d}.row", _row_file_bytes(row), f"commit the row of {model}")
+            journal_rows = len(_journal_entries(self.path, snapshot.journal_sequence))
+            if journal_rows > max(_COMPACT_AFTER_ROWS, len(snapshot.rows) + 1 - journal_rows):
+                self._compact_quietly()
+
+    def _compact_quietly(self) -> None:
+        # The row is committed in the journal already: a compaction that fails (full disk)
+        # only postpones folding it into the matrix.
+        try:
+            self._rewrite(self._current())
+        except StoreError:
+            pass
+
+    def compact(self) -> None:
+        """Fold the journal into the matrix (one atomic rewrite), so plain HDF5 readers see
+        every row. Raises :class:`StoreError` (store unchanged, rows still readable) on failure."""
+        with self._locked():
+            if _journal_entries(self.path, 0):
+                self._rewrite(self._current())
+
+    def drop(self, models: Iterable[str]) -> list[str]:
+        """Remove the rows of ``models`` (matched by name, canonical key, or resolved path).
+
+        One atomic rewrite: a kill at any moment leaves either every row or none of them
+        removed. Returns the names of the rows removed. Damaged rows can be dropped.
+        """
+        wanted = list(models)
+        with self._locked():
+            snapshot = _snapshot(self.path)
+            matches = [_matching_rows(snapshot.rows, name) for name in wanted]
+            unknown = [name for name, found in zip(wanted, matches) if not found]
+            if unknown:
+                raise StoreError(
+                    f"{self.path}: no row for {', '.join(unknown)} (the store holds "
+                    f"{', '.join(r.model for r in snapshot.rows) or 'no rows'})"
+                )
+            removed = sorted({i for found in matches for i in found})
+            kept = [r for i, r in enumerate(snapshot.rows) if i not in set(removed)]
+            self._rewrite(_Snapshot(**{**snapshot.__dict__, "rows": kept, "row_sources": []}))
+            return [snapshot.rows[i].model for i in removed]
+
+
+def _matching_rows(rows: Sequence[Row], name: str) -> list[int]:
+    resolved = str(Path(name).expanduser().resolve()) if Path(name).expanduser().exists() else None
+    return [
+        i for i, row in enumerate(rows) if name in (row.model, row.key) or (resolved and row.key == resolved)
+    ]
+
+
+def drop(path: str | Path, models: Iterable[str]) -> list[str]:
+    """Remove the rows of ``models`` from the store at ``path``, crash-safely (see
+    :meth:`StoreWriter.drop`). Returns the names of the removed rows."""
+    path = Path(path)
+    snapshot = _snapshot(path)
+    return StoreWriter(path, snapshot.texts, snapshot.settings, verify=False).drop(models)
+
+
+def compact(path: str | Path) -> None:
+    """Fold a store's journal into its matrix (see :meth:`StoreWriter.compact`)."""
+    path = Path(path)
+    snapshot = _snapshot(path)
+    StoreWriter(path, snapshot.texts, snapshot.settings).compact()
+
+
+def merge(paths: Sequence[str | Path], out: str | Path) -> Store:
+    """Join stores of one text set and settings into ``out`` (created, or extended if it exists).
+
+    Refuses, leaving ``out`` unchanged, stores with another text set or other settings, the
+    same model (canonical key) in two stores, ``out`` among the inputs, and damaged rows.
+    """
+    out = Path(out)
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise StoreError("merge needs at least one store")
+    for path in paths:
+        if out.exists() and path.exists() and os.path.samefile(path, out):
+            raise StoreError(
+                f"{out}: is also one of the stores to merge; name a new --out (an existing "
+                "--out is extended with the inputs' rows)"
+            )
+    snapshots = [(p, _verified(p, _snapshot(p))) for p in paths]
+    first_path, first = snapshots[0]
+    rows: list[Row] = []
+    owner: dict[str, Path] = {}
+    for path, snapshot in snapshots:
+        if snapshot.texts.fingerprint != first.texts.fingerprint:
+            raise StoreMismatchError(
+                f"{path}: written for another text set than {first_path} (fingerprint "
+                f"{snapshot.texts.fingerprint[:12]} vs {first.texts.fingerprint[:12]})"
+            )
+        differences = _settings_difference(snapshot.settings, first.settings)
+        if differences:
+            raise StoreMismatchError(f"{path}: other settings than {first_path} ({'; '.join(differences)})")
+        for row in snapshot.rows:
+            if row.key in owner:
+                raise StoreError(f"{row.model} has a row in both {owner[row.key]} and {path}")
+            owner[row.key] = path
+            rows.append(row)
+    writer = StoreWriter(out, first.texts, first.settings, created_by=first.created_by)
+    with writer._locked():
+        current = writer._current()
+        for row in current.rows:
+            if row.key in owner:
+                raise StoreError(f"{row.model} has a row in both {out} and {owner[row.key]}")
+        writer._rewrite(_Snapshot(**{**current.__dict__, "rows": current.rows + rows, "row_sources": []}))
+    return open_store(out)

@@ -41,6 +41,11 @@ def register(subparsers) -> None:
         f"{ACCELERATOR_BATCH_TOKENS} on GPU/TPU)",
     )
     score.add_argument("--cache-dir", help="cache for converted GGUF weights (default: ~/.cache/jaxmap)")
+    score.add_argument(
+        "--shard", metavar="I/N",
+        help="score only models I, I+N, I+2N, ... of the list (0 <= I < N), e.g. one per SLURM "
+        "array task; join the stores with `jaxmap merge`",
+    )
     score.add_argument("--quiet", action="store_true", help="no progress bars")
     score.set_defaults(func=run_score)
 
@@ -63,14 +68,17 @@ def register(subparsers) -> None:
 
 
 def run_score(args: argparse.Namespace) -> int:
-    from ..jobs import score
+    from ..jobs import score_job
 
-    store = score(
+    summary = score_job(
         args.models, args.texts, out=args.out, dtype=args.dtype, bos_policy=args.bos_policy,
         batch_tokens=args.batch_tokens, progress=not args.quiet, cache_dir=args.cache_dir,
+        shard=args.shard, report=lambda line: print(line, file=sys.stderr),
     )
-    print(f"{store.path}: {len(store.models)} model(s) × {len(store.text_ids)} texts")
-    return 0
+    for line in summary.lines():
+        print(line)
+    # 1: the job ran to the end but some models failed (2 is kept for errors that stop a job).
+    return 1 if summary.failures else 0
 
 
 def run_info(args: argparse.Namespace) -> int:
