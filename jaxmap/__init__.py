@@ -7,36 +7,52 @@ Python API::
     store = jaxmap.open_store("map.h5")   # .loglik (K×N), .models, .text_ids, .ntokens
     L, tau = jaxmap.clip(store.loglik)
     kl = jaxmap.kl_matrix(L)               # K×K, nats per text
+
+The names below are imported on first use, so that ``import jaxmap`` (and the ``jaxmap``
+command's start-up, during which an interrupt must exit cleanly) does not load JAX until it
+is needed.
 """
 
-from ._version import __version__
-from .analysis import (
-    clip,
-    double_center,
-    kl_matrix,
-    place_models,
-    resample,
-    resampled_coordinates,
-)
-from .engine import load_model
-from .jobs import score
-from .store import Store, StoreError, open_store
-from .texts import TextSet, chunk_document, load_texts
+from __future__ import annotations
 
-__all__ = [
-    "Store",
-    "StoreError",
-    "TextSet",
-    "__version__",
-    "chunk_document",
-    "clip",
-    "double_center",
-    "kl_matrix",
-    "place_models",
-    "resample",
-    "resampled_coordinates",
-    "load_model",
-    "load_texts",
-    "open_store",
-    "score",
-]
+import importlib
+
+from ._version import __version__
+
+_EXPORTS = {
+    "clip": "analysis",
+    "double_center": "analysis",
+    "kl_matrix": "analysis",
+    "place_models": "analysis",
+    "resample": "analysis",
+    "resampled_coordinates": "analysis",
+    "load_model": "engine",
+    "score": "jobs",
+    "score_job": "jobs",
+    "JobSummary": "jobs",
+    "Store": "store",
+    "open_store": "store",
+    "drop": "store",
+    "merge": "store",
+    "compact": "store",
+    "verify_rows": "store",
+    "TextSet": "texts",
+    "chunk_document": "texts",
+    "load_texts": "texts",
+    "JaxmapError": "errors",
+    "StoreError": "errors",
+}
+
+__all__ = ["__version__", *sorted(_EXPORTS)]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'jaxmap' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
