@@ -19,6 +19,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import time
+import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -43,6 +44,7 @@ class ModelOutcome:
     reference: str
     status: str  # "scored", "skipped" (already in the store) or "failed"
     reason: str = ""
+    traceback: str = ""  # for failures that are bugs in jaxmap, not problems of the model
     tokens: int = 0
     seconds: float = 0.0
     tokens_per_second: float = 0.0
@@ -131,11 +133,17 @@ def _check_finite(reference: str, scores: ModelScores, texts: TextSet) -> None:
         )
 
 
-def _reason(error: BaseException) -> str:
+def _failure(reference: str, error: BaseException) -> ModelOutcome:
     if isinstance(error, JaxmapError):
-        return str(error)
-    # Not an error meant for people: keep its type, so a bug is recognisable in the summary.
-    return f"{type(error).__name__}: {error}"
+        return ModelOutcome(reference, "failed", str(error))
+    # A bug in jaxmap, not a problem of the model: one model's bug must not stop a 1,000-model
+    # job, but its traceback is kept in the run summary.
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return ModelOutcome(
+        reference, "failed",
+        f"{type(error).__name__}: {first_line} (a bug in jaxmap; the traceback is in the run summary)",
+        traceback="".join(traceback.format_exception(error)),
+    )
 
 
 def _write_summary(summary: JobSummary, out: Path) -> None:
@@ -195,9 +203,9 @@ def score_job(
         try:
             checkpoint = resolve(reference, cache_dir=cache_dir, progress=progress)
             translate_config(checkpoint.config(), checkpoint.reference)
-        except JaxmapError as error:
-            summary.outcomes.append(ModelOutcome(reference, "failed", _reason(error)))
-            say(f"jaxmap: {reference}: cannot be scored: {error}")
+        except Exception as error:  # noqa: BLE001 - recorded; the other models go on
+            summary.outcomes.append(_failure(reference, error))
+            say(f"jaxmap: {reference}: cannot be scored: {summary.outcomes[-1].reason}")
             continue
         key = getattr(checkpoint, "canonical", checkpoint.reference)
         if key in done or key in keys_seen:
@@ -257,8 +265,9 @@ def _score_one(
         result = score_tokens(model, tokens, batch_tokens, progress)
         _check_finite(reference, result, text_set)
     except Exception as error:  # noqa: BLE001 - one bad model must not stop a 1,000-model job
-        say(f"jaxmap: {reference}: failed: {_reason(error)}")
-        return ModelOutcome(reference, "failed", _reason(error))
+        outcome = _failure(reference, error)
+        say(f"jaxmap: {reference}: failed: {outcome.reason}")
+        return outcome
     meta = {
         "reference": reference,
         "key": getattr(checkpoint, "canonical", reference),

@@ -1,0 +1,96 @@
+"""Scoring jobs over model lists: failed models are recorded and the job goes on, settings are
+part of a store's identity, sharded jobs merge into the single job's store, and interrupts."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from jaxmap.jobs import parse_shard, score_job
+from jaxmap.errors import JaxmapError, StoreMismatchError
+from jaxmap.store import merge, open_store
+
+
+def _jaxmap(*args, **kwargs):
+    return subprocess.run([sys.executable, "-m", "jaxmap.cli", *map(str, args)], capture_output=True, text=True, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def broken_models(tiny_models, tmp_path_factory):
+    """A model whose weights file is cut short, and one whose weights hold a NaN."""
+    from safetensors.numpy import load_file, save_file
+
+    root = tmp_path_factory.mktemp("broken")
+    truncated = root / "truncated"
+    shutil.copytree(tiny_models[0], truncated)
+    weights = truncated / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    nan = root / "nan-weights"
+    shutil.copytree(tiny_models[1], nan)
+    tensors = load_file(nan / "model.safetensors")
+    name = next(n for n in tensors if n.endswith("mlp.down_proj.weight"))
+    tensors[name][0, 0] = np.nan
+    save_file(tensors, nan / "model.safetensors", metadata={"format": "pt"})
+    return truncated, nan
+
+
+def test_failed_models_are_recorded_and_the_job_goes_on(tiny_models, broken_models, text_file, tmp_path):
+    truncated, nan = broken_models
+    out = tmp_path / "s.h5"
+    listed = [tiny_models[0], truncated, tiny_models[1], nan, tiny_models[2]]
+    summary = score_job([str(m) for m in listed], text_file, out, progress=False, batch_tokens=128)
+    assert [o.status for o in summary.outcomes if o.status == "scored"] == ["scored"] * 3
+    assert set(summary.failures) == {str(truncated), str(nan)}
+    assert "non-finite" in summary.failures[str(nan)]
+    assert "model.safetensors" in summary.failures[str(truncated)]
+    store = open_store(out)
+    assert sorted(store.models) == sorted(str(m) for m in tiny_models[:3])
+    assert np.isfinite(store.loglik).all()
+    report = json.loads((tmp_path / "s.h5.run.json").read_text())
+    assert {m["reference"]: m["status"] for m in report["models"]}[str(nan)] == "failed"
+
+    # The command line: the same job again scores nothing new, names both failures, exits 1.
+    result = _jaxmap("score", *listed, "--texts", text_file, "--out", out, "--quiet", "--batch-tokens", 128)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "0 scored, 3 already in the store, 2 failed" in result.stdout
+    assert f"FAILED  {nan}: " in result.stdout and f"FAILED  {truncated}: " in result.stdout
+
+
+def test_other_settings_are_refused_with_the_setting_named(tiny_models, text_file, tmp_path):
+    out = tmp_path / "s.h5"
+    score_job([str(tiny_models[0])], text_file, out, progress=False, batch_tokens=128)
+    with pytest.raises(StoreMismatchError, match="bos_policy='full' in the store, 'paper' asked"):
+        score_job([str(tiny_models[1])], text_file, out, progress=False, bos_policy="paper")
+    result = _jaxmap("score", tiny_models[1], "--texts", text_file, "--out", out, "--dtype", "bfloat16", "--quiet")
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "dtype='float32' in the store, 'bfloat16' asked" in result.stderr
+    assert open_store(out).models == [str(tiny_models[0])]
+
+
+def test_shards_merge_into_the_single_job(tiny_models, text_file, tmp_path):
+    references = [str(m) for m in tiny_models]
+    single = score_job(references, text_file, tmp_path / "single.h5", progress=False, batch_tokens=128)
+    assert not single.failures
+    parts = []
+    for index in range(3):
+        part = tmp_path / f"part{index}.h5"
+        summary = score_job(references, text_file, part, progress=False, batch_tokens=128, shard=f"{index}/3")
+        assert [o.reference for o in summary.outcomes] == references[index::3]
+        parts.append(part)
+    merged = merge(parts, tmp_path / "merged.h5")
+    reference = open_store(tmp_path / "single.h5")
+    assert sorted(merged.models) == sorted(reference.models)
+    for model, row in zip(merged.models, merged.loglik):
+        np.testing.assert_array_equal(row, reference.loglik[reference.models.index(model)])
+
+
+@pytest.mark.parametrize("bad", ["3/3", "-1/2", "1", "a/b", "1/0"])
+def test_bad_shards_are_refused(bad):
+    with pytest.raises(JaxmapError, match="expected I/N"):
+        parse_shard(bad)
