@@ -157,7 +157,7 @@ class _Snapshot:
     row_sources: list[str]
 
 
-def _read_matrix(path: Path, handle: h5py.File) -> tuple[_Snapshot, int]:
+def _read_matrix(path: Path, handle: h5py.File, values: bool = True) -> tuple[_Snapshot, int]:
     if handle.attrs.get("format") != FORMAT:
         raise StoreError(f"{path}: not a jaxmap store (no format attribute {FORMAT!r})")
     version = int(handle.attrs.get("format_version", 1))
@@ -168,9 +168,10 @@ def _read_matrix(path: Path, handle: h5py.File) -> tuple[_Snapshot, int]:
         )
     models = _decode(handle["models"][...])
     metas = _decode(handle["model_meta"][...])
-    loglik = handle["loglik"][...]
-    ntokens = handle["ntokens"][...]
-    truncated = handle["truncated"][...]
+    if values:
+        loglik, ntokens, truncated = (handle[name][...] for name in ("loglik", "ntokens", "truncated"))
+    else:  # names and metadata only: what a commit needs to refuse a duplicate
+        loglik = ntokens = truncated = np.empty((len(models), 0))
     checksums = (
         _decode(handle["row_checksum"][...]) if "row_checksum" in handle else [None] * len(models)
     )
@@ -228,8 +229,11 @@ def _journal_entries(path: Path, after: int) -> list[tuple[int, Path]]:
     return sorted(entries)
 
 
-def _read_row_file(path: Path, n_texts: int) -> Row:
-    data = path.read_bytes()
+def _read_row_file(path: Path, n_texts: int, values: bool = True) -> Row:
+    with open(path, "rb") as handle:
+        head = handle.read(len(_ROW_MAGIC) + 8)
+        header_length = int.from_bytes(head[len(_ROW_MAGIC) :], "little") if len(head) == len(_ROW_MAGIC) + 8 else 0
+        data = head + (handle.read() if values else handle.read(min(header_length, 1 << 24)))
     where = f"{path}"
     if not data.startswith(_ROW_MAGIC) or len(data) < len(_ROW_MAGIC) + 8:
         raise StoreError(f"{where}: not a jaxmap row file; delete it and score that model again")
@@ -242,6 +246,9 @@ def _read_row_file(path: Path, n_texts: int) -> Row:
     except (ValueError, KeyError, TypeError):
         raise StoreError(f"{where}: unreadable row header; delete it and score that model again") from None
     offset += header_length
+    if not values:
+        empty = np.empty(0)
+        return Row(model, meta_json, empty, empty, empty, checksum)
     expected = n_texts * (8 + 4 + 1)
     if len(data) - offset != expected:
         raise StoreError(
@@ -254,8 +261,10 @@ def _read_row_file(path: Path, n_texts: int) -> Row:
     return Row(model, meta_json, loglik, ntokens, truncated, checksum)
 
 
-def _snapshot(path: Path) -> _Snapshot:
-    """Matrix plus journal as of one moment, retried if a compaction replaced the matrix meanwhile."""
+def _snapshot(path: Path, values: bool = True) -> _Snapshot:
+    """Matrix plus journal as of one moment, retried if a compaction replaced the matrix meanwhile.
+
+    ``values=False`` reads names and metadata only (cheap: no K×N arrays)."""
     path = Path(path)
     for _ in range(20):
         if not path.exists():
@@ -267,13 +276,13 @@ def _snapshot(path: Path) -> _Snapshot:
         try:
             with handle:
                 opened = os.fstat(handle.id.get_vfd_handle()).st_ino
-                snapshot, n_texts = _read_matrix(path, handle)
+                snapshot, n_texts = _read_matrix(path, handle, values)
         except (OSError, KeyError, ValueError) as error:
             raise StoreError(f"{path}: the file is damaged ({error})") from None
         rows, sources = list(snapshot.rows), list(snapshot.row_sources)
         try:
             for sequence, row_path in _journal_entries(path, snapshot.journal_sequence):
-                rows.append(_read_row_file(row_path, n_texts))
+                rows.append(_read_row_file(row_path, n_texts, values))
                 sources.append(f"journal row {sequence}")
         except FileNotFoundError:
             continue  # folded into a new matrix while we read: read again
@@ -559,7 +568,7 @@ class StoreWriter:
 
     def completed_keys(self) -> list[str]:
         """Canonical keys of the models whose rows are committed, in store order."""
-        return [row.key for row in _snapshot(self.path).rows]
+        return [row.key for row in _snapshot(self.path, values=False).rows]
 
     def append(
         self,
@@ -594,7 +603,7 @@ class StoreWriter:
             row_checksum(model, meta_json, loglik, ntokens, truncated),
         )
         with self._locked():
-            snapshot = _snapshot(self.path)
+            snapshot = _snapshot(self.path, values=False)
             if row.key in {r.key for r in snapshot.rows}:
                 raise StoreError(f"{self.path}: {model} already has a row")
             entries = _journal_entries(self.path, 0)
