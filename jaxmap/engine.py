@@ -1,9 +1,11 @@
 """The scoring engine: one model's per-text log-likelihoods on pre-tokenized texts.
 
-Load a model (translate its config, load its weights as device arrays), run jitted forward
-passes over length-bucketed batches and reduce token log-probabilities with the fused
-vocab-tiled kernel. Params are jit arguments, so models of one shape share compilations.
-Running many models into a store is :mod:`jaxmap.jobs`.
+Load a model (translate its config, assemble its weights on the host in their final layout and
+dtype, place each on a device mesh with one transfer), run jitted forward passes over
+length-bucketed batches and reduce token log-probabilities with the fused vocab-tiled kernel.
+Batches are split over the mesh's data axis, weights and the vocabulary over its model axis
+(:mod:`jaxmap.sharding`). Params are jit arguments, so models of one shape (and placement) share
+compilations. Running many models into a store is :mod:`jaxmap.jobs`.
 """
 
 from __future__ import annotations
@@ -15,13 +17,15 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from .batching import BatchPlan, plan_batches
 from .checkpoints import Checkpoint, resolve
-from .kernels.fused_logprob import DEFAULT_TILE, token_logprobs
+from .kernels.fused_logprob import DEFAULT_TILE, sharded_token_logprobs, token_logprobs
 from .models import DTYPES, DecoderConfig, Params, convert_weights, hidden_states, translate_config
 from .models import unembedding as model_unembedding
+from .sharding import DATA, batch_sharding, describe_mesh, make_mesh, place_params, put, to_host
 from .tokenization import TokenizedTexts, load_tokenizer
 
 # Padded positions per batch. On CPU, 2048 already saturates the matmuls and keeps the last,
@@ -32,7 +36,7 @@ ACCELERATOR_BATCH_TOKENS = 16384
 
 
 def default_batch_tokens() -> int:
-    """The token budget per batch for the default JAX backend."""
+    """The token budget per batch and data shard for the default JAX backend."""
     return CPU_BATCH_TOKENS if jax.default_backend() == "cpu" else ACCELERATOR_BATCH_TOKENS
 
 # float32 by default: neighbouring checkpoints differ by KL of 1e-3 nats per text or less, which
@@ -40,42 +44,59 @@ def default_batch_tokens() -> int:
 DEFAULT_DTYPE = "float32"
 
 
-@partial(jax.jit, static_argnames=("config", "tile"))
+@partial(jax.jit, static_argnames=("config", "tile", "mesh"))
 def token_log_likelihoods(
-    params: Params, tokens: jax.Array, config: DecoderConfig, tile: int = DEFAULT_TILE
+    params: Params,
+    tokens: jax.Array,
+    config: DecoderConfig,
+    tile: int = DEFAULT_TILE,
+    mesh: Mesh | None = None,
 ) -> jax.Array:
     """log p(tokens[:, t+1] | tokens[:, :t+1]) for every position: [B, T-1] float32.
 
-    ``tokens`` is right-padded [B, T]; entries past a row's length are meaningless.
+    ``tokens`` is right-padded [B, T]; entries past a row's length are meaningless. With a
+    ``mesh``, the vocabulary is split over its model axis (params placed by
+    :func:`jaxmap.sharding.place_params`, B a multiple of the data axis); without one, the
+    params are taken as they are.
     """
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
     hidden, _ = hidden_states(params, inputs, config)
     rows, length, width = hidden.shape
-    logprobs = token_logprobs(
-        hidden.reshape(rows * length, width),
-        model_unembedding(params, config),
-        targets.reshape(-1),
-        tile=tile,
-        softcap=config.final_logit_softcap,
-    )
+    hidden, targets = hidden.reshape(rows * length, width), targets.reshape(-1)
+    unembedding = model_unembedding(params, config)
+    if mesh is None:
+        logprobs = token_logprobs(
+            hidden, unembedding[: config.vocab_size], targets,
+            tile=tile, softcap=config.final_logit_softcap,
+        )
+    else:
+        logprobs = sharded_token_logprobs(
+            hidden, unembedding, targets, mesh=mesh, vocab_size=config.vocab_size,
+            tile=tile, softcap=config.final_logit_softcap,
+        )
     return logprobs.reshape(rows, length)
 
 
 # Compiled scoring functions, keyed by everything XLA specialises on: the decoder config, the
-# batch shape and the params' structure, shapes and dtypes (not their values).
+# batch shape, the mesh and the params' structure, shapes, dtypes and shardings (not their
+# values).
 _COMPILED: dict[tuple, object] = {}
 
 
-def compiled_scorer(params: Params, config: DecoderConfig, rows: int, length: int):
-    """The compiled scorer for this model shape and batch shape, and the seconds spent compiling
-    it now (0.0 when it was already compiled, e.g. for an earlier model of the same shape)."""
+def compiled_scorer(params: Params, config: DecoderConfig, rows: int, length: int, mesh: Mesh):
+    """The compiled scorer for this model shape, placement and batch shape, and the seconds
+    spent compiling it now (0.0 when it was already compiled, e.g. for an earlier model of the
+    same shape). ``rows`` must be a multiple of the mesh's data axis."""
     leaves, structure = jax.tree.flatten(params)
-    key = (config, rows, length, structure, tuple((x.shape, x.dtype) for x in leaves))
+    key = (
+        config, rows, length, mesh, structure,
+        tuple((x.shape, x.dtype, x.sharding) for x in leaves),
+    )
     if key in _COMPILED:
         return _COMPILED[key], 0.0
     started = time.perf_counter()
-    tokens = jax.ShapeDtypeStruct((rows, length + 1), jnp.int32)
-    compiled = token_log_likelihoods.lower(params, tokens, config).compile()
+    tokens = jax.ShapeDtypeStruct((rows, length + 1), jnp.int32, sharding=batch_sharding(mesh))
+    compiled = token_log_likelihoods.lower(params, tokens, config, mesh=mesh).compile()
     _COMPILED[key] = compiled
     return compiled, time.perf_counter() - started
 
@@ -87,7 +108,8 @@ def compilation_count() -> int:
 
 @dataclass
 class LoadedModel:
-    """A model ready to score: its checkpoint, decoder config, device params and tokenizer."""
+    """A model ready to score: its checkpoint, decoder config, device params (placed on
+    ``mesh``) and tokenizer."""
 
     reference: str
     checkpoint: Checkpoint
@@ -96,6 +118,7 @@ class LoadedModel:
     params: Params
     tokenizer: object
     load_seconds: float
+    mesh: Mesh
 
 
 @dataclass
@@ -109,21 +132,33 @@ class ModelScores:
 
 
 def load_model(
-    reference: str | Checkpoint, dtype: str = DEFAULT_DTYPE, cache_dir=None
+    reference: str | Checkpoint,
+    dtype: str = DEFAULT_DTYPE,
+    cache_dir=None,
+    mesh: Mesh | str | None = None,
 ) -> LoadedModel:
-    """Resolve (unless given a resolved :class:`Checkpoint`), validate and load one model."""
+    """Resolve (unless given a resolved :class:`Checkpoint`), validate and load one model.
+
+    ``mesh``: a :class:`Mesh` with axes ``data`` and ``model``, a spec such as
+    ``"data=2,model=4"``, or None for every local device on the data axis
+    (:func:`jaxmap.sharding.make_mesh`). Weights are assembled on the host in ``dtype`` and
+    their final layout, then put on the mesh with one transfer per parameter.
+    """
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     started = time.perf_counter()
+    mesh = make_mesh(mesh)
     checkpoint = reference if isinstance(reference, Checkpoint) else resolve(reference, cache_dir=cache_dir)
     reference = checkpoint.reference
     architecture, config = translate_config(checkpoint.config(), reference)
-    params = convert_weights(architecture, checkpoint.open_weights(), config, dtype)
+    params = place_params(
+        convert_weights(architecture, checkpoint.open_weights(), config, dtype), config, mesh
+    )
     tokenizer = load_tokenizer(checkpoint.directory)
     params = jax.block_until_ready(params)
     return LoadedModel(
         reference, checkpoint, architecture, config, params, tokenizer,
-        time.perf_counter() - started,
+        time.perf_counter() - started, mesh,
     )
 
 
@@ -143,9 +178,12 @@ def score_tokens(
 ) -> ModelScores:
     """Score pre-tokenized texts with a loaded model (truncating to its context).
 
-    ``batch_tokens`` defaults to :func:`default_batch_tokens`.
+    ``batch_tokens`` (padded tokens per batch, all data shards together) defaults to
+    :func:`default_batch_tokens` per data shard. Batch rows are padded with empty rows to a
+    multiple of the mesh's data axis.
     """
-    batch_tokens = batch_tokens or default_batch_tokens()
+    shards = model.mesh.shape[DATA]
+    batch_tokens = batch_tokens or default_batch_tokens() * shards
     n_ctx = model.config.max_positions
     lengths = np.minimum(tokens.lengths, n_ctx)
     scored = np.maximum(lengths - 1, 0)
@@ -157,7 +195,9 @@ def score_tokens(
     compile_seconds = 0.0
     scorers = {}
     for rows, length in sorted(plan.shapes):
-        scorers[rows, length], seconds = compiled_scorer(model.params, model.config, rows, length)
+        scorers[rows, length], seconds = compiled_scorer(
+            model.params, model.config, -(-rows // shards) * shards, length, model.mesh
+        )
         compile_seconds += seconds
     bar = tqdm(
         total=len(tokens), desc=model.reference, unit="text", leave=False, disable=not progress
@@ -169,7 +209,7 @@ def score_tokens(
     def collect(pending) -> None:
         nonlocal done_tokens
         batch, result = pending
-        values = np.asarray(result, np.float64)
+        values = to_host(result).astype(np.float64)
         for row, index in enumerate(batch.indices):
             loglik[index] = values[row, : scored[index]].sum()
         done_tokens += int(scored[batch.indices].sum())
@@ -177,11 +217,15 @@ def score_tokens(
         bar.set_postfix(tok_s=f"{done_tokens / (time.perf_counter() - started):.0f}")
 
     pending = None
+    token_sharding = batch_sharding(model.mesh)
     for batch in plan.batches:
-        padded = _pad_batch(tokens, batch.indices, batch.rows, batch.length, n_ctx)
+        rows = -(-batch.rows // shards) * shards
+        padded = _pad_batch(tokens, batch.indices, rows, batch.length, n_ctx)
         # Dispatch this batch before pulling the previous one back, so the host work of
         # padding and summing overlaps device compute.
-        result = scorers[batch.rows, batch.length](model.params, jnp.asarray(padded))
+        result = scorers[batch.rows, batch.length](
+            model.params, put(padded, token_sharding)
+        )
         if pending is not None:
             collect(pending)
         pending = (batch, result)
@@ -201,5 +245,6 @@ def score_tokens(
             "batch_shapes": len(plan.shapes),
             "compilations": compilation_count() - compiled_before,
             "compile_seconds": compile_seconds,
+            "mesh": describe_mesh(model.mesh),
         },
     )

@@ -7,6 +7,10 @@ is picked up in whichever tile holds it. Peak memory is O(N · tile), never O(N 
 262k vocabulary would otherwise need tens of GB at scale. Final-logit soft-capping is applied
 inside each tile.
 
+:func:`sharded_token_logprobs` splits the vocabulary over a mesh's model axis (and the positions
+over its data axis): every shard walks its own rows with the same tiles, and the shards' running
+maxima, sums and target logits are combined with one ``pmax`` and two ``psum`` over [N] vectors.
+
 The pure-JAX reference (full logits and ``log_softmax``) lives in the tests.
 """
 
@@ -14,11 +18,14 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh, PartitionSpec as P
 
 DEFAULT_TILE = 8192
 
 
-def _tile_logits(hidden: jax.Array, weights: jax.Array, softcap: float | None) -> jax.Array:
+def _tile_logits(
+    hidden: jax.Array, weights: jax.Array, softcap: float | None, offset, vocab_size: int | None
+) -> jax.Array:
     logits = jax.lax.dot_general(
         hidden.astype(weights.dtype),
         weights,
@@ -27,6 +34,12 @@ def _tile_logits(hidden: jax.Array, weights: jax.Array, softcap: float | None) -
     )
     if softcap:
         logits = softcap * jnp.tanh(logits / softcap)
+    if vocab_size is not None:
+        # Rows past the real vocabulary pad the unembedding to a multiple of the model axis;
+        # they must not count in the normaliser. After the softcap, which would map -inf to
+        # -softcap.
+        index = offset + jnp.arange(logits.shape[1])
+        logits = jnp.where(index[None, :] < vocab_size, logits, -jnp.inf)
     return logits
 
 
@@ -34,14 +47,59 @@ def _update(carry, logits: jax.Array, targets: jax.Array, offset):
     running_max, running_sum, target_logit = carry
     tile = logits.shape[1]
     new_max = jnp.maximum(running_max, jnp.max(logits, axis=1))
-    running_sum = running_sum * jnp.exp(running_max - new_max) + jnp.sum(
-        jnp.exp(logits - new_max[:, None]), axis=1
+    # A tile of padding rows leaves the maximum at -inf; shifting by 0 there keeps exp(-inf -
+    # -inf) = nan out of the sum.
+    shift = jnp.where(jnp.isneginf(new_max), 0.0, new_max)
+    running_sum = running_sum * jnp.exp(running_max - shift) + jnp.sum(
+        jnp.exp(logits - shift[:, None]), axis=1
     )
     local = targets - offset
     in_tile = (local >= 0) & (local < tile)
     picked = jnp.take_along_axis(logits, jnp.clip(local, 0, tile - 1)[:, None], axis=1)[:, 0]
     target_logit = jnp.where(in_tile, picked, target_logit)
     return new_max, running_sum, target_logit
+
+
+def _walk_vocabulary(
+    hidden: jax.Array,
+    unembedding: jax.Array,
+    targets: jax.Array,
+    tile: int,
+    softcap: float | None,
+    base=0,
+    vocab_size: int | None = None,
+    varying: tuple[str, ...] = (),
+):
+    """Running (max, sum, target logit) over ``unembedding``'s rows, which are the vocabulary
+    entries ``base ...``; the target logit stays 0 where the target is not among them.
+
+    Inside ``shard_map``, ``varying`` names the mesh axes the result differs over (the scan's
+    carry must be typed that way from the start).
+    """
+    count = hidden.shape[0]
+    rows = unembedding.shape[0]
+    tile = min(tile, rows)
+    full_tiles, remainder = divmod(rows, tile)
+    carry = (
+        jnp.full((count,), -jnp.inf, jnp.float32),
+        jnp.zeros((count,), jnp.float32),
+        jnp.zeros((count,), jnp.float32),
+    )
+    if varying:
+        carry = tuple(jax.lax.pcast(part, varying, to="varying") for part in carry)
+
+    def step(carry, index):
+        start = index * tile
+        weights = jax.lax.dynamic_slice_in_dim(unembedding, start, tile, axis=0)
+        logits = _tile_logits(hidden, weights, softcap, base + start, vocab_size)
+        return _update(carry, logits, targets, base + start), None
+
+    carry, _ = jax.lax.scan(step, carry, jnp.arange(full_tiles))
+    if remainder:
+        start = full_tiles * tile
+        logits = _tile_logits(hidden, unembedding[start:], softcap, base + start, vocab_size)
+        carry = _update(carry, logits, targets, base + start)
+    return carry
 
 
 def token_logprobs(
@@ -57,25 +115,57 @@ def token_logprobs(
     hidden: [N, D] (any float dtype; cast to the unembedding's dtype for the matmul, with
     float32 accumulation). unembedding: [V, D]. targets: [N] int.
     """
-    count = hidden.shape[0]
-    vocab = unembedding.shape[0]
-    tile = min(tile, vocab)
-    full_tiles, remainder = divmod(vocab, tile)
-    carry = (
-        jnp.full((count,), -jnp.inf, jnp.float32),
-        jnp.zeros((count,), jnp.float32),
-        jnp.zeros((count,), jnp.float32),
+    running_max, running_sum, target_logit = _walk_vocabulary(
+        hidden, unembedding, targets, tile, softcap
     )
-
-    def step(carry, index):
-        offset = index * tile
-        weights = jax.lax.dynamic_slice_in_dim(unembedding, offset, tile, axis=0)
-        return _update(carry, _tile_logits(hidden, weights, softcap), targets, offset), None
-
-    carry, _ = jax.lax.scan(step, carry, jnp.arange(full_tiles))
-    if remainder:
-        offset = full_tiles * tile
-        logits = _tile_logits(hidden, unembedding[offset:], softcap)
-        carry = _update(carry, logits, targets, offset)
-    running_max, running_sum, target_logit = carry
     return target_logit - (running_max + jnp.log(running_sum))
+
+
+def sharded_token_logprobs(
+    hidden: jax.Array,
+    unembedding: jax.Array,
+    targets: jax.Array,
+    *,
+    mesh: Mesh,
+    vocab_size: int,
+    tile: int = DEFAULT_TILE,
+    softcap: float | None = None,
+    data_axis: str = "data",
+    model_axis: str = "model",
+) -> jax.Array:
+    """:func:`token_logprobs` with the vocabulary split over ``mesh``'s model axis.
+
+    unembedding: [V', D] with V' ≥ ``vocab_size`` a multiple of the model axis size; rows from
+    ``vocab_size`` on are padding and never count. hidden [N, D] and targets [N] are split over
+    the data axis (N must be a multiple of its size). Returns float32 [N], split over the data
+    axis. No shard ever holds more than [N / data, tile] logits.
+    """
+    padded = unembedding.shape[0]
+    shards = mesh.shape[model_axis]
+    if padded % shards or padded < vocab_size:
+        raise ValueError(
+            f"unembedding rows ({padded}) must be a multiple of the model axis ({shards}) "
+            f"and cover the vocabulary ({vocab_size})"
+        )
+    local_rows = padded // shards
+    mask = vocab_size if padded > vocab_size else None
+
+    def shard(hidden, unembedding, targets):
+        base = jax.lax.axis_index(model_axis) * local_rows
+        local_max, local_sum, local_target = _walk_vocabulary(
+            hidden, unembedding, targets, tile, softcap, base, mask, (data_axis, model_axis)
+        )
+        # Every shard holds real rows or padding only (whose maximum is -inf and sum 0); the
+        # global maximum is finite because shard 0 always holds real rows.
+        global_max = jax.lax.pmax(local_max, model_axis)
+        total = jax.lax.psum(local_sum * jnp.exp(local_max - global_max), model_axis)
+        # Exactly one shard holds each target; the others carry 0.
+        target_logit = jax.lax.psum(local_target, model_axis)
+        return target_logit - (global_max + jnp.log(total))
+
+    return jax.shard_map(
+        shard,
+        mesh=mesh,
+        in_specs=(P(data_axis, None), P(model_axis, None), P(data_axis)),
+        out_specs=P(data_axis),
+    )(hidden, unembedding, targets)

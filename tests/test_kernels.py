@@ -4,6 +4,7 @@ scoring path never builds a [batch, seq, vocab] tensor."""
 from __future__ import annotations
 
 import jax
+import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -51,21 +52,23 @@ def _all_shapes(jaxpr) -> list[tuple[int, ...]]:
         shapes += [tuple(v.aval.shape) for v in equation.outvars if hasattr(v.aval, "shape")]
         for param in equation.params.values():
             for sub in param if isinstance(param, (list, tuple)) else [param]:
-                inner = getattr(sub, "jaxpr", None)
+                # Closed jaxprs (scan, jit) wrap a jaxpr; shard_map holds an open one.
+                inner = sub if isinstance(sub, jax.extend.core.Jaxpr) else getattr(sub, "jaxpr", None)
                 if inner is not None:
                     shapes += _all_shapes(getattr(inner, "jaxpr", inner))
     return shapes
 
 
-def test_scoring_path_never_materialises_full_logits(tiny_models):
+@pytest.mark.parametrize("sharded", [False, True], ids=["no-mesh", "mesh"])
+def test_scoring_path_never_materialises_full_logits(tiny_models, sharded):
     from jaxmap.engine import load_model, token_log_likelihoods
 
     model = load_model(str(tiny_models[0]))
     rows, length, vocab = 4, 33, model.config.vocab_size
     tokens = jnp.zeros((rows, length), jnp.int32)
     tile = 64
-    jaxpr = jax.make_jaxpr(token_log_likelihoods, static_argnums=(2, 3))(
-        model.params, tokens, model.config, tile
+    jaxpr = jax.make_jaxpr(token_log_likelihoods, static_argnums=(2, 3, 4))(
+        model.params, tokens, model.config, tile, model.mesh if sharded else None
     )
     shapes = _all_shapes(jaxpr.jaxpr)
     positions = rows * (length - 1)

@@ -56,7 +56,8 @@ def translate_config(hf_config: dict, model: str) -> tuple[str, DecoderConfig]:
 def convert_weights(
     architecture: str, weights: WeightSource, config: DecoderConfig, dtype: str
 ) -> Params:
-    """Build the decoder's params from a checkpoint's HF-named tensors."""
+    """Build the decoder's params, as host (numpy) arrays in their final layout and ``dtype``,
+    from a checkpoint's HF-named tensors."""
     return ARCHITECTURES[architecture][1](weights, config, DTYPES[dtype])
 
 

@@ -2,7 +2,12 @@
 
 An adapter is two functions: ``translate(ConfigReader) -> DecoderConfig``, which takes every
 config field it understands and refuses the rest by name, and ``convert(WeightSource,
-DecoderConfig) -> Params``, which maps Hugging Face tensor names onto the decoder's pytree.
+DecoderConfig, dtype) -> Params``, which maps Hugging Face tensor names onto the decoder's pytree.
+
+Weights are assembled on the host, as numpy arrays in their final layout and dtype (transposed,
+stacked over layers, cast; ``ml_dtypes`` gives numpy bfloat16), so that placing them on devices
+is one transfer per parameter (:func:`jaxmap.sharding.place_params`) and no device ever holds a
+second, unconverted copy.
 """
 
 from __future__ import annotations
@@ -13,13 +18,10 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from .decoder import DecoderConfig, Params, RopeTable
 from ..errors import UnsupportedModelError
-
-
+from .decoder import DecoderConfig, Params, RopeTable
 
 # Fields that do not change the log-likelihood of a text: bookkeeping, training-only settings
 # (dropout, initialisation), generation defaults and token ids (handled by the tokenizer).
@@ -197,11 +199,13 @@ class WeightSource:
     def __contains__(self, name: str) -> bool:
         return name in self.names
 
-    def __call__(self, name: str, dtype=jnp.float32) -> jax.Array:
+    def __call__(self, name: str, dtype=np.float32) -> np.ndarray:
+        """The tensor as a host array of ``dtype`` (numpy, or a JAX scalar type like
+        ``jnp.bfloat16``)."""
         if name not in self.names:
             raise UnsupportedModelError(f"{self.model}: checkpoint has no tensor {name!r}")
         self.used.add(name)
-        return jnp.asarray(self.tensors(name), dtype=dtype)
+        return np.asarray(self.tensors(name)).astype(np.dtype(dtype), copy=False)
 
     def check_all_used(self, ignorable: Iterable[str] = ()) -> None:
         """Refuse tensors the port did not read: they may carry a feature it lacks."""
@@ -214,9 +218,28 @@ class WeightSource:
             raise UnsupportedModelError(f"{self.model}: tensors jaxmap does not use: {shown}")
 
 
-def stack_layers(layers: list[dict]) -> dict:
-    """Stack per-layer pytrees into one pytree with a leading layer axis (for ``lax.scan``)."""
-    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *layers)
+def stack_layers(layer: Callable[[int], dict], count: int) -> dict:
+    """``layer(0) ... layer(count - 1)`` stacked into one pytree with a leading layer axis
+    (for ``lax.scan``).
+
+    Each leaf's stack is allocated once and filled layer by layer, so besides the stacks only
+    one layer's tensors are alive at a time.
+    """
+    leaves, structure = jax.tree.flatten(layer(0))
+    stacks = [np.empty((count, *leaf.shape), leaf.dtype) for leaf in leaves]
+    for index in range(count):
+        if index:
+            leaves = structure.flatten_up_to(layer(index))
+        for stack, leaf in zip(stacks, leaves):
+            if leaf.shape != stack.shape[1:]:
+                raise UnsupportedModelError(
+                    f"layer {index} has a tensor of shape {tuple(leaf.shape)} where layer 0 "
+                    f"has {tuple(stack.shape[1:])}"
+                )
+            stack[index] = leaf
+        # Free this layer's tensors before the next layer is read.
+        del leaves
+    return jax.tree.unflatten(structure, stacks)
 
 
 def torch_linear(
@@ -224,7 +247,8 @@ def torch_linear(
 ) -> dict:
     """A torch ``nn.Linear`` ([out, in] weight) as ``{kernel: [in, out], bias}``.
 
-    ``bias=None`` takes the bias if the checkpoint has one.
+    ``bias=None`` takes the bias if the checkpoint has one. The kernel is a transposed view;
+    stacking lays it out contiguously.
     """
     out = {"kernel": weights(f"{prefix}.weight", dtype).T}
     if bias or (bias is None and f"{prefix}.bias" in weights):
@@ -251,7 +275,8 @@ def assemble_params(
     ignorable: Iterable[str] = (),
     extra: dict | None = None,
 ) -> Params:
-    """The decoder's params from per-layer params ``layer(i)`` and the named outer tensors.
+    """The decoder's params, as host arrays, from per-layer params ``layer(i)`` and the named
+    outer tensors.
 
     Refuses checkpoint tensors nobody read (besides the ``ignorable`` patterns and a tied
     ``unembed``) and checks the embedding's shape.
@@ -259,7 +284,7 @@ def assemble_params(
     params = {
         "embed": weights(embed, dtype),
         "final_norm": final_norm,
-        "layers": stack_layers([layer(i) for i in range(config.num_layers)]),
+        "layers": stack_layers(layer, config.num_layers),
         **(extra or {}),
     }
     if not config.tie_embeddings:

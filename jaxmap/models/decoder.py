@@ -5,9 +5,9 @@ Every supported Hugging Face architecture is this decoder with a different
 
 Params layout (linear weights are ``[in, out]`` so the hot loop multiplies without transposes)::
 
-    embed        [V, D]            token embedding
+    embed        [V', D]           token embedding
     positions    [P, D]            learned positions (only when config.position == "learned")
-    unembed      [V, D]            output projection; absent when config.tie_embeddings
+    unembed      [V', D]           output projection; absent when config.tie_embeddings
     final_norm   {scale[, bias]}
     layers       every leaf stacked over a leading layer axis [L, ...]:
       attn_norm {scale[, bias]}, mlp_norm {scale[, bias]}
@@ -15,6 +15,10 @@ Params layout (linear weights are ``[in, out]`` so the hot loop multiplies witho
       q_norm, k_norm                  (per-head norms, optional)
       q, k, v, o {kernel[, bias]}     q: [D, H*hd], k/v: [D, Hkv*hd], o: [H*hd, D]
       up, down[, gate] {kernel[, bias]}
+
+V' ≥ V = config.vocab_size: on a mesh the vocabulary rows are padded to a multiple of the model
+axis (:mod:`jaxmap.sharding`). Padding rows are never looked up, and the log-prob kernel leaves
+them out of the normaliser.
 
 Norm scales, biases and the residual stream stay float32 whatever the weights' dtype; matmuls
 take weights in the params' dtype and accumulate in float32.
@@ -259,5 +263,5 @@ def hidden_states(
 
 
 def unembedding(params: Params, config: DecoderConfig) -> jax.Array:
-    """The [V, D] output projection (the embedding when tied)."""
+    """The [V', D] output projection (the embedding when tied), padding rows included."""
     return params["embed"] if config.tie_embeddings else params["unembed"]

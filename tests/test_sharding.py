@@ -1,0 +1,279 @@
+"""Sharded scoring: mesh specs, tensor-parallel placement and the vocab-sharded log-prob kernel.
+
+Every port is scored on 4 virtual CPU devices with meshes data=2,model=2 and data=1,model=4 and
+compared with the same process's single-device result (≤ 1e-4 nats per text, float32). The
+test process's JAX already runs with one device, and the device count is fixed when a backend
+starts, so those checks run in one subprocess: this file, run as a script.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+TOLERANCE = 1e-4
+MESHES = ("data=2,model=2", "data=1,model=4")
+BATCH_TOKENS = 128
+
+
+def _odd_sizes_config():
+    import transformers
+
+    # Heads (6) and MLP columns (90) divide a model axis of 2 but not 4; kv heads (3) neither.
+    return transformers.LlamaConfig(
+        hidden_size=96, intermediate_size=90, num_hidden_layers=2, num_attention_heads=6,
+        num_key_value_heads=3, head_dim=16, vocab_size=302, max_position_embeddings=256,
+    )
+
+
+def _gemma3_softcap_config():
+    from test_parity import CASES
+
+    config = CASES["gemma3"][0]()
+    # The final-logit softcap is applied inside the tiles, before padding rows are masked.
+    config.final_logit_softcapping = 30.0
+    return config
+
+
+def sharded_cases() -> dict:
+    """name -> (config factory, save options, vocabulary size); some vocabularies divide by 4,
+    some do not (tied and untied)."""
+    from test_parity import CASES
+
+    def parity(name: str, vocab: int):
+        make_config, options = CASES[name]
+        return make_config, options, vocab
+
+    return {
+        "llama-mha-untied": parity("llama-mha-untied", 300),
+        "llama-gqa-tied": parity("llama-gqa-tied", 301),
+        "llama-mqa": parity("llama-mqa", 302),
+        "mistral-sliding-window": parity("mistral-sliding-window", 303),
+        "qwen2-qkv-bias": parity("qwen2-qkv-bias", 300),
+        "neox-parallel-partial-rotary": parity("neox-parallel-partial-rotary", 301),
+        "gpt2": parity("gpt2", 302),
+        "gemma3-softcap": (_gemma3_softcap_config, {"norm_center": 0.0}, 301),
+        "llama-odd-sizes": (_odd_sizes_config, {}, 302),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# The subprocess: python tests/test_sharding.py REQUEST.json RESULT.json
+
+
+def _local_size(array, dimension: int) -> int:
+    """The size of ``dimension`` in one device's shard."""
+    return array.addressable_shards[0].data.shape[dimension]
+
+
+def _worker(request_path: str, result_path: str) -> None:
+    import jax
+
+    jax.config.update("jax_num_cpu_devices", 4)
+    from functools import partial
+
+    from jaxmap.batching import plan_batches
+    from jaxmap.engine import compilation_count, load_model, score_tokens
+    from jaxmap.kernels.fused_logprob import sharded_token_logprobs
+    from jaxmap.sharding import make_mesh
+    from jaxmap.texts import TextSet
+    from jaxmap.tokenization import tokenize
+
+    request = json.loads(Path(request_path).read_text())
+    texts = TextSet.from_texts(request["texts"])
+    result = {"devices": len(jax.devices()), "models": {}, "kernel": {}}
+    for name, directory in request["models"].items():
+        runs = {}
+        for spec in ["data=1", *request["meshes"]]:
+            model = load_model(directory, mesh=spec)
+            tokens = tokenize(texts, model.tokenizer, "full")
+            scores = score_tokens(model, tokens, request["batch_tokens"], progress=False)
+            layers = model.params["layers"]
+            unembedding = model.params["embed" if model.config.tie_embeddings else "unembed"]
+            plan = plan_batches(
+                scores.ntokens, request["batch_tokens"], max_length=model.config.max_positions - 1
+            )
+            runs[spec] = {
+                "loglik": scores.loglik.tolist(),
+                "devices": len(model.mesh.devices.flat),
+                "compilations": scores.stats["compilations"],
+                "batch_rows": sorted({batch.rows for batch in plan.batches}),
+                "unembedding_rows": [unembedding.shape[0], _local_size(unembedding, 0)],
+                "columns": {
+                    part: [layers[part]["kernel"].shape[-1], _local_size(layers[part]["kernel"], -1)]
+                    for part in ("q", "k", "v", "up")
+                },
+                "rows": {
+                    part: [layers[part]["kernel"].shape[-2], _local_size(layers[part]["kernel"], -2)]
+                    for part in ("o", "down")
+                },
+            }
+        # The same placement on an equal mesh built anew reuses the compiled scorers.
+        before = compilation_count()
+        model = load_model(directory, mesh=request["meshes"][0])
+        score_tokens(model, tokenize(texts, model.tokenizer, "full"), request["batch_tokens"], progress=False)
+        runs["recompilations"] = compilation_count() - before
+        result["models"][name] = runs
+
+    keys = jax.random.split(jax.random.key(7), 3)
+    hidden = jax.random.normal(keys[0], (36, 24)) * 2
+    unembedding = jax.random.normal(keys[1], (780, 24))
+    targets = jax.random.randint(keys[2], (36,), 0, 777)
+    for spec in request["meshes"]:
+        for tile in (1, 64):
+            for softcap in (None, 5.0):
+                kernel = partial(
+                    sharded_token_logprobs,
+                    mesh=make_mesh(spec), vocab_size=777, tile=tile, softcap=softcap,
+                )
+                # The 3 rows past the vocabulary are random, not zero: only masking hides them.
+                got = jax.jit(kernel)(
+                    np.asarray(hidden), np.asarray(unembedding), np.asarray(targets)
+                )
+                result["kernel"][f"{spec} tile={tile} softcap={softcap}"] = np.asarray(got).tolist()
+    result["kernel_inputs"] = {
+        "hidden": np.asarray(hidden).tolist(),
+        "unembedding": np.asarray(unembedding[:777]).tolist(),
+        "targets": np.asarray(targets).tolist(),
+    }
+    Path(result_path).write_text(json.dumps(result))
+
+
+# ---------------------------------------------------------------------------------------------
+# The tests
+
+
+@pytest.fixture(scope="module")
+def sharded_run(tmp_path_factory):
+    """Build every case's random model here (torch), score them in the 4-device subprocess."""
+    from conftest import TEXTS, reference_loglik, save_random_model
+
+    root = tmp_path_factory.mktemp("sharded")
+    models, configs, references = {}, {}, {}
+    for seed, (name, (make_config, options, vocab)) in enumerate(sharded_cases().items()):
+        config = make_config()
+        config.vocab_size = vocab
+        directory = save_random_model(
+            root / name, config, seed=100 + seed, adds_bos=options.get("adds_bos", True),
+            norm_center=options.get("norm_center", 1.0),
+        )
+        models[name] = str(directory)
+        configs[name] = json.loads((directory / "config.json").read_text())
+        references[name] = reference_loglik(directory, TEXTS, "full")[0]
+    request = root / "request.json"
+    request.write_text(json.dumps({
+        "models": models, "texts": TEXTS, "meshes": MESHES, "batch_tokens": BATCH_TOKENS,
+    }))
+    result_path = root / "result.json"
+    subprocess.run([sys.executable, __file__, str(request), str(result_path)], check=True)
+    return json.loads(result_path.read_text()), configs, references
+
+
+def test_every_port_matches_single_device_on_both_meshes(sharded_run):
+    result, configs, references = sharded_run
+    assert result["devices"] == 4
+    assert set(result["models"]) == set(sharded_cases())
+    report = []
+    for name, runs in result["models"].items():
+        single = np.array(runs["data=1"]["loglik"])
+        assert runs["data=1"]["devices"] == 1
+        # The single-device result itself is right (parity with transformers).
+        assert np.abs(single - references[name]).max() <= 1e-3, name
+        for spec in MESHES:
+            assert runs[spec]["devices"] == 4
+            difference = np.abs(np.array(runs[spec]["loglik"]) - single).max()
+            report.append(f"{name} {spec}: max |delta| = {difference:.2e} nats")
+            assert difference <= TOLERANCE, report[-1]
+        assert runs["recompilations"] == 0, name
+    print("\n".join(report))
+
+
+def test_batches_with_odd_row_counts_are_padded_for_the_data_axis(sharded_run):
+    result, _, _ = sharded_run
+    rows = {row for runs in result["models"].values() for row in runs["data=2,model=2"]["batch_rows"]}
+    assert any(row % 2 for row in rows), "the texts should give a batch of an odd row count"
+
+
+def test_weights_are_split_where_heads_columns_and_vocabulary_allow(sharded_run):
+    result, configs, _ = sharded_run
+    for name, runs in result["models"].items():
+        config = configs[name]
+        heads = config.get("num_attention_heads", config.get("n_head"))
+        kv_heads = config.get("num_key_value_heads", heads)
+        mlp = config.get("intermediate_size") or config.get("n_inner") or 4 * config["n_embd"]
+        for spec in MESHES:
+            shards = 4 if spec.endswith("model=4") else 2
+            run = runs[spec]
+            rows, local_rows = run["unembedding_rows"]
+            assert rows == -(-config["vocab_size"] // shards) * shards, (name, spec)
+            assert local_rows * shards == rows, (name, spec)
+            expected = {"q": heads, "k": kv_heads, "v": kv_heads, "up": mlp, "o": heads, "down": mlp}
+            for part, (width, local) in {**run["columns"], **run["rows"]}.items():
+                divides = expected[part] % shards == 0
+                assert local == (width // shards if divides else width), (name, spec, part)
+    # The cases do exercise both: replicated kv heads (MQA, GQA 2 on 4) and split ones.
+    model4 = [runs["data=1,model=4"]["columns"]["k"] for runs in result["models"].values()]
+    assert any(local == width for width, local in model4)
+    assert any(local < width for width, local in model4)
+
+
+def test_sharded_kernel_matches_full_softmax_with_padded_vocabulary(sharded_run):
+    from test_kernels import reference_logprobs
+
+    result, _, _ = sharded_run
+    inputs = result["kernel_inputs"]
+    hidden, unembedding = np.array(inputs["hidden"]), np.array(inputs["unembedding"])
+    targets = np.array(inputs["targets"])
+    assert len(result["kernel"]) == 2 * len(MESHES) * 2
+    for key, got in result["kernel"].items():
+        softcap = None if key.endswith("None") else float(key.rsplit("=", 1)[1])
+        expected = reference_logprobs(hidden, unembedding, targets, softcap)
+        np.testing.assert_allclose(np.array(got), expected, atol=2e-4, rtol=1e-5, err_msg=key)
+
+
+def test_mesh_specs():
+    from jaxmap.sharding import parse_mesh
+
+    assert parse_mesh("data=2,model=4") == {"data": 2, "model": 4}
+    assert parse_mesh(" model = 2 ") == {"model": 2}
+    assert parse_mesh("") == {}
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("data=2,tensor=2", "cannot read 'tensor=2'"),
+        ("data=two", "cannot read 'data=two'"),
+        ("data=1,data=1", "axis 'data' is given twice"),
+        ("model=0", "axis 'model' must be at least 1"),
+        ("data=1,model=2", "needs 2 devices, the run has 1"),
+    ],
+)
+def test_bad_mesh_is_one_line_naming_the_problem(spec, message, tiny_models):
+    from jaxmap.engine import load_model
+    from jaxmap.errors import JaxmapError
+    from jaxmap.sharding import MeshError
+
+    with pytest.raises(MeshError, match=message) as caught:
+        load_model(str(tiny_models[0]), mesh=spec)
+    assert isinstance(caught.value, (JaxmapError, ValueError))
+    assert "\n" not in str(caught.value) and spec in str(caught.value)
+
+
+def test_default_mesh_puts_every_device_on_the_data_axis():
+    import jax
+
+    from jaxmap.sharding import make_mesh
+
+    mesh = make_mesh()
+    assert dict(mesh.shape) == {"data": len(jax.devices()), "model": 1}
+    assert make_mesh(mesh) is mesh
+
+
+if __name__ == "__main__":
+    _worker(sys.argv[1], sys.argv[2])
