@@ -135,7 +135,8 @@ def _check_finite(reference: str, scores: ModelScores, texts: TextSet) -> None:
 
 def _failure(reference: str, error: BaseException) -> ModelOutcome:
     if isinstance(error, JaxmapError):
-        return ModelOutcome(reference, "failed", str(error))
+        # The summary names the model already.
+        return ModelOutcome(reference, "failed", str(error).removeprefix(f"{reference}: "))
     # A bug in jaxmap, not a problem of the model: one model's bug must not stop a 1,000-model
     # job, but its traceback is kept in the run summary.
     first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
