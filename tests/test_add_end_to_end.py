@@ -23,8 +23,10 @@ def test_added_copy_of_a_map_model_is_its_nearest_neighbour(tiny_models, text_fi
     rows = (tmp_path / "kl.csv").read_text().splitlines()
     header, values = rows[0].split(","), rows[1].split(",")
     distances = {name: float(v) for name, v in zip(header[1:], values[1:])}
-    assert distances[str(tiny_models[1])] == 0.0
-    assert min(distances[str(tiny_models[0])], distances[str(tiny_models[2])]) > 0
+    # Equal rows; the coordinates of one new row and of the map's rows are centred in separate
+    # jitted calls, so they may differ in the last bits (seen: 2e-27 against ~300).
+    others = min(distances[str(tiny_models[0])], distances[str(tiny_models[2])])
+    assert others > 0 and distances[str(tiny_models[1])] <= 1e-15 * others
     assert str(tiny_models[1]) in printed
     assert main(["add", str(store), "--subset", str(subset), str(twin), "--bos-policy", "full"]) == 2
     assert "paper" in capsys.readouterr().err
