@@ -22,6 +22,7 @@ from jax.experimental import mesh_utils, multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from .errors import JaxmapError
+from .models.adapter import empty_host_array
 from .models.decoder import DecoderConfig, Params
 
 DATA = "data"
@@ -175,7 +176,11 @@ def place_params(host: Params, config: DecoderConfig, mesh: Mesh) -> Params:
                 placed[name] = place(leaf, f"{path}.")
                 continue
             if TENSOR_PARALLEL.get(path, (None, None))[1] == "vocab" and leaf.shape[0] < vocab:
-                leaf = np.pad(leaf, [(0, vocab - leaf.shape[0])] + [(0, 0)] * (leaf.ndim - 1))
+                padded = empty_host_array((vocab, *leaf.shape[1:]), leaf.dtype)
+                padded[: leaf.shape[0]] = leaf
+                padded[leaf.shape[0] :] = 0
+                leaf = padded
+                del padded
             spec = partition_spec(path, leaf.ndim, config, mesh)
             placed[name] = put(leaf, NamedSharding(mesh, spec))
             del leaf

@@ -186,6 +186,32 @@ def read_rope_parameters(reader: ConfigReader, default_theta: float = 10000.0) -
 # ---------------------------------------------------------------------------------------------
 # Weights
 
+# XLA's CPU backend adopts a numpy array as a device buffer without copying it when the data is
+# 64-byte aligned (numpy's own allocations are 16-byte aligned): host-assembled weights then do
+# not exist twice on a CPU host.
+_ALIGNMENT = 64
+
+
+def empty_host_array(shape: tuple[int, ...], dtype) -> np.ndarray:
+    """An uninitialised C-contiguous numpy array whose data is 64-byte aligned."""
+    dtype = np.dtype(dtype)
+    size = int(np.prod(shape)) * dtype.itemsize
+    raw = np.empty(size + _ALIGNMENT, np.uint8)
+    start = -raw.ctypes.data % _ALIGNMENT
+    return raw[start : start + size].view(dtype).reshape(shape)
+
+
+def host_array(tensor: Any, dtype) -> np.ndarray:
+    """``tensor`` as a C-contiguous, 64-byte-aligned numpy array of ``dtype`` (copied and cast
+    unless it is one already)."""
+    tensor = np.asarray(tensor)
+    dtype = np.dtype(dtype)
+    if tensor.dtype == dtype and tensor.flags.c_contiguous and not tensor.ctypes.data % _ALIGNMENT:
+        return tensor
+    out = empty_host_array(tensor.shape, dtype)
+    out[...] = tensor
+    return out
+
 
 @dataclass
 class WeightSource:
@@ -205,7 +231,7 @@ class WeightSource:
         if name not in self.names:
             raise UnsupportedModelError(f"{self.model}: checkpoint has no tensor {name!r}")
         self.used.add(name)
-        return np.asarray(self.tensors(name)).astype(np.dtype(dtype), copy=False)
+        return host_array(self.tensors(name), dtype)
 
     def check_all_used(self, ignorable: Iterable[str] = ()) -> None:
         """Refuse tensors the port did not read: they may carry a feature it lacks."""
@@ -226,7 +252,7 @@ def stack_layers(layer: Callable[[int], dict], count: int) -> dict:
     one layer's tensors are alive at a time.
     """
     leaves, structure = jax.tree.flatten(layer(0))
-    stacks = [np.empty((count, *leaf.shape), leaf.dtype) for leaf in leaves]
+    stacks = [empty_host_array((count, *leaf.shape), leaf.dtype) for leaf in leaves]
     for index in range(count):
         if index:
             leaves = structure.flatten_up_to(layer(index))
