@@ -9,7 +9,8 @@ split for the sharded log-prob kernel. Everything else is replicated. Params are
 the data axis.
 
 Host arrays in their final layout and dtype go to the devices with one ``jax.device_put`` per
-parameter, straight into its :class:`~jax.sharding.NamedSharding`.
+parameter, straight into its :class:`~jax.sharding.NamedSharding` (when the mesh spans several
+processes, each process hands over its own devices' slices instead).
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ _MESH_ITEM = re.compile(r"\s*(data|model)\s*=\s*(\d+)\s*")
 
 
 class MeshError(JaxmapError, ValueError):
-    """A mesh specification that cannot be built on this host's devices."""
+    """A mesh specification that cannot be read or built on the run's devices."""
 
 
 def parse_mesh(spec: str) -> dict[str, int]:
