@@ -21,17 +21,21 @@ import json
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Callable, Sequence
 
+import jax
 import numpy as np
 from tqdm.auto import tqdm
 
+from . import distributed
 from ._version import __version__
 from .checkpoints import Checkpoint, expand_references, resolve
 from .engine import DEFAULT_DTYPE, LoadedModel, ModelScores, load_model, score_tokens
 from .errors import JaxmapError, ModelsFailedError, StoreError
 from .models import DTYPES, translate_config
+from .sharding import make_mesh
 from .store import Store, StoreWriter, open_store
 from .texts import TextSet, load_texts
 from .tokenization import POLICIES, cached_tokenize
@@ -168,6 +172,7 @@ def score_job(
     progress: bool = True,
     cache_dir: str | Path | None = None,
     shard: str | tuple[int, int] | None = None,
+    mesh: str | None = None,
     report: Callable[[str], None] | None = None,
 ) -> JobSummary:
     """Score every model on every text into the store ``out``; see the module docstring.
@@ -175,9 +180,14 @@ def score_job(
     Models whose rows the store already holds (matched by canonical reference) are skipped, so
     re-running a killed job computes only what is missing. ``shard="I/N"`` takes every N-th
     model of the list, starting at I, for running one list as N independent jobs (join their
-    stores with :func:`jaxmap.store.merge`). ``report`` receives one line per event (default:
-    printed when ``progress``). Failed models are in the returned summary; this raises only
-    for errors that stop the whole job (a bad text set, a foreign store, a full disk).
+    stores with :func:`jaxmap.store.merge`). ``mesh`` (``"data=D,model=M"``) spans every device
+    of every process (:mod:`jaxmap.distributed`); by default all of them on the data axis.
+    ``report`` receives one line per event (default: printed when ``progress``). Failed models
+    are in the returned summary; this raises only for errors that stop the whole job (a bad
+    text set, a foreign store, a full disk).
+
+    In a multi-host run every process calls this with the same arguments; process 0 alone
+    writes the store and the run summary.
     """
     if bos_policy not in POLICIES:
         raise JaxmapError(f"unknown BOS policy {bos_policy!r}; choose one of {', '.join(POLICIES)}")
@@ -191,11 +201,14 @@ def score_job(
     if shard is not None:
         references = references[shard[0] :: shard[1]]
     out = Path(out)
-    writer = StoreWriter(
-        out, text_set, {"bos_policy": bos_policy, "dtype": dtype}, created_by=f"jaxmap {__version__}"
+    device_mesh = make_mesh(mesh, devices=jax.devices())
+    # Process 0 alone opens the store; the others learn from it which models are done.
+    writer = (
+        StoreWriter(out, text_set, {"bos_policy": bos_policy, "dtype": dtype}, created_by=f"jaxmap {__version__}")
+        if distributed.process_index() == 0 else None
     )
     summary = JobSummary(str(out))
-    done = set(writer.completed_keys())
+    done = set(distributed.share_from_first(writer.completed_keys() if writer else None))
 
     # Resolve and validate everything before scoring anything; loading reuses these.
     todo: list[Checkpoint] = []
@@ -215,16 +228,20 @@ def score_job(
         keys_seen.add(key)
         todo.append(checkpoint)
 
-    token_cache = out.with_name(out.name + ".tokens")
+    # The token cache sits beside the store, which only process 0 may touch.
+    token_cache = out.with_name(out.name + ".tokens") if writer is not None else None
     overall = tqdm(total=len(todo), desc="models", unit="model", disable=not progress or len(todo) < 2)
-    loader = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="jaxmap-loader")
-    upcoming = loader.submit(load_model, todo[0], dtype) if todo else None
+    loader = (
+        concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="jaxmap-loader")
+        if distributed.process_count() == 1 else _InOrder()
+    )
+    load = partial(load_model, dtype=dtype, mesh=device_mesh)
+    upcoming = loader.submit(load, todo[0]) if todo else None
     try:
         for position, checkpoint in enumerate(todo):
             reference = checkpoint.reference
             current, upcoming = upcoming, (
-                loader.submit(load_model, todo[position + 1], dtype)
-                if position + 1 < len(todo) else None
+                loader.submit(load, todo[position + 1]) if position + 1 < len(todo) else None
             )
             outcome = _score_one(
                 current, checkpoint, text_set, writer, token_cache, dtype, bos_policy,
@@ -240,18 +257,40 @@ def score_job(
         # Never wait for a load in flight: an interrupted job must stop now.
         loader.shutdown(wait=False, cancel_futures=True)
         summary.seconds = time.perf_counter() - started
-        if not summary.interrupted:
-            _compact(writer, say)
-        _write_summary(summary, out)
+        if writer is not None:
+            if not summary.interrupted:
+                _compact(writer, say)
+            _write_summary(summary, out)
     return summary
+
+
+class _InOrder:
+    """Loads a model when its result is asked for, in the calling thread.
+
+    Multi-host runs load this way: every process must issue its device work in the same order,
+    and a background loader would interleave with the scoring differently on each host.
+    """
+
+    class _Deferred:
+        def __init__(self, function, argument) -> None:
+            self._call = lambda: function(argument)
+
+        def result(self):
+            return self._call()
+
+    def submit(self, function, argument) -> "_InOrder._Deferred":
+        return self._Deferred(function, argument)
+
+    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
+        """Nothing runs in the background."""
 
 
 def _score_one(
     loading: concurrent.futures.Future,
     checkpoint: Checkpoint,
     text_set: TextSet,
-    writer: StoreWriter,
-    token_cache: Path,
+    writer: StoreWriter | None,
+    token_cache: Path | None,
     dtype: str,
     bos_policy: str,
     batch_tokens: int | None,
@@ -284,8 +323,16 @@ def _score_one(
         **result.stats,
     }
     # A store that cannot take the row (full disk, damaged) stops the job: later rows would
-    # fail the same way.
-    writer.append(reference, result.loglik, result.ntokens, result.truncated, meta)
+    # fail the same way. In a multi-host run the others stop with process 0.
+    stop = None
+    if writer is not None:
+        try:
+            writer.append(reference, result.loglik, result.ntokens, result.truncated, meta)
+        except StoreError as error:
+            stop = error
+    problem = distributed.share_from_first(str(stop) if stop else None)
+    if problem is not None:
+        raise stop or StoreError(f"process 0 could not commit {reference}: {problem}")
     stats = result.stats
     if progress:
         say(

@@ -46,6 +46,21 @@ def register(subparsers) -> None:
         help="score only models I, I+N, I+2N, ... of the list (0 <= I < N), e.g. one per SLURM "
         "array task; join the stores with `jaxmap merge`",
     )
+    score.add_argument(
+        "--mesh", metavar="data=D,model=M",
+        help="device mesh: batches split over D, weights over M devices (default: every device "
+        "on the data axis)",
+    )
+    hosts = score.add_argument_group(
+        "multi-host runs (one process per host; process 0 writes the store)"
+    )
+    hosts.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0")
+    hosts.add_argument("--num-processes", type=int, metavar="P")
+    hosts.add_argument("--process-id", type=int, metavar="I")
+    hosts.add_argument(
+        "--distributed", action="store_true",
+        help="join a multi-host run described by the cluster launcher's environment (SLURM, Open MPI)",
+    )
     score.add_argument("--quiet", action="store_true", help="no progress bars")
     score.set_defaults(func=run_score)
 
@@ -68,15 +83,21 @@ def register(subparsers) -> None:
 
 
 def run_score(args: argparse.Namespace) -> int:
+    from .. import distributed
+
+    if args.coordinator or args.num_processes or args.process_id is not None or args.distributed:
+        distributed.initialize(args.coordinator, args.num_processes, args.process_id)
     from ..jobs import score_job
 
+    first = distributed.process_index() == 0
     summary = score_job(
         args.models, args.texts, out=args.out, dtype=args.dtype, bos_policy=args.bos_policy,
-        batch_tokens=args.batch_tokens, progress=not args.quiet, cache_dir=args.cache_dir,
-        shard=args.shard, report=lambda line: print(line, file=sys.stderr),
+        batch_tokens=args.batch_tokens, progress=not args.quiet and first, cache_dir=args.cache_dir,
+        shard=args.shard, mesh=args.mesh, report=lambda line: print(line, file=sys.stderr),
     )
-    for line in summary.lines():
-        print(line)
+    if first:
+        for line in summary.lines():
+            print(line)
     # 1: the job ran to the end but some models failed (2 is kept for errors that stop a job).
     return 1 if summary.failures else 0
 
