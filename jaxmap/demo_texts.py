@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 from jaxmap.texts import TextSet, chunk_document
-from .errors import DemoSourceError
+from .errors import DemoSourceError, TextSetError
 
 __all__ = [
     "ALL_DOMAINS",
@@ -324,11 +324,11 @@ def _check_domains(domains: Sequence[str] | None) -> tuple[str, ...]:
     chosen = tuple(DEFAULT_DOMAINS if domains is None else domains)
     unknown = [domain for domain in chosen if domain not in DEMO_SOURCES]
     if unknown:
-        raise ValueError(f"unknown demo domain(s) {unknown}; known: {', '.join(ALL_DOMAINS)}")
+        raise TextSetError(f"unknown demo domain(s) {unknown}; known: {', '.join(ALL_DOMAINS)}")
     if len(set(chosen)) != len(chosen):
-        raise ValueError(f"demo domains listed twice: {list(chosen)}")
+        raise TextSetError(f"demo domains listed twice: {list(chosen)}")
     if not chosen:
-        raise ValueError("no demo domains chosen")
+        raise TextSetError("no demo domains chosen")
     return chosen
 
 
@@ -386,7 +386,7 @@ def build_demo_texts(
         ValueError: an unknown domain, or more texts asked of a domain than it has chunks.
     """
     if n_texts < 1:
-        raise ValueError(f"n_texts must be positive, got {n_texts}")
+        raise TextSetError(f"n_texts must be positive, got {n_texts}")
     chosen = _check_domains(domains)
     roots: dict[str, Path] = {}
     problems = []
@@ -410,7 +410,7 @@ def build_demo_texts(
     short = {domain: len(pool) for domain, pool in pools.items() if counts[domain] > len(pool)}
     if short:
         limit = min(len(pool) for pool in pools.values()) * len(chosen)
-        raise ValueError(
+        raise TextSetError(
             f"{n_texts} texts need {max(counts.values())} chunks per domain, but "
             + ", ".join(f"{domain!r} has {size} chunks" for domain, size in short.items())
             + f"; ask for at most {limit} texts or leave those domains out"

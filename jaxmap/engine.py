@@ -27,6 +27,7 @@ from .models import DTYPES, DecoderConfig, Params, convert_weights, hidden_state
 from .models import unembedding as model_unembedding
 from .sharding import DATA, batch_sharding, describe_mesh, make_mesh, place_params, put, to_host
 from .tokenization import TokenizedTexts, load_tokenizer
+from .errors import JaxmapError
 
 # Padded positions per batch. On CPU, 2048 already saturates the matmuls and keeps the last,
 # partly filled batches small (measured faster than 4096 and 8192 on 64 texts, SmolLM2, 2 cores);
@@ -145,7 +146,7 @@ def load_model(
     their final layout, then put on the mesh with one transfer per parameter.
     """
     if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+        raise JaxmapError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     started = time.perf_counter()
     mesh = make_mesh(mesh)
     checkpoint = reference if isinstance(reference, Checkpoint) else resolve(reference, cache_dir=cache_dir)

@@ -131,7 +131,7 @@ def chunk_document(document: str, max_bytes: int = 1024, min_bytes: int = 256) -
     ``min_bytes`` bytes or fewer are dropped.
     """
     if max_bytes < 4:
-        raise ValueError("max_bytes must be at least 4 (one UTF-8 character)")
+        raise TextSetError("max_bytes must be at least 4 (one UTF-8 character)")
     encoded = document.encode("utf-8")
     start = 0
     while start < len(encoded):

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .texts import TextSet
+from .errors import JaxmapError
 
 POLICIES = ("full", "paper")
 
@@ -73,7 +74,7 @@ def start_token(tokenizer) -> int:
     for token_id in (tokenizer.bos_token_id, tokenizer.eos_token_id):
         if token_id is not None:
             return int(token_id)
-    raise ValueError(
+    raise JaxmapError(
         f"tokenizer {tokenizer.name_or_path!r} has neither a BOS nor an EOS token; "
         "use --bos-policy paper"
     )
@@ -95,7 +96,7 @@ def tokenizer_fingerprint(tokenizer, policy: str) -> str:
 def tokenize(texts: TextSet, tokenizer, policy: str = "full") -> TokenizedTexts:
     """Token ids for every text under ``policy`` (see the module docstring)."""
     if policy not in POLICIES:
-        raise ValueError(f"unknown BOS policy {policy!r}; choose one of {POLICIES}")
+        raise JaxmapError(f"unknown BOS policy {policy!r}; choose one of {POLICIES}")
     if policy == "paper":
         encoded = tokenizer(list(texts.texts), add_special_tokens=True)["input_ids"]
         return TokenizedTexts.from_sequences(encoded)

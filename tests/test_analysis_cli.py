@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import sys
@@ -13,7 +12,7 @@ import numpy as np
 import pytest
 
 from jaxmap.analysis import clip, double_center, kl_matrix, load_loglik, read_subset, resample
-from jaxmap.cli.analysis import register
+from jaxmap.cli import main
 from jaxmap.store import StoreWriter, open_store
 from jaxmap.texts import TextSet, load_texts
 
@@ -22,10 +21,7 @@ LEAKED = (11, 77)
 
 
 def run(*argv: str) -> int:
-    parser = argparse.ArgumentParser(prog="jaxmap")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args([str(a) for a in argv])
-    return args.func(args)
+    return main([str(a) for a in argv])
 
 
 def write_rows(path, texts: TextSet, names, loglik) -> None:
@@ -242,7 +238,7 @@ def test_add_scores_on_the_subset_and_places_models(map_store, tmp_path, monkeyp
         write_rows(out, texts, models, rows)
         return open_store(out)
 
-    monkeypatch.setitem(sys.modules, "jaxmap.engine", types.SimpleNamespace(score=score))
+    monkeypatch.setitem(sys.modules, "jaxmap.jobs", types.SimpleNamespace(score=score))
     out = tmp_path / "new.h5"
     assert (
         run(

@@ -33,26 +33,34 @@ from ..analysis import (
     write_subset,
 )
 from ..analysis.resampling import METHODS
-from ..store import StoreError
-from ..texts import TextSetError
+from ..outputs import atomic_output, refuse_inputs
 
-EXIT_BAD_INPUT = 2
-_PEOPLE_ERRORS = (AnalysisError, StoreError, TextSetError, OSError)
+# Arguments that name files a command reads, and files it writes.
+_INPUT_ARGUMENTS = ("store", "subset", "meta", "scores")
+_OUTPUT_ARGUMENTS = ("out", "html", "curve", "kl_out", "coords")
+
+
+def _inputs(args: argparse.Namespace) -> list[str]:
+    return [getattr(args, name) for name in _INPUT_ARGUMENTS if getattr(args, name, None)]
+
+
+def _writing(args: argparse.Namespace, path: str | Path):
+    """Write ``path`` atomically, refusing it if it is one of the command's inputs."""
+    return atomic_output(path, _inputs(args))
 
 
 def _reports_errors(command: str) -> Callable:
-    """Turn an input error into one line on stderr and exit status 2."""
+    """Refuse, before any work, an output path that is one of the command's inputs."""
 
     def decorate(
         handler: Callable[[argparse.Namespace], int],
     ) -> Callable[[argparse.Namespace], int]:
         @functools.wraps(handler)
         def run(args: argparse.Namespace) -> int:
-            try:
-                return handler(args)
-            except _PEOPLE_ERRORS as error:
-                print(f"jaxmap {command}: error: {error}", file=sys.stderr)
-                return EXIT_BAD_INPUT
+            for name in _OUTPUT_ARGUMENTS:
+                if getattr(args, name, None):
+                    refuse_inputs(getattr(args, name), _inputs(args))
+            return handler(args)
 
         return run
 
@@ -99,9 +107,13 @@ def _text_bytes(matrix: LoglikMatrix) -> np.ndarray:
 
 
 def _write_matrix_csv(
-    path: str | Path, row_names: Sequence[str], column_names: Sequence[str], values: np.ndarray
+    args: argparse.Namespace,
+    path: str | Path,
+    row_names: Sequence[str],
+    column_names: Sequence[str],
+    values: np.ndarray,
 ) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as handle:
+    with _writing(args, path) as temporary, open(temporary, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["model", *column_names])
         for name, row in zip(row_names, values):
@@ -162,7 +174,7 @@ def _run_kl(args: argparse.Namespace) -> int:
     unit = "bits per byte" if args.bits_per_byte else "nats per text"
     print(_describe(matrix, tau, args))
     divergences = kl_matrix(clipped, text_bytes=text_bytes, progress=len(matrix.models) > 4096)
-    _write_matrix_csv(args.out, matrix.models, matrix.models, divergences)
+    _write_matrix_csv(args, args.out, matrix.models, matrix.models, divergences)
     print(f"wrote {args.out} ({unit})")
     indices, values = nearest_neighbors(divergences, args.neighbors)
     _print_neighbors(matrix.models, matrix.models, indices, values, unit)
@@ -195,28 +207,30 @@ def _run_map(args: argparse.Namespace) -> int:
         double_center(clipped), args.method, seed=args.seed, perplexity=perplexity
     )
     title = f"{_AXIS_LABELS[args.method]} map of {models} models on {texts} texts"
-    plot_map(
-        coordinates,
-        matrix.models,
-        args.out,
-        color_values=colors,
-        color_label=args.color_by or "",
-        axis_label=_AXIS_LABELS[args.method],
-        title=title,
-    )
-    print(f"wrote {args.out}")
-    if args.html:
-        map_html(
+    with _writing(args, args.out) as temporary:
+        plot_map(
             coordinates,
             matrix.models,
-            args.html,
+            temporary,
             color_values=colors,
             color_label=args.color_by or "",
+            axis_label=_AXIS_LABELS[args.method],
             title=title,
         )
+    print(f"wrote {args.out}")
+    if args.html:
+        with _writing(args, args.html) as temporary:
+            map_html(
+                coordinates,
+                matrix.models,
+                temporary,
+                color_values=colors,
+                color_label=args.color_by or "",
+                title=title,
+            )
         print(f"wrote {args.html}")
     if args.coords:
-        _write_matrix_csv(args.coords, matrix.models, ["x", "y"], coordinates)
+        _write_matrix_csv(args, args.coords, matrix.models, ["x", "y"], coordinates)
         print(f"wrote {args.coords}")
     return 0
 
@@ -300,7 +314,8 @@ def _run_resample(args: argparse.Namespace) -> int:
             text_fingerprint=matrix.text_fingerprint,
             source=str(matrix.source),
         )
-        write_subset(args.out, matrix.text_ids, matrix.texts, indices, scales, info)
+        with _writing(args, args.out) as temporary:
+            write_subset(temporary, matrix.text_ids, matrix.texts, indices, scales, info)
         print(
             f"wrote {args.out}: {len(indices)} distinct texts from {args.n} {args.method} draws "
             f"(seed {args.seed})"
@@ -310,11 +325,12 @@ def _run_resample(args: argparse.Namespace) -> int:
 
         sizes = args.curve_sizes or _default_curve_sizes(clipped.shape[1])
         curve = resampling_curve(Q, sizes, seeds=range(args.curve_seeds), progress=True)
-        plot_resampling_curve(
-            curve,
-            args.curve,
-            title=f"Resampling error, {clipped.shape[0]} models, {len(curve.seeds)} seeds",
-        )
+        with _writing(args, args.curve) as temporary:
+            plot_resampling_curve(
+                curve,
+                temporary,
+                title=f"Resampling error, {clipped.shape[0]} models, {len(curve.seeds)} seeds",
+            )
         print("n      " + "  ".join(f"{m:>16}" for m in curve.errors))
         for position, size in enumerate(curve.sizes):
             cells = "  ".join(
@@ -379,25 +395,20 @@ def _run_add(args: argparse.Namespace) -> int:
     text_bytes = _text_bytes(matrix) if args.bits_per_byte else None  # fail before hours of scoring
     bos_policy = _map_bos_policy(matrix, args.bos_policy)
     out = Path(args.out) if args.out else Path(args.subset).with_suffix(".h5")
+    refuse_inputs(out, _inputs(args))
     from ..checkpoints import expand_references
     from ..jobs import score
 
-    try:
-        scored = score(
-            args.models,
-            subset.texts,
-            out,
-            dtype=args.dtype,
-            bos_policy=bos_policy,
-            batch_tokens=args.batch_tokens,
-            progress=True,
-        )
-        wanted = expand_references(args.models)
-    except (
-        ValueError,
-        LookupError,
-    ) as error:  # the engine's errors for people: reference, config, policy
-        raise AnalysisError(str(error)) from None
+    scored = score(
+        args.models,
+        subset.texts,
+        out,
+        dtype=args.dtype,
+        bos_policy=bos_policy,
+        batch_tokens=args.batch_tokens,
+        progress=True,
+    )
+    wanted = expand_references(args.models)
     if list(scored.text_ids) != list(subset.texts.ids):
         raise AnalysisError(f"{out}: its texts are not those of {subset.path}")
     rows = [scored.models.index(reference) for reference in wanted]
@@ -415,7 +426,7 @@ def _run_add(args: argparse.Namespace) -> int:
         f"placed on {matrix.source}"
     )
     if args.kl_out:
-        _write_matrix_csv(args.kl_out, wanted, matrix.models, divergences)
+        _write_matrix_csv(args, args.kl_out, wanted, matrix.models, divergences)
         print(f"wrote {args.kl_out} ({unit})")
     order = np.argsort(divergences, axis=1, kind="stable")[:, : args.neighbors]
     _print_neighbors(
@@ -452,7 +463,7 @@ def _run_outliers(args: argparse.Namespace) -> int:
         )
     if args.out:
         order = found.top(len(ids))
-        with open(args.out, "w", newline="", encoding="utf-8") as handle:
+        with _writing(args, args.out) as temporary, open(temporary, "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
             writer.writerow(["text_id", "column", "z", "excess_nats"])
             for column in order:

@@ -67,6 +67,10 @@ def register(subparsers) -> None:
     info = subparsers.add_parser("info", help="summarise a store")
     info.add_argument("store")
     info.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    info.add_argument(
+        "--verify", action="store_true",
+        help="check every row's checksum; list damaged rows and exit 1 if there are any",
+    )
     info.set_defaults(func=run_info)
 
     chunk = subparsers.add_parser(
@@ -103,8 +107,20 @@ def run_score(args: argparse.Namespace) -> int:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    from ..store import open_store
+    from ..store import open_store, verify_rows
 
+    if args.verify:
+        problems = verify_rows(args.store)
+        for where, model, problem in problems:
+            print(f"{args.store}: {where} ({model}): {problem}")
+        damaged = [p for p in problems if not p[2].startswith("no checksum")]
+        if damaged:
+            print(
+                f"{args.store}: {len(damaged)} damaged row(s); remove them with "
+                f"`jaxmap drop {args.store} MODEL...` and score them again", file=sys.stderr,
+            )
+            return 1
+        print(f"{args.store}: every checksum matches")
     store = open_store(args.store)
     rows = []
     for index, (model, meta) in enumerate(zip(store.models, store.model_meta)):
@@ -145,15 +161,19 @@ def run_info(args: argparse.Namespace) -> int:
 
 
 def run_chunk(args: argparse.Namespace) -> int:
+    from ..errors import TextSetError
+    from ..outputs import atomic_output
     from ..texts import chunk_document
 
     count = 0
-    with open(args.out, "w", encoding="utf-8") as handle:
+    with atomic_output(args.out, args.documents) as temporary, open(temporary, "w", encoding="utf-8") as handle:
         for path in args.documents:
             try:
                 document = Path(path).read_text(encoding="utf-8")
             except UnicodeDecodeError as error:
-                raise ValueError(f"{path}: not UTF-8 text ({error.reason})") from None
+                raise TextSetError(f"{path}: not UTF-8 text ({error.reason})") from None
+            except OSError as error:
+                raise TextSetError(f"{path}: cannot read ({error.strerror or error})") from None
             for piece, text in enumerate(
                 chunk_document(document, max_bytes=args.max_bytes, min_bytes=args.min_bytes)
             ):

@@ -1,0 +1,76 @@
+"""SIGINT and SIGTERM for the ``jaxmap`` command: stop cleanly once, stop at once the second time.
+
+The first signal raises :class:`Interrupted` in the main thread (a ``KeyboardInterrupt``, so
+``except Exception`` blocks that record a model's failure do not swallow it). The job abandons
+the model in progress, whose row was never committed; every committed row stays. The command
+then prints one line and leaves with ``os._exit``: a background loader thread may be inside XLA
+or safetensors, and tearing the interpreter down around it is what crashed before.
+
+A second signal while stopping leaves at once, with the same exit status: nothing is half
+written at any moment (rows are committed atomically), so there is nothing left to protect.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+_HANDLED = (signal.SIGINT, signal.SIGTERM)
+
+
+class Interrupted(KeyboardInterrupt):
+    """The command was asked to stop by a signal."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def exit_status(signum: int) -> int:
+    """The shell's convention: 128 + the signal number (130 for SIGINT, 143 for SIGTERM)."""
+    return 128 + signum
+
+
+def _stop_now(signum: int, _frame) -> None:
+    sys.stderr.write(f"jaxmap: {signal.Signals(signum).name} again; stopping now\n")
+    sys.stderr.flush()
+    os._exit(exit_status(signum))
+
+
+def _first(signum: int, _frame) -> None:
+    for handled in _HANDLED:
+        signal.signal(handled, _stop_now)
+    raise Interrupted(signum)
+
+
+def install() -> dict:
+    """Route SIGINT and SIGTERM through :class:`Interrupted`; returns the previous handlers.
+
+    Only the main thread can set handlers; elsewhere (a command run from a worker thread)
+    nothing changes.
+    """
+    try:
+        return {handled: signal.signal(handled, _first) for handled in _HANDLED}
+    except ValueError:
+        return {}
+
+
+def restore(previous: dict) -> None:
+    """Put back the handlers :func:`install` replaced."""
+    for handled, handler in previous.items():
+        signal.signal(handled, handler)
+
+
+def leave(command: str, interrupt: KeyboardInterrupt) -> None:
+    """Print what is kept and exit with 130 or 143, skipping interpreter teardown."""
+    signum = getattr(interrupt, "signum", signal.SIGINT)
+    sys.stdout.flush()
+    sys.stderr.write(
+        f"jaxmap {command}: stopped by {signal.Signals(signum).name}; committed rows are kept, "
+        "the model in progress was not stored\n"
+        if command in ("score", "add", "demo")
+        else f"jaxmap {command}: stopped by {signal.Signals(signum).name}; no output was changed\n"
+    )
+    sys.stderr.flush()
+    os._exit(exit_status(signum))
