@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from ._version import __version__
-from .checkpoints import Checkpoint, expand_references, resolve
+from .checkpoints import Checkpoint, expand_references, resolve, validate
 from .engine import DEFAULT_DTYPE, LoadedModel, ModelScores, load_model, score_tokens
 from .errors import JaxmapError, ModelsFailedError, StoreError
 from .models import DTYPES, translate_config
@@ -216,12 +216,13 @@ def score_job(
     for reference in tqdm(references, desc="validating", unit="model", disable=not progress or len(references) < 2):
         try:
             checkpoint = resolve(reference, cache_dir=cache_dir, progress=progress)
+            validate(checkpoint)
             translate_config(checkpoint.config(), checkpoint.reference)
         except Exception as error:  # noqa: BLE001 - recorded; the other models go on
             summary.outcomes.append(_failure(reference, error))
             say(f"jaxmap: {reference}: cannot be scored: {summary.outcomes[-1].reason}")
             continue
-        key = getattr(checkpoint, "canonical", checkpoint.reference)
+        key = checkpoint.canonical
         if key in done or key in keys_seen:
             summary.outcomes.append(ModelOutcome(reference, "skipped"))
             continue
@@ -310,7 +311,7 @@ def _score_one(
         return outcome
     meta = {
         "reference": reference,
-        "key": getattr(checkpoint, "canonical", reference),
+        "key": checkpoint.canonical,
         "revision": model.checkpoint.revision,
         "source": model.checkpoint.source,
         "architecture": model.architecture,

@@ -17,30 +17,43 @@ from typing import Iterable
 import yaml
 
 from ..models import UnsupportedModelError, WeightSource
-from ..errors import CheckpointError, HubError
+from ..errors import CheckpointError
 
 
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
 _LIST_SUFFIXES = {".txt", ".yaml", ".yml", ".list"}
-_HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken"]
 
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """A resolved model: where its HF-layout files are, and which exact version they are."""
+    """A resolved model: where its HF-layout files are, and which exact version they are.
+
+    ``reference`` is the model as the person spelled it; ``canonical`` is equal for equal
+    models however they are spelled (a resolved local path, a hub id with its commit, a
+    packaged model's name), so one model is one row of a store.
+    """
 
     reference: str
     directory: Path
     revision: str
     source: str
+    canonical: str = ""
 
     def config(self) -> dict:
-        """The parsed config.json."""
+        """The parsed config.json (a JSON object)."""
+        path = self.directory / "config.json"
         try:
-            return json.loads((self.directory / "config.json").read_text())
-        except json.JSONDecodeError as error:
-            raise CheckpointError(f"{self.reference}: config.json is not valid JSON ({error})")
+            config = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise CheckpointError(f"{self.reference}: config.json is not valid JSON ({error})") from None
+        except OSError as error:
+            raise CheckpointError(f"{self.reference}: cannot read config.json ({error.strerror or error})") from None
+        if not isinstance(config, dict):
+            raise CheckpointError(
+                f"{self.reference}: config.json holds a JSON {type(config).__name__}, not an object"
+            )
+        return config
 
     def weight_files(self) -> list[Path]:
         """The safetensors files, from the shard index if there is one."""
@@ -50,7 +63,7 @@ class Checkpoint:
         """Lazily readable named tensors (read on first use, straight into device arrays)."""
         from safetensors import safe_open
 
-        handles = [safe_open(str(f), framework="flax") for f in self.weight_files()]
+        handles = [safe_open(str(f), framework="numpy") for f in self.weight_files()]
         owner = {name: handle for handle in handles for name in handle.keys()}
         return WeightSource(
             tensors=lambda name: owner[name].get_tensor(name),
@@ -62,7 +75,12 @@ class Checkpoint:
 def _weight_files(directory: Path, reference: str) -> list[Path]:
     index = directory / "model.safetensors.index.json"
     if index.exists():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError):
+            raise CheckpointError(
+                f"{reference}: model.safetensors.index.json is not a shard index (no weight_map)"
+            ) from None
         missing = [s for s in shards if not (directory / s).exists()]
         if missing:
             raise CheckpointError(f"{reference}: shard(s) missing: {', '.join(missing)}")
@@ -84,34 +102,35 @@ def _weight_files(directory: Path, reference: str) -> list[Path]:
 
 def _content_hash(directory: Path, reference: str) -> str:
     """Hash of config.json and every safetensors header (names, shapes, dtypes, offsets)."""
+    from .validate import safetensors_header
+
     digest = hashlib.sha256((directory / "config.json").read_bytes())
     for path in _weight_files(directory, reference):
-        with open(path, "rb") as handle:
-            header_length = int.from_bytes(handle.read(8), "little")
-            digest.update(handle.read(header_length))
+        digest.update(json.dumps(safetensors_header(path, reference), sort_keys=True).encode())
         digest.update(str(path.stat().st_size).encode())
     return "sha256:" + digest.hexdigest()[:16]
 
 
-def _local(reference: str, directory: Path, source: str, revision: str | None = None) -> Checkpoint:
+def _local(
+    reference: str, directory: Path, source: str, revision: str | None = None, canonical: str | None = None
+) -> Checkpoint:
     if not (directory / "config.json").exists():
         raise CheckpointError(f"{reference}: no config.json in {directory}")
     _weight_files(directory, reference)
-    return Checkpoint(reference, directory, revision or _content_hash(directory, reference), source)
+    return Checkpoint(
+        reference, directory, revision or _content_hash(directory, reference), source,
+        canonical or str(directory.resolve()),
+    )
 
 
 def _hub(reference: str) -> Checkpoint:
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+    from .hub import download
 
     repo_id, _, revision = reference.partition("@")
-    try:
-        directory = Path(
-            snapshot_download(repo_id, revision=revision or None, allow_patterns=_HUB_FILES)
-        )
-    except (LocalEntryNotFoundError, HFValidationError, OSError) as error:
-        raise CheckpointError(f"{reference}: cannot fetch from the hub ({error})") from None
-    return _local(reference, directory, "hub", revision=directory.name)
+    directory = download(reference, repo_id, revision or None)
+    return _local(
+        reference, directory, "hub", revision=directory.name, canonical=f"{repo_id}@{directory.name}"
+    )
 
 
 def resolve(
@@ -133,7 +152,8 @@ def resolve(
             raise CheckpointError(f"{reference}: no such GGUF file")
         directory = convert_gguf(gguf_path, cache_dir=cache_dir, progress=progress)
         source = json.loads((directory / "jaxmap_source.json").read_text())
-        return _local(reference, directory, "gguf", revision=f"gguf:{source['cache_key']}")
+        canonical = str(path.resolve()) if path.suffix == ".gguf" else reference
+        return _local(reference, directory, "gguf", revision=f"gguf:{source['cache_key']}", canonical=canonical)
     if path.exists():
         raise CheckpointError(f"{reference}: not a model directory or .gguf file")
     if _HUB_ID.match(reference):
@@ -191,6 +211,8 @@ def expand_references(references: Iterable[str]) -> list[str]:
     return out
 
 
+from .validate import validate  # noqa: E402 - it needs Checkpoint's module loaded
+
 __all__ = [
     "Checkpoint",
     "CheckpointError",
@@ -198,4 +220,5 @@ __all__ = [
     "expand_references",
     "read_model_list",
     "resolve",
+    "validate",
 ]
