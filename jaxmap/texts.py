@@ -30,8 +30,7 @@ class TextSet:
             raise TextSetError(f"{self.source}: {len(self.ids)} ids for {len(self.texts)} texts")
         if self.metadata and len(self.metadata) != len(self.texts):
             raise TextSetError(f"{self.source}: metadata length differs from the number of texts")
-        seen: dict[str, int] = {}
-        for position, text_id in enumerate(self.ids):
+            for position, text_id in enumerate(self.ids):
             if text_id in seen:
                 raise TextSetError(
                     f"{self.source}: duplicate text id {text_id!r} (entries {seen[text_id] + 1} "
@@ -43,6 +42,12 @@ class TextSet:
     def from_texts(cls, texts: Sequence[str], ids: Sequence[str] | None = None) -> "TextSet":
         """Build a text set from strings; ids default to their positions."""
         ids = [str(i) for i in range(len(texts))] if ids is None else [str(i) for i in ids]
+        for position, (text_id, text) in enumerate(zip(ids, texts)):
+            if not isinstance(text, str):
+                raise TextSetError(f"text {position} (id {text_id!r}) is a {type(text).__name__}, not a string")
+            problem = unstorable(text)
+            if problem:
+                raise TextSetError(f"text {position} (id {text_id!r}): {problem}")
         return cls(tuple(ids), tuple(texts), tuple({} for _ in texts))
 
     def __len__(self) -> int:
@@ -84,21 +89,47 @@ class TextSet:
                 handle.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
+def unstorable(text: str) -> str | None:
+    """Why ``text`` cannot be scored and stored, or None.
+
+    A NUL character cannot be held by the store's HDF5 strings, and a lone surrogate (from JSON
+    such as "\\ud800") is not Unicode: no tokenizer can encode it.
+    """
+    position = text.find("\0")
+    if position >= 0:
+        return f"contains a NUL character (U+0000) at position {position}; remove it"
+    for position, character in enumerate(text):
+        if "\ud800" <= character <= "\udfff":
+            return (
+                f"contains a lone surrogate (U+{ord(character):04X}) at position {position}, "
+                "which is not valid Unicode"
+            )
+    return None
+
+
 def load_texts(path: str | Path) -> TextSet:
-    """Read a JSONL text set. Errors name the file and the 1-based line."""
+    """Read a JSONL text set. Errors name the file, the 1-based line and the text's id.
+
+    Accepted: blank lines (skipped), a UTF-8 byte-order mark, CRLF line ends, extra fields (kept
+    as metadata). Refused: invalid UTF-8 or JSON, a line that is not an object, a missing or
+    non-string ``text``, a NUL character or lone surrogate in a text, an id used twice, a file
+    with no texts.
+    """
     path = Path(path)
     if not path.exists():
         raise TextSetError(f"{path}: no such text file")
     ids: list[str] = []
     texts: list[str] = []
     metadata: list[dict] = []
+    if path.is_dir():
+        raise TextSetError(f"{path}: is a directory, not a JSONL text file")
     with open(path, "rb") as handle:
         for line_number, raw in enumerate(handle, start=1):
             if not raw.strip():
                 continue
             where = f"{path}:{line_number}"
             try:
-                record = json.loads(raw.decode("utf-8"))
+                record = json.loads(raw.decode("utf-8-sig" if line_number == 1 else "utf-8"))
             except UnicodeDecodeError as error:
                 raise TextSetError(f"{where}: not valid UTF-8 ({error.reason})") from None
             except json.JSONDecodeError as error:
@@ -116,6 +147,9 @@ def load_texts(path: str | Path) -> TextSet:
                 text_id = str(record.pop("index"))
             else:
                 text_id = str(line_number - 1)
+            problem = unstorable(text)
+            if problem:
+                raise TextSetError(f"{where}: text {text_id!r} {problem}")
             ids.append(text_id)
             texts.append(text)
             metadata.append(record)

@@ -96,3 +96,21 @@ def test_chunk_command_writes_a_text_set(tmp_path, capsys):
     sizes = [len(t.encode()) for t in texts.texts]
     assert len(texts) == 5 and all(256 < s <= 1024 for s in sizes)
     assert "5 chunks" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "text, problem",
+    [("bad\u0000byte", "NUL character"), ("half \ud800 pair", "lone surrogate")],
+)
+def test_unstorable_characters_name_file_line_and_id(tmp_path, text, problem):
+    path = write_lines(tmp_path / "t.jsonl", [json.dumps({"id": "fine", "text": "ok"}), json.dumps({"id": "culprit", "text": text})])
+    with pytest.raises(TextSetError, match=rf"t.jsonl:2: text 'culprit' contains a {problem}"):
+        load_texts(path)
+    with pytest.raises(TextSetError, match=rf"text 1 \(id 'culprit'\): contains a {problem}"):
+        TextSet.from_texts(["ok", text], ids=["fine", "culprit"])
+
+
+def test_a_byte_order_mark_and_crlf_are_accepted(tmp_path):
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + b'{"id": "a", "text": "x"}\r\n{"id": "b", "text": "y"}\r\n')
+    assert load_texts(path).texts == ("x", "y")
