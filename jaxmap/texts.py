@@ -30,7 +30,8 @@ class TextSet:
             raise TextSetError(f"{self.source}: {len(self.ids)} ids for {len(self.texts)} texts")
         if self.metadata and len(self.metadata) != len(self.texts):
             raise TextSetError(f"{self.source}: metadata length differs from the number of texts")
-            for position, text_id in enumerate(self.ids):
+        seen: dict[str, int] = {}
+        for position, text_id in enumerate(self.ids):
             if text_id in seen:
                 raise TextSetError(
                     f"{self.source}: duplicate text id {text_id!r} (entries {seen[text_id] + 1} "
