@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -90,6 +91,9 @@ class TextSet:
                 handle.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def unstorable(text: str) -> str | None:
     """Why ``text`` cannot be scored and stored, or None.
 
@@ -99,12 +103,12 @@ def unstorable(text: str) -> str | None:
     position = text.find("\0")
     if position >= 0:
         return f"contains a NUL character (U+0000) at position {position}; remove it"
-    for position, character in enumerate(text):
-        if "\ud800" <= character <= "\udfff":
-            return (
-                f"contains a lone surrogate (U+{ord(character):04X}) at position {position}, "
-                "which is not valid Unicode"
-            )
+    surrogate = _SURROGATE.search(text)
+    if surrogate:
+        return (
+            f"contains a lone surrogate (U+{ord(surrogate.group()):04X}) at position "
+            f"{surrogate.start()}, which is not valid Unicode"
+        )
     return None
 
 
