@@ -121,8 +121,12 @@ def cached_tokenize(
         with np.load(path) as data:
             return TokenizedTexts(data["flat"], data["offsets"]), fingerprint
     tokens = tokenize(texts, tokenizer, policy)
-    cache_dir.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.npz")
-    np.savez(temporary, flat=tokens.flat, offsets=tokens.offsets)
-    os.replace(temporary, path)
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        np.savez(temporary, flat=tokens.flat, offsets=tokens.offsets)
+        os.replace(temporary, path)
+    except OSError:
+        # The cache only saves time; a full or read-only disk must not fail the model.
+        temporary.unlink(missing_ok=True)
     return tokens, fingerprint
