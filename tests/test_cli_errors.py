@@ -202,3 +202,26 @@ def test_a_full_disk_is_one_line_and_keeps_the_store(tiny_models, text_file, ful
     assert len(lines) == 1 and ("disk is full" in lines[0] or "not enough free disk space" in lines[0])
     assert _digest(store) == before and open_store(store).models == [str(tiny_models[0])]
     assert not [p for p in full_filesystem.rglob("*") if ".tmp-" in p.name]
+
+
+def test_damaged_bytes_in_a_real_file_are_found_named_and_dropped(tmp_path, capsys):
+    path = tmp_path / "map.h5"
+    texts = TextSet.from_texts([f"t{i}" for i in range(8)])
+    writer = StoreWriter(path, texts, {"dtype": "float32"})
+    for k, value in enumerate((-11.5, -22.25, -987.654321)):
+        writer.append(f"m{k}", np.full(8, value) - np.arange(8), np.ones(8, np.int32), np.zeros(8, bool), {})
+    writer.compact()
+    data = bytearray(path.read_bytes())
+    where = data.find(np.float64(-987.654321 - 3).tobytes())
+    data[where + 2] ^= 0x5A
+    path.write_bytes(bytes(data))
+    assert main(["info", str(path), "--verify"]) == 1
+    out, err = capsys.readouterr()
+    assert "row 2 (m2): checksum mismatch" in out and "1 damaged row" in err
+    assert main(["kl", str(path), "--out", str(tmp_path / "kl.csv")]) == 2
+    assert "row 2 (m2) fails its checksum" in capsys.readouterr().err
+    assert not (tmp_path / "kl.csv").exists()
+    assert main(["drop", str(path), "m2"]) == 0
+    assert main(["info", str(path), "--verify"]) == 0
+    assert "every checksum matches" in capsys.readouterr().out
+    assert open_store(path).models == ["m0", "m1"]
