@@ -173,6 +173,8 @@ def score_job(
     cache_dir: str | Path | None = None,
     shard: str | tuple[int, int] | None = None,
     mesh: str | None = None,
+    delete_after: bool = False,
+    disk_budget: int | None = None,
     report: Callable[[str], None] | None = None,
 ) -> JobSummary:
     """Score every model on every text into the store ``out``; see the module docstring.
@@ -182,6 +184,10 @@ def score_job(
     model of the list, starting at I, for running one list as N independent jobs (join their
     stores with :func:`jaxmap.store.merge`). ``mesh`` (``"data=D,model=M"``) spans every device
     of every process (:mod:`jaxmap.distributed`); by default all of them on the data axis.
+    Hub models are validated from their config and tokenizer alone; their weights download
+    when they load (one model ahead of the scoring). ``delete_after`` deletes a hub model's
+    downloaded weights once it is scored; ``disk_budget`` (bytes) holds back the download of
+    the next model while the weights on disk and the next model's would exceed it.
     ``report`` receives one line per event (default: printed when ``progress``). Failed models
     are in the returned summary; this raises only for errors that stop the whole job (a bad
     text set, a foreign store, a full disk).
@@ -237,17 +243,34 @@ def score_job(
         if distributed.process_count() == 1 else _InOrder()
     )
     load = partial(load_model, dtype=dtype, mesh=device_mesh)
-    upcoming = loader.submit(load, todo[0]) if todo else None
+    # Bytes of hub weights this job downloaded and has not deleted, per model.
+    held: dict[str, int] = {}
+
+    def start(checkpoint: Checkpoint):
+        held[checkpoint.canonical] = _download_bytes(checkpoint) if disk_budget else 0
+        return loader.submit(load, checkpoint)
+
+    def fits(checkpoint: Checkpoint) -> bool:
+        return disk_budget is None or sum(held.values()) + _download_bytes(checkpoint) <= disk_budget
+
+    upcoming = start(todo[0]) if todo else None
     try:
         for position, checkpoint in enumerate(todo):
-            reference = checkpoint.reference
-            current, upcoming = upcoming, (
-                loader.submit(load, todo[position + 1]) if position + 1 < len(todo) else None
-            )
+            following = todo[position + 1] if position + 1 < len(todo) else None
+            current, upcoming = upcoming, None
+            # The next model downloads and loads while this one scores, if the disk budget
+            # allows; otherwise once this one's weights are deleted.
+            if following is not None and fits(following):
+                upcoming = start(following)
             outcome = _score_one(
                 current, checkpoint, text_set, writer, token_cache, dtype, bos_policy,
                 batch_tokens, progress, say,
             )
+            if delete_after:
+                checkpoint.release_weights()
+                held.pop(checkpoint.canonical, None)
+            if following is not None and upcoming is None:
+                upcoming = start(following)
             summary.outcomes.append(outcome)
             overall.update(1)
     except KeyboardInterrupt:
@@ -263,6 +286,13 @@ def score_job(
                 _compact(writer, say)
             _write_summary(summary, out)
     return summary
+
+
+def _download_bytes(checkpoint: Checkpoint) -> int:
+    try:
+        return checkpoint.download_bytes()
+    except JaxmapError:
+        return 0  # size unknown: the download itself will name the problem
 
 
 class _InOrder:

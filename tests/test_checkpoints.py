@@ -12,6 +12,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import socket
 
+import numpy as np
 import pytest
 
 from jaxmap.checkpoints import resolve, validate
@@ -157,3 +158,57 @@ def test_a_missing_hub_model_is_one_line(not_found_host, text_file, tmp_path):
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "acme/tiny" in result.stderr and "not found on the hub" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def _fake_hub(tiny_models, root, calls):
+    """A stand-in for the hub download: lays files out as huggingface_hub's cache does."""
+    import fnmatch
+    import os
+
+    def fetch(repo_id, revision, patterns, timeout):
+        number = int(repo_id[-1])
+        repo = root / f"models--{repo_id.replace('/', '--')}"
+        snapshot = repo / "snapshots" / f"{number:040d}"
+        snapshot.mkdir(parents=True, exist_ok=True)
+        (repo / "blobs").mkdir(exist_ok=True)
+        present = sorted(p.parent.parent.parent.name for p in root.glob("*/snapshots/*/*.safetensors"))
+        calls.append((repo_id, tuple(patterns), present))
+        for file in tiny_models[number].iterdir():
+            if any(fnmatch.fnmatch(file.name, p) for p in patterns):
+                blob = repo / "blobs" / f"{file.name}-{number}"
+                shutil.copyfile(file, blob)
+                link = snapshot / file.name
+                link.unlink(missing_ok=True)
+                link.symlink_to(os.path.relpath(blob, snapshot))
+        return snapshot
+
+    return fetch
+
+
+@pytest.mark.parametrize("budget", [None, "one model"])
+def test_hub_weights_download_when_loading_and_are_deleted_after_scoring(tiny_models, text_file, tmp_path, monkeypatch, budget):
+    from jaxmap.checkpoints import hub
+    from jaxmap.jobs import score_job
+    from jaxmap.store import open_store
+
+    calls = []
+    monkeypatch.setattr(hub, "_fetch", _fake_hub(tiny_models, tmp_path / "cache", calls))
+    weights = _weights(tiny_models[0]).stat().st_size
+    monkeypatch.setattr(hub, "weight_bytes", lambda *args: weights)
+    references = ["acme/m0", "acme/m1", "acme/m2"]
+    summary = score_job(
+        references, text_file, tmp_path / "hub.h5", progress=False, delete_after=True,
+        disk_budget=int(1.5 * weights) if budget else None,
+    )
+    assert not summary.failures
+    metadata, downloads = calls[:3], calls[3:]
+    assert [c[1] for c in metadata] == [tuple(hub.METADATA_FILES)] * 3, "validation fetched weights"
+    assert sorted(c[0] for c in downloads) == references and all(c[1] == tuple(hub.WEIGHT_FILES) for c in downloads)
+    if budget:
+        # Within the budget of one model's weights, no download starts while another model's weights are on disk.
+        assert all(c[2] == [] for c in downloads)
+    assert not list((tmp_path / "cache").rglob("*.safetensors*")), "scored models' weights were deleted"
+    local = score_job([str(m) for m in tiny_models[:3]], text_file, tmp_path / "local.h5", progress=False)
+    assert not local.failures
+    np.testing.assert_array_equal(open_store(tmp_path / "hub.h5").loglik, open_store(tmp_path / "local.h5").loglik)
+    assert open_store(tmp_path / "hub.h5").model_keys == [f"acme/m{i}@{i:040d}" for i in range(3)]

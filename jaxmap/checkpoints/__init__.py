@@ -59,10 +59,61 @@ class Checkpoint:
         """The safetensors files, from the shard index if there is one."""
         return _weight_files(self.directory, self.reference)
 
+    @property
+    def weights_pending(self) -> bool:
+        """A hub model whose weights are not downloaded yet (they come with :meth:`fetch_weights`)."""
+        if self.source != "hub":
+            return False
+        shards = _index_shards(self.directory) or ["model.safetensors"]
+        return not all((self.directory / shard).exists() for shard in shards)
+
+    def download_bytes(self) -> int:
+        """Bytes :meth:`fetch_weights` would download (0 when nothing is pending)."""
+        if not self.weights_pending:
+            return 0
+        index = self.directory / "model.safetensors.index.json"
+        if index.exists():
+            total = json.loads(index.read_text()).get("metadata", {}).get("total_size")
+            if isinstance(total, int):
+                return total
+        from .hub import weight_bytes
+
+        return weight_bytes(self.reference, self.canonical.rpartition("@")[0], self.revision)
+
+    def fetch_weights(self) -> None:
+        """Download a hub model's safetensors (same commit as its config); others have theirs."""
+        if self.weights_pending:
+            from .hub import WEIGHT_FILES, download
+
+            repo_id = self.canonical.rpartition("@")[0]
+            download(self.reference, repo_id, self.revision, WEIGHT_FILES)
+        self.weight_files()  # a hub repo without safetensors is refused here, by name
+
+    def release_weights(self) -> int:
+        """Delete a hub model's downloaded weights from the hub cache; returns the bytes freed.
+
+        Only hub downloads are deleted, never local directories or converted GGUF files.
+        """
+        if self.source != "hub":
+            return 0
+        freed = 0
+        for link in self.directory.glob("*.safetensors"):
+            target = link.resolve()
+            if target.exists() and target != link:
+                freed += target.stat().st_size
+                target.unlink()
+            link.unlink(missing_ok=True)
+        return freed
+
     def open_weights(self) -> WeightSource:
-        """Lazily readable named tensors (read on first use, straight into device arrays)."""
+        """Lazily readable named tensors (read on first use, straight into device arrays).
+
+        A hub model's weights are downloaded here, on first use, so that a job downloads the
+        next model while it scores the current one.
+        """
         from safetensors import safe_open
 
+        self.fetch_weights()
         handles = [safe_open(str(f), framework="numpy") for f in self.weight_files()]
         owner = {name: handle for handle in handles for name in handle.keys()}
         return WeightSource(
@@ -70,6 +121,14 @@ class Checkpoint:
             names=frozenset(owner),
             model=self.reference,
         )
+
+
+def _index_shards(directory: Path) -> list[str]:
+    """The shard files a shard index names (empty without a readable index)."""
+    try:
+        return sorted(set(json.loads((directory / "model.safetensors.index.json").read_text())["weight_map"].values()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return []
 
 
 def _weight_files(directory: Path, reference: str) -> list[Path]:
@@ -124,13 +183,15 @@ def _local(
 
 
 def _hub(reference: str) -> Checkpoint:
-    from .hub import download
+    from .hub import METADATA_FILES, download
 
+    # Config, tokenizer and shard index only: validating a 1,000-model list must not download
+    # every model's weights first.
     repo_id, _, revision = reference.partition("@")
-    directory = download(reference, repo_id, revision or None)
-    return _local(
-        reference, directory, "hub", revision=directory.name, canonical=f"{repo_id}@{directory.name}"
-    )
+    directory = download(reference, repo_id, revision or None, METADATA_FILES)
+    if not (directory / "config.json").exists():
+        raise CheckpointError(f"{reference}: the hub repository has no config.json")
+    return Checkpoint(reference, directory, directory.name, "hub", f"{repo_id}@{directory.name}")
 
 
 def resolve(

@@ -17,9 +17,10 @@ from urllib.parse import urlparse
 
 from ..errors import HubError
 
-# Files a scoring run needs: configs and tokenizers (JSON, sentencepiece, BPE merges,
-# tiktoken) and safetensors weights. Pickled weights are never downloaded.
-HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken"]
+# What validation needs (configs, tokenizers: JSON, sentencepiece, BPE merges, tiktoken; the
+# shard index) and, later, the weights. Pickled weights are never downloaded.
+METADATA_FILES = ["*.json", "*.model", "*.txt", "*.tiktoken"]
+WEIGHT_FILES = ["*.safetensors"]
 
 
 def _setting(name: str, default: float, kind=float):
@@ -97,7 +98,7 @@ def _describe(error: BaseException) -> tuple[str, bool]:
     return f"cannot reach {_host()}: {type(error).__name__}{': ' + text if text else ''}", True
 
 
-def download(reference: str, repo_id: str, revision: str | None, patterns=HUB_FILES) -> Path:
+def download(reference: str, repo_id: str, revision: str | None, patterns: list[str]) -> Path:
     """The local snapshot directory of ``repo_id`` at ``revision`` (files matching ``patterns``)."""
     timeout = _setting("JAXMAP_HUB_TIMEOUT", 20.0)
     tries = 1 + _setting("JAXMAP_HUB_RETRIES", 3, int)
@@ -116,3 +117,15 @@ def download(reference: str, repo_id: str, revision: str | None, patterns=HUB_FI
                 ) from None
             time.sleep(min(2.0 ** (attempt - 1), 30.0))
     raise AssertionError("unreachable")
+
+
+def weight_bytes(reference: str, repo_id: str, revision: str) -> int:
+    """Size of a hub model's safetensors at ``revision``, from the hub's file listing."""
+    from huggingface_hub import HfApi
+
+    timeout = _setting("JAXMAP_HUB_TIMEOUT", 20.0)
+    try:
+        info = HfApi().model_info(repo_id, revision=revision, timeout=timeout, files_metadata=True)
+    except Exception as error:  # noqa: BLE001 - becomes one line
+        raise HubError(f"{reference}: cannot list its files ({_describe(error)[0]})") from None
+    return sum(s.size or 0 for s in info.siblings or [] if s.rfilename.endswith(".safetensors"))

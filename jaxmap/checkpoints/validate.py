@@ -91,10 +91,12 @@ def validate(checkpoint) -> None:
             json.loads((directory / "tokenizer.json").read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise CheckpointError(f"{reference}: tokenizer.json is not valid JSON ({error})") from None
-    files = [f for f in checkpoint.weight_files() if f.exists()]
+    if checkpoint.weights_pending:
+        return
+    files = checkpoint.weight_files()
     headers = {f.name: safetensors_header(f, reference) for f in files}
     index = directory / "model.safetensors.index.json"
-    if index.exists() and len(headers) == len(checkpoint.weight_files()):
+    if index.exists():
         weight_map = json.loads(index.read_text())["weight_map"]
         missing = sorted(name for name, shard in weight_map.items() if name not in headers.get(shard, {}))
         if missing:

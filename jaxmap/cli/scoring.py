@@ -61,6 +61,16 @@ def register(subparsers) -> None:
         "--distributed", action="store_true",
         help="join a multi-host run described by the cluster launcher's environment (SLURM, Open MPI)",
     )
+    hub = score.add_argument_group("hub downloads")
+    hub.add_argument(
+        "--delete-after", action="store_true",
+        help="delete a hub model's downloaded weights from the hub cache once it is scored",
+    )
+    hub.add_argument(
+        "--disk-budget", type=_size, metavar="SIZE",
+        help="hold back the next hub download while the weights on disk and its would exceed "
+        "SIZE (e.g. 200G); by default one model is downloaded ahead",
+    )
     score.add_argument("--quiet", action="store_true", help="no progress bars")
     score.set_defaults(func=run_score)
 
@@ -86,6 +96,23 @@ def register(subparsers) -> None:
     chunk.set_defaults(func=run_chunk)
 
 
+_UNITS = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+
+
+def _size(text: str) -> int:
+    """``200G``, ``500M``, ``1.5T`` or plain bytes."""
+    number, unit = text.strip().upper().rstrip("B"), ""
+    if number and number[-1] in _UNITS:
+        number, unit = number[:-1], number[-1]
+    try:
+        value = float(number) * _UNITS[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size such as 200G or 500M") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a size must be positive")
+    return int(value)
+
+
 def run_score(args: argparse.Namespace) -> int:
     from .. import distributed
 
@@ -97,7 +124,8 @@ def run_score(args: argparse.Namespace) -> int:
     summary = score_job(
         args.models, args.texts, out=args.out, dtype=args.dtype, bos_policy=args.bos_policy,
         batch_tokens=args.batch_tokens, progress=not args.quiet and first, cache_dir=args.cache_dir,
-        shard=args.shard, mesh=args.mesh, report=lambda line: print(line, file=sys.stderr),
+        shard=args.shard, mesh=args.mesh, delete_after=args.delete_after,
+        disk_budget=args.disk_budget, report=lambda line: print(line, file=sys.stderr),
     )
     if first:
         for line in summary.lines():
