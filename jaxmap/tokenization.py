@@ -1,6 +1,6 @@
 """Tokenization under a BOS policy, done once per tokenizer and cached on disk.
 
-Policies (DESIGN.md §1):
+Policies (docs/method.md):
 
 * ``full`` (default): the start token (BOS, else the EOS/document separator) followed by the
   text's tokens without special tokens; every text token is scored, so ℓ is the probability of

@@ -7,7 +7,7 @@ an exponential tilt of a base distribution p0,
 
 so log p_i(x) is known exactly and so is KL(p_i, p_j) = Σ_x p_i(x) log(p_i(x)/p_j(x)).
 
-Why the assumptions of DESIGN.md §1 hold: (1) the texts are drawn from p0 — either the whole
+Why the assumptions of docs/method.md hold: (1) the texts are drawn from p0 — either the whole
 universe under a uniform p0 (then the column average *is* the expectation under p0, with no
 sampling noise), or i.i.d. draws from a non-uniform p0; (2) every p_i is near p0, with a
 nearness set by ε: ℓ_i − ℓ_j = ε(θ_i − θ_j)·φ + const, so Var_p0(ℓ_i − ℓ_j) equals

@@ -138,7 +138,7 @@ def test_bits_per_byte_divides_by_mean_bytes_and_ln2():
     L = realistic_loglik(rng, 10, 120)
     text_bytes = rng.integers(256, 1024, 120)
     bpb = kl_matrix(L, text_bytes=text_bytes)
-    # DESIGN.md: KL_bpb = Var_s(ℓ_is − ℓ_js) / (2 · B̄ · ln 2)
+    # docs/method.md: KL_bpb = Var_s(ℓ_is − ℓ_js) / (2 · B̄ · ln 2)
     expected = np.array([[np.var(a - b) for b in L] for a in L]) / (
         2 * text_bytes.mean() * np.log(2)
     )

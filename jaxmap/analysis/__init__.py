@@ -1,4 +1,4 @@
-"""From a log-likelihood matrix to the model map (DESIGN.md §1).
+"""From a log-likelihood matrix to the model map (docs/method.md).
 
 Every function takes numpy or JAX arrays and returns numpy float64; the linear algebra runs in
 jitted JAX with float64 enabled locally (see :mod:`jaxmap.analysis.geometry`).

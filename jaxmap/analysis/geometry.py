@@ -1,4 +1,4 @@
-"""Model coordinates and KL estimates from a log-likelihood matrix (DESIGN.md §1).
+"""Model coordinates and KL estimates from a log-likelihood matrix (docs/method.md).
 
 Precision. Log-likelihoods are hundreds to thousands of nats, while the KL between neighbouring
 checkpoints can be a millionth of that, so all of this runs in float64. JAX's x64 mode is
@@ -267,7 +267,7 @@ def kl_matrix(
     out: np.ndarray | None = None,
     progress: bool = False,
 ) -> np.ndarray:
-    """Estimated KL divergence between every pair of models (DESIGN.md §1).
+    """Estimated KL divergence between every pair of models (docs/method.md).
 
     ``KL_ij ≈ ‖q_i − q_j‖² / (2N)`` nats per text, where Q = ``double_center(L)``. With
     ``text_bytes`` (the UTF-8 length of each of the N texts) the result is in bits per byte:

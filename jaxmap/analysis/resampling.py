@@ -1,6 +1,6 @@
 """Likelihood-variance resampling of texts, and placing new models on an existing map.
 
-With Q the double-centred matrix of a map (DESIGN.md §1), texts are drawn with replacement from
+With Q the double-centred matrix of a map (docs/method.md), texts are drawn with replacement from
 π (LS: across-model variance; KL: the fourth-moment rule; or uniform). A text drawn c times is
 kept once with the column scale ``sqrt(c) / sqrt(n·π_s)``; on the selected columns,
 ``Q̃ = (L_sel − rowmean_{scale²}(L_sel)) · scale`` and ``‖Q̃_i − Q̃_j‖²`` estimates
