@@ -154,3 +154,31 @@ def tiny_models(tmp_path_factory) -> list[Path]:
     """Four random Llama models of one shape (different seeds), saved with save_pretrained."""
     root = tmp_path_factory.mktemp("models")
     return [save_random_model(root / f"tiny-{seed}", tiny_llama_config(), seed=seed) for seed in range(4)]
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """A real 8 MB tmpfs, for full-disk tests (mounting needs root; skipped with the reason
+    otherwise)."""
+    import subprocess
+
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("a real full filesystem needs root to mount a small tmpfs")
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount_point)], capture_output=True, text=True
+    )
+    if result.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def fill_filesystem(directory: Path, leave_bytes: int) -> None:
+    """Fill ``directory``'s file system up to ``leave_bytes`` free."""
+    stats = os.statvfs(directory)
+    with open(directory / "filler", "wb") as handle:
+        handle.write(b"\0" * max(stats.f_bavail * stats.f_frsize - leave_bytes, 0))

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import jaxmap
+from conftest import fill_filesystem
 from jaxmap.cli import main
 from jaxmap.store import StoreWriter, open_store
 from jaxmap.texts import TextSet
@@ -171,28 +172,11 @@ def test_interrupts_during_start_up_and_twice_never_crash(tiny_models, tmp_path)
         assert len(set(open_store(tmp_path / "s.h5").models)) == len(open_store(tmp_path / "s.h5").models)
 
 
-@pytest.fixture
-def full_filesystem(tmp_path):
-    mount_point = tmp_path / "small"
-    mount_point.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("a real full filesystem needs root to mount a small tmpfs")
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount_point)], capture_output=True, text=True)
-    if result.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
-    try:
-        yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
-
-
-def test_a_full_disk_is_one_line_and_keeps_the_store(tiny_models, text_file, full_filesystem):
-    store = full_filesystem / "s.h5"
+def test_a_full_disk_is_one_line_and_keeps_the_store(tiny_models, text_file, small_filesystem):
+    store = small_filesystem / "s.h5"
     jaxmap.score([str(tiny_models[0])], text_file, out=store, progress=False)
     before = _digest(store)
-    stats = os.statvfs(full_filesystem)
-    with open(full_filesystem / "filler", "wb") as handle:
-        handle.write(b"\0" * (stats.f_bavail * stats.f_frsize - 4096))
+    fill_filesystem(small_filesystem, leave_bytes=4096)
     result = subprocess.run(
         _jaxmap("score", tiny_models[0], tiny_models[1], "--texts", text_file, "--out", store, "--quiet"),
         capture_output=True, text=True,
@@ -201,7 +185,7 @@ def test_a_full_disk_is_one_line_and_keeps_the_store(tiny_models, text_file, ful
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and ("disk is full" in lines[0] or "not enough free disk space" in lines[0])
     assert _digest(store) == before and open_store(store).models == [str(tiny_models[0])]
-    assert not [p for p in full_filesystem.rglob("*") if ".tmp-" in p.name]
+    assert not [p for p in small_filesystem.rglob("*") if ".tmp-" in p.name]
 
 
 def test_damaged_bytes_in_a_real_file_are_found_named_and_dropped(tmp_path, capsys):

@@ -17,6 +17,7 @@ import pytest
 import jaxmap
 from pathlib import Path
 
+from conftest import fill_filesystem
 from jaxmap.errors import StoreMismatchError
 from jaxmap.store import StoreError, StoreWriter, drop, journal_directory, merge, open_store, verify_rows
 from jaxmap.texts import TextSet
@@ -234,29 +235,6 @@ def test_format_1_stores_are_read_and_upgraded(tmp_path):
     np.testing.assert_array_equal(store.loglik[0], [-1.0, -2.0])
 
 
-@pytest.fixture
-def small_filesystem(tmp_path):
-    """A real 8 MB tmpfs (needs root to mount); skipped with the reason otherwise."""
-    mount_point = tmp_path / "small"
-    mount_point.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("a real full filesystem needs root to mount a small tmpfs")
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount_point)], capture_output=True, text=True)
-    if result.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
-    try:
-        yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
-
-
-def _fill(directory, leave_bytes):
-    stats = os.statvfs(directory)
-    free = stats.f_bavail * stats.f_frsize
-    with open(directory / "filler", "wb") as handle:
-        handle.write(b"\0" * max(free - leave_bytes, 0))
-
-
 def test_a_full_disk_leaves_the_store_as_it_was(small_filesystem):
     path = small_filesystem / "s.h5"
     n = 5_000
@@ -265,7 +243,7 @@ def test_a_full_disk_leaves_the_store_as_it_was(small_filesystem):
     writer.compact()
     writer.append("m1", *_row(n, -2.0), {})
     before = _digest(path)
-    _fill(small_filesystem, leave_bytes=40_000)  # less than one row of 5,000 texts
+    fill_filesystem(small_filesystem, leave_bytes=40_000)  # less than one row of 5,000 texts
     with pytest.raises(StoreError, match="not enough free disk space|disk is full"):
         writer.append("m2", *_row(n, -3.0), {})
     with pytest.raises(StoreError, match="not enough free disk space|disk is full"):
