@@ -45,7 +45,7 @@ import os
 import re
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -291,7 +291,7 @@ def _snapshot(path: Path, values: bool = True) -> _Snapshot:
         except FileNotFoundError:
             unchanged = False
         if unchanged:
-            return _Snapshot(**{**snapshot.__dict__, "rows": rows, "row_sources": sources})
+            return replace(snapshot, rows=rows, row_sources=sources)
     raise StoreError(f"{path}: the store kept changing while it was read; try again")
 
 
@@ -490,7 +490,7 @@ class StoreWriter:
                 self._check_identity(snapshot)
                 adopted = self._adopt_settings(snapshot)
                 if snapshot.format_version < FORMAT_VERSION or adopted != snapshot.settings:
-                    self._rewrite(_Snapshot(**{**snapshot.__dict__, "settings": adopted}))
+                    self._rewrite(replace(snapshot, settings=adopted))
             else:
                 empty = _Snapshot(
                     texts, np.asarray(texts.byte_lengths, np.int64), self.settings, created_by,
@@ -651,7 +651,7 @@ class StoreWriter:
                 )
             removed = sorted({i for found in matches for i in found})
             kept = [r for i, r in enumerate(snapshot.rows) if i not in set(removed)]
-            self._rewrite(_Snapshot(**{**snapshot.__dict__, "rows": kept, "row_sources": []}))
+            self._rewrite(replace(snapshot, rows=kept, row_sources=[]))
             return [snapshot.rows[i].model for i in removed]
 
 
@@ -717,5 +717,5 @@ def merge(paths: Sequence[str | Path], out: str | Path) -> Store:
         for row in current.rows:
             if row.key in owner:
                 raise StoreError(f"{row.model} has a row in both {out} and {owner[row.key]}")
-        writer._rewrite(_Snapshot(**{**current.__dict__, "rows": current.rows + rows, "row_sources": []}))
+        writer._rewrite(replace(current, rows=current.rows + rows, row_sources=[]))
     return open_store(out)
