@@ -93,6 +93,37 @@ CASES = {
         ),
         {"norm_center": 0.0},
     ),
+    "gemma-mqa-legacy-gelu": (
+        lambda: transformers.GemmaConfig(
+            **SMALL, num_attention_heads=4, num_key_value_heads=1, head_dim=16,
+            hidden_act="gelu", max_position_embeddings=256,
+        ),
+        {"norm_center": 0.0},
+    ),
+    "gemma2-softcap-sliding": (
+        lambda: transformers.Gemma2Config(
+            **{**SMALL, "num_hidden_layers": 3}, num_attention_heads=4, num_key_value_heads=2,
+            head_dim=16, query_pre_attn_scalar=24, sliding_window=5, max_position_embeddings=256,
+            # Small caps so that tanh bends the random model's logits and scores.
+            final_logit_softcapping=3.0, attn_logit_softcapping=2.0,
+        ),
+        {"norm_center": 0.0},
+    ),
+    "qwen3-qk-norm-sliding": (
+        lambda: transformers.Qwen3Config(
+            **SMALL, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+            max_position_embeddings=256, use_sliding_window=True, sliding_window=5,
+            max_window_layers=1,
+        ),
+        {"adds_bos": False},
+    ),
+    "qwen3-tied-mqa": (
+        lambda: transformers.Qwen3Config(
+            **SMALL, num_attention_heads=4, num_key_value_heads=1, head_dim=24,
+            max_position_embeddings=256, tie_word_embeddings=True,
+        ),
+        {"adds_bos": False},
+    ),
 }
 
 
@@ -122,3 +153,36 @@ def test_matches_transformers(case, tmp_path, text_file):
     assert (store.ntokens[0][store.truncated[0]] == n_ctx - 1).all()
     # The texts must exercise the model: most carry real, differing log-likelihoods.
     assert np.count_nonzero(expected) >= len(TEXTS) - 3
+
+
+# Per new architecture: config fields that would change the maths in ways jaxmap lacks.
+REFUSED = {
+    "gemma-activation": ("gemma-mqa-legacy-gelu", "GemmaForCausalLM", "hidden_activation", "relu"),
+    "gemma-bidirectional": ("gemma-mqa-legacy-gelu", "GemmaForCausalLM", "use_bidirectional_attention", True),
+    "gemma-unknown": ("gemma-mqa-legacy-gelu", "GemmaForCausalLM", "attn_logit_softcapping", 50.0),
+    "gemma2-layer-types": ("gemma2-softcap-sliding", "Gemma2ForCausalLM", "layer_types", ["chunked_attention"] * 3),
+    "gemma2-unknown": ("gemma2-softcap-sliding", "Gemma2ForCausalLM", "final_logit_bias", 1.0),
+    "qwen3-activation": ("qwen3-tied-mqa", "Qwen3ForCausalLM", "hidden_act", "mish"),
+    "qwen3-unknown": ("qwen3-tied-mqa", "Qwen3ForCausalLM", "qk_norm_type", "layer"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED))
+def test_new_architectures_refuse_unsupported_fields_by_name(case):
+    from jaxmap.models import translate_config
+
+    parity_case, architecture, field, value = REFUSED[case]
+    hf_config = {**CASES[parity_case][0]().to_dict(), "architectures": [architecture]}
+    translate_config(hf_config, "tiny")  # the unmodified config is accepted
+    hf_config[field] = value
+    with pytest.raises(jaxmap.errors.UnsupportedModelError, match=repr(field)[1:-1]):
+        translate_config(hf_config, "tiny")
+
+
+def test_gemma_legacy_gelu_means_the_tanh_approximation():
+    from jaxmap.models import translate_config
+
+    # transformers rewrites the original releases' "gelu" before saving, so parity cannot see it.
+    hf_config = {**CASES["gemma-mqa-legacy-gelu"][0]().to_dict(), "architectures": ["GemmaForCausalLM"]}
+    hf_config.update(hidden_act="gelu", hidden_activation="gelu_pytorch_tanh")
+    assert translate_config(hf_config, "tiny")[1].activation == "gelu_tanh"

@@ -18,8 +18,11 @@ ARCHITECTURES: dict[str, tuple[Callable, Callable]] = {
     "LlamaForCausalLM": (llama.translate, llama.convert),
     "MistralForCausalLM": (llama.translate, llama.convert),
     "Qwen2ForCausalLM": (llama.translate, llama.convert),
+    "Qwen3ForCausalLM": (llama.translate, llama.convert),
     "GPTNeoXForCausalLM": (gpt_neox.translate, gpt_neox.convert),
     "GPT2LMHeadModel": (gpt2.translate, gpt2.convert),
+    "GemmaForCausalLM": (gemma3.translate, gemma3.convert),
+    "Gemma2ForCausalLM": (gemma3.translate, gemma3.convert),
     "Gemma3ForCausalLM": (gemma3.translate, gemma3.convert),
 }
 

@@ -41,6 +41,7 @@ _NEUTRAL_FIELDS = frozenset(
     finetuning_task cross_attention_hidden_size add_cross_attention is_encoder_decoder
     tie_encoder_decoder is_decoder auto_map pretraining_tp summary_type summary_use_proj
     summary_activation summary_proj_to_labels summary_first_dropout use_bfloat16 tf_legacy_loss
+    cache_implementation
     """.split()
 )
 

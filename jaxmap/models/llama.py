@@ -1,7 +1,9 @@
-"""LlamaForCausalLM, MistralForCausalLM and Qwen2ForCausalLM: one weight map, three configs.
+"""LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM and Qwen3ForCausalLM: one weight
+map, four configs.
 
 They differ only in config: Mistral adds a sliding window on every layer, Qwen2 adds q/k/v
-biases (read from the checkpoint) and optional per-layer sliding windows.
+biases (read from the checkpoint) and optional per-layer sliding windows, Qwen3 is Qwen2's
+layout with per-head q/k RMSNorms before rope (and usually no biases).
 """
 
 from __future__ import annotations
@@ -36,11 +38,16 @@ def activation(reader: ConfigReader, *names: str) -> str:
     return ACTIVATIONS[name]
 
 
+_QWEN = ("Qwen2ForCausalLM", "Qwen3ForCausalLM")
+
+
 def _layer_windows(reader: ConfigReader, layers: int, always_sliding: bool) -> tuple[int, ...]:
     window = reader.take("sliding_window", 0) or 0
     layer_types = reader.take("layer_types", None)
-    if reader.architecture == "Qwen2ForCausalLM":
+    if reader.architecture in _QWEN:
         use_sliding = reader.take("use_sliding_window", False)
+        # transformers drops the window unless use_sliding_window, whatever layer_types says.
+        window = window if use_sliding else 0
         first_sliding = reader.take("max_window_layers", layers)
         if layer_types is None:
             layer_types = [
@@ -63,7 +70,7 @@ def _layer_windows(reader: ConfigReader, layers: int, always_sliding: bool) -> t
 
 
 def translate(reader: ConfigReader) -> DecoderConfig:
-    """Config translation for the Llama family (Llama, Mistral, Qwen2)."""
+    """Config translation for the Llama family (Llama, Mistral, Qwen2, Qwen3)."""
     hidden = reader.take("hidden_size")
     heads = reader.take("num_attention_heads")
     layers = reader.take("num_hidden_layers")
@@ -97,6 +104,7 @@ def translate(reader: ConfigReader) -> DecoderConfig:
         layer_window=_layer_windows(
             reader, layers, always_sliding=reader.architecture == "MistralForCausalLM"
         ),
+        qk_norm=reader.architecture == "Qwen3ForCausalLM",
     )
     return config
 
@@ -106,11 +114,15 @@ def convert(weights: WeightSource, config: DecoderConfig, dtype) -> Params:
 
     def layer(i: int) -> dict:
         prefix = f"model.layers.{i}"
-        return {
+        out = {
             "attn_norm": norm_params(weights, f"{prefix}.input_layernorm", False),
             "mlp_norm": norm_params(weights, f"{prefix}.post_attention_layernorm", False),
             **projections(weights, prefix, dtype),
         }
+        if config.qk_norm:
+            out["q_norm"] = norm_params(weights, f"{prefix}.self_attn.q_norm", False)
+            out["k_norm"] = norm_params(weights, f"{prefix}.self_attn.k_norm", False)
+        return out
 
     return assemble_params(
         weights, config, dtype, layer,
