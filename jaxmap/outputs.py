@@ -1,20 +1,23 @@
 """Writing output files safely: never over an input, never half-written.
 
-Every file a command writes goes through :func:`atomic_output`: the content is written to a
-temporary file beside the target, fsynced and renamed over the target only when the whole
-command step succeeded. A failure (an exception, a full disk, an interrupt) leaves an existing
-target exactly as it was and removes the temporary file.
+Every file jaxmap writes for a person goes through :func:`atomic_output` (one file) or
+:func:`atomic_outputs` (the files of one command): each is written to a temporary file beside
+its target, fsynced, and renamed over the target only when the whole step succeeded. A failure
+(an exception, a full disk, an interrupt) leaves every existing target exactly as it was and
+removes the temporary files. An output that is one of the command's inputs, or a path given
+twice as an output, is refused before anything is written.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
-from .errors import OutputError
+from .errors import JaxmapError, OutputError
 
 _DISK_ERRORS = {
     errno.ENOSPC: "the disk is full",
@@ -25,19 +28,22 @@ _DISK_ERRORS = {
     errno.ENOENT: "its directory does not exist",
     errno.ENOTDIR: "a part of its directory path is a file",
     errno.EISDIR: "it is a directory",
+    errno.ENAMETOOLONG: "the file name is too long",
 }
+
+PathLike = str | os.PathLike
 
 
 def _same_file(a: Path, b: Path) -> bool:
     try:
         if a.exists() and b.exists():
-            return os.path.samefile(a, b)  # also catches hard links and symlinks
+            return os.path.samefile(a, b)  # also catches hard links and symbolic links
     except OSError:
         pass
     return a.expanduser().resolve() == b.expanduser().resolve()
 
 
-def refuse_inputs(output: str | Path, inputs: Iterable[str | Path | None]) -> None:
+def refuse_inputs(output: PathLike, inputs: Iterable[PathLike | None]) -> None:
     """Raise :class:`OutputError` when ``output`` is one of ``inputs`` (None entries skipped)."""
     output = Path(output)
     for given in inputs:
@@ -48,32 +54,143 @@ def refuse_inputs(output: str | Path, inputs: Iterable[str | Path | None]) -> No
             )
 
 
-def describe_os_error(path: str | Path, error: OSError) -> str:
-    """One line for an operating-system error on ``path``."""
+def describe_os_error(path: PathLike, error: OSError) -> str:
+    """One line for an operating-system error while writing ``path``."""
     reason = _DISK_ERRORS.get(error.errno, error.strerror or str(error))
     return f"{path}: cannot write ({reason})"
 
 
-@contextmanager
-def atomic_output(path: str | Path, inputs: Iterable[str | Path | None] = ()) -> Iterator[Path]:
-    """Yield a temporary path to write instead of ``path``; rename it over ``path`` on success.
+def _file_mode(target: Path) -> int:
+    """The target's mode when it exists (rewriting keeps it), else what ``open`` would give."""
+    try:
+        return target.stat().st_mode & 0o7777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
-    Refuses an output that is one of ``inputs``. The temporary file keeps the target's suffix,
-    so writers that pick a format by extension (matplotlib) behave the same.
+
+def _fsync_directory(directory: Path) -> None:
+    try:
+        handle = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return  # some platforms cannot open a directory; the rename itself is done
+    try:
+        os.fsync(handle)
+    except OSError:
+        pass  # not every file system can sync a directory
+    finally:
+        os.close(handle)
+
+
+def make_directory(path: PathLike) -> Path:
+    """Create the output directory ``path`` (and its parents) unless it exists.
+
+    Raises :class:`OutputError` naming the path when it is a file or cannot be created.
     """
     path = Path(path)
-    refuse_inputs(path, inputs)
-    if path.is_dir():
-        raise OutputError(f"{path}: is a directory; give a file path")
-    temporary = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{path}: is a file, not a directory; give a directory for the outputs")
     try:
-        yield temporary
-        with open(temporary, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
+        path.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        temporary.unlink(missing_ok=True)
-        raise OutputError(describe_os_error(path, error)) from None
-    except BaseException:
-        temporary.unlink(missing_ok=True)
+        reason = _DISK_ERRORS.get(error.errno, error.strerror or str(error))
+        if error.errno in (errno.ENOENT, errno.ENOTDIR, errno.EEXIST):
+            reason = "a part of its path is a file or cannot be created"
+        raise OutputError(f"{path}: cannot create the directory ({reason})") from None
+    return path
+
+
+def check_outputs(paths: Sequence[PathLike | None], inputs: Iterable[PathLike | None] = ()) -> list[Path]:
+    """Refuse, before any work, outputs that could not be written or would destroy an input.
+
+    Raises :class:`OutputError` naming the path for an output that is one of ``inputs``, given
+    twice, a directory, write-protected, or in a directory that does not exist. Returns the
+    given (not None) outputs as paths.
+    """
+    given = [Path(path) for path in paths if path is not None]
+    inputs = [given_input for given_input in inputs if given_input is not None]
+    for position, target in enumerate(given):
+        refuse_inputs(target, inputs)
+        for earlier in given[:position]:
+            if _same_file(target, earlier):
+                raise OutputError(f"{target}: given twice as an output of this command ({earlier})")
+        if target.is_dir():
+            raise OutputError(f"{target}: is a directory; give a file path")
+        if not target.parent.is_dir():
+            reason = "its directory does not exist" if not target.parent.exists() else "a part of its directory path is a file"
+            raise OutputError(f"{target}: cannot write ({reason})")
+        if target.exists() and not os.access(target, os.W_OK):
+            # A rename would replace a write-protected file; honour the protection instead.
+            raise OutputError(f"{target}: cannot write (the file is write-protected)")
+    return given
+
+
+@contextmanager
+def atomic_outputs(
+    paths: Sequence[PathLike | None], inputs: Iterable[PathLike | None] = ()
+) -> Iterator[list[Path | None]]:
+    """Yield one temporary path per entry of ``paths`` (None stays None); on success rename each
+    over its target, all after every one of them was written and fsynced.
+
+    The temporaries sit beside their targets and keep their suffixes, so writers that pick a
+    format by extension behave the same. Raises :class:`OutputError` for an output that is one
+    of ``inputs`` or named twice, a directory, or a file the system refuses to write (a full
+    disk, a read-only file system, no permission), naming the path.
+    """
+    targets = [None if path is None else Path(path) for path in paths]
+    given = check_outputs(targets, inputs)
+    temporaries: list[Path | None] = []
+
+    def discard() -> None:
+        for temporary in temporaries:
+            if temporary is not None:
+                temporary.unlink(missing_ok=True)
+
+    try:
+        for target in targets:
+            if target is None:
+                temporaries.append(None)
+                continue
+            try:
+                handle, name = tempfile.mkstemp(
+                    prefix=f".{target.stem}.tmp-", suffix=target.suffix, dir=target.parent
+                )
+            except OSError as error:
+                raise OutputError(describe_os_error(target, error)) from None
+            os.close(handle)
+            temporaries.append(Path(name))
+        yield temporaries
+        for target, temporary in zip(targets, temporaries):
+            if target is not None:
+                os.chmod(temporary, _file_mode(target))
+                with open(temporary, "rb+") as handle:
+                    os.fsync(handle.fileno())
+        for target, temporary in zip(targets, temporaries):
+            if target is not None:
+                os.replace(temporary, target)
+        for directory in {target.parent for target in given}:
+            _fsync_directory(directory)
+    except JaxmapError:
+        discard()
         raise
+    except OSError as error:
+        discard()
+        ours = {str(temporary): target for temporary, target in zip(temporaries, targets) if temporary}
+        if error.filename is not None and str(error.filename) not in ours:
+            raise  # an error on some other file: not an output problem, and not ours to name
+        named = ours.get(str(error.filename)) or ", ".join(map(str, given))
+        raise OutputError(describe_os_error(named, error)) from None
+    except BaseException:
+        discard()
+        raise
+
+
+@contextmanager
+def atomic_output(path: PathLike, inputs: Iterable[PathLike | None] = ()) -> Iterator[Path]:
+    """Yield a temporary path to write instead of ``path``; rename it over ``path`` on success.
+
+    The single-file form of :func:`atomic_outputs`, with the same refusals and guarantees.
+    """
+    with atomic_outputs([path], inputs) as (temporary,):
+        yield temporary

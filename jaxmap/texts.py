@@ -13,8 +13,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
-from .errors import TextSetError
 
+from .errors import TextSetError
+from .outputs import atomic_output
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,9 @@ class TextSet:
             problem = unstorable(text)
             if problem:
                 raise TextSetError(f"text {position} (id {text_id!r}): {problem}")
+            problem = unstorable(text_id)
+            if problem:
+                raise TextSetError(f"text {position}: the id {text_id!r} {problem}")
         return cls(tuple(ids), tuple(texts), tuple({} for _ in texts))
 
     def __len__(self) -> int:
@@ -83,9 +87,9 @@ class TextSet:
         )
 
     def to_jsonl(self, path: str | Path) -> None:
-        """Write the set as JSONL (``id``, ``text`` and the metadata fields)."""
+        """Write the set as JSONL (``id``, ``text`` and the metadata fields), atomically."""
         meta = self.metadata or tuple({} for _ in self.texts)
-        with open(path, "w", encoding="utf-8") as handle:
+        with atomic_output(path) as temporary, open(temporary, "w", encoding="utf-8") as handle:
             for text_id, text, extra in zip(self.ids, self.texts, meta):
                 record = {"id": text_id, "text": text, **extra}
                 handle.write(json.dumps(record, ensure_ascii=False) + "\n")
@@ -112,54 +116,80 @@ def unstorable(text: str) -> str | None:
     return None
 
 
+def _text_id(record: dict, line_number: int, where: str) -> str:
+    for key in ("id", "index"):
+        if key in record:
+            value = record.pop(key)
+            # str(None), str(1.0) or str([..]) would make ids nobody wrote; refuse them instead.
+            if isinstance(value, bool) or not isinstance(value, (str, int)):
+                raise TextSetError(
+                    f"{where}: {key!r} must be a string or an integer, got {json.dumps(value)[:40]}"
+                )
+            return str(value)
+    return str(line_number - 1)
+
+
 def load_texts(path: str | Path) -> TextSet:
     """Read a JSONL text set. Errors name the file, the 1-based line and the text's id.
 
-    Accepted: blank lines (skipped), a UTF-8 byte-order mark, CRLF line ends, extra fields (kept
-    as metadata). Refused: invalid UTF-8 or JSON, a line that is not an object, a missing or
-    non-string ``text``, a NUL character or lone surrogate in a text, an id used twice, a file
-    with no texts.
+    Accepted: blank lines (skipped), a UTF-8 byte-order mark at the start, CRLF line ends,
+    extra fields (kept as metadata), an empty ``text``. Refused, each with one line naming the
+    file and line: a missing file, a directory or an unreadable file; invalid UTF-8 or JSON; a
+    byte-order mark after the first line (two files joined); a line that is not an object; a
+    missing or non-string ``text``; an ``id``/``index`` that is neither a string nor an integer;
+    a NUL character or lone surrogate in a text or id; an id used twice (both lines named); a
+    file with no texts.
     """
     path = Path(path)
-    if not path.exists():
-        raise TextSetError(f"{path}: no such text file")
+    if path.is_dir():
+        raise TextSetError(f"{path}: is a directory, not a JSONL text file")
     ids: list[str] = []
     texts: list[str] = []
     metadata: list[dict] = []
-    if path.is_dir():
-        raise TextSetError(f"{path}: is a directory, not a JSONL text file")
-    with open(path, "rb") as handle:
+    lines_of: dict[str, int] = {}
+    try:
+        handle = open(path, "rb")
+    except FileNotFoundError:
+        raise TextSetError(f"{path}: no such text file") from None
+    except OSError as error:
+        raise TextSetError(f"{path}: cannot read ({error.strerror or error})") from None
+    with handle:
         for line_number, raw in enumerate(handle, start=1):
             if not raw.strip():
                 continue
             where = f"{path}:{line_number}"
+            if line_number > 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raise TextSetError(f"{where}: a byte-order mark inside the file (were two files joined?)")
             try:
                 record = json.loads(raw.decode("utf-8-sig" if line_number == 1 else "utf-8"))
             except UnicodeDecodeError as error:
-                raise TextSetError(f"{where}: not valid UTF-8 ({error.reason})") from None
+                raise TextSetError(f"{where}: not valid UTF-8 ({error.reason} at byte {error.start})") from None
             except json.JSONDecodeError as error:
-                raise TextSetError(f"{where}: not valid JSON ({error.msg})") from None
+                raise TextSetError(f"{where}: not valid JSON ({error.msg} at column {error.colno})") from None
             if not isinstance(record, dict):
                 raise TextSetError(f"{where}: expected a JSON object, got {type(record).__name__}")
             if "text" not in record:
                 raise TextSetError(f"{where}: no 'text' field")
-            if not isinstance(record["text"], str):
-                raise TextSetError(f"{where}: 'text' must be a string")
             text = record.pop("text")
-            if "id" in record:
-                text_id = str(record.pop("id"))
-            elif "index" in record:
-                text_id = str(record.pop("index"))
-            else:
-                text_id = str(line_number - 1)
+            if not isinstance(text, str):
+                raise TextSetError(f"{where}: 'text' must be a string, got {type(text).__name__}")
+            text_id = _text_id(record, line_number, where)
             problem = unstorable(text)
             if problem:
                 raise TextSetError(f"{where}: text {text_id!r} {problem}")
+            problem = unstorable(text_id)
+            if problem:
+                raise TextSetError(f"{where}: the id {text_id!r} {problem}")
+            if text_id in lines_of:
+                raise TextSetError(
+                    f"{where}: duplicate text id {text_id!r} (first on line {lines_of[text_id]})"
+                )
+            lines_of[text_id] = line_number
             ids.append(text_id)
             texts.append(text)
             metadata.append(record)
     if not texts:
-        raise TextSetError(f"{path}: no texts")
+        raise TextSetError(f"{path}: no texts (the file is empty or holds only blank lines)")
     return TextSet(tuple(ids), tuple(texts), tuple(metadata), source=str(path))
 
 

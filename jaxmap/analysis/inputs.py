@@ -8,11 +8,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from ..errors import InputError
 from ..store import FORMAT as STORE_FORMAT
 from ..store import StoreError, open_store
-from ._arrays import AnalysisError
-from ..errors import InputError
-
 
 
 @dataclass(frozen=True)
@@ -67,6 +65,11 @@ def _checked(path: Path, matrix) -> np.ndarray:
     if np.isnan(matrix).any():
         rows = np.flatnonzero(np.isnan(matrix).any(axis=1))
         raise InputError(f"{path}: NaN log-likelihoods in {len(rows)} rows (first: row {rows[0]})")
+    if np.isposinf(matrix).any():
+        rows = np.flatnonzero(np.isposinf(matrix).any(axis=1))
+        raise InputError(
+            f"{path}: +inf log-likelihoods (probabilities above 1) in {len(rows)} rows (first: row {rows[0]})"
+        )
     return matrix
 
 
@@ -99,50 +102,80 @@ def _load_plain_h5(path: Path, handle: h5py.File) -> LoglikMatrix:
     return LoglikMatrix(source=path, loglik=loglik, models=models)
 
 
+_NPY_SIGNATURE = b"\x93NUMPY"
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def _load_npy(path: Path, signature: bytes) -> LoglikMatrix:
+    if not signature.startswith(_NPY_SIGNATURE):
+        raise InputError(f"{path}: not a .npy file ({'it is empty' if not signature else 'no NumPy header'})")
+    try:
+        matrix = np.load(path, allow_pickle=False)
+    except ValueError as error:
+        if "pickle" in str(error):
+            raise InputError(f"{path}: holds Python objects, not numbers; save a numeric matrix") from None
+        raise InputError(f"{path}: a damaged .npy file ({error})") from None
+    except (OSError, EOFError) as error:
+        raise InputError(f"{path}: a damaged or truncated .npy file ({error})") from None
+    loglik = _checked(path, matrix)
+    return LoglikMatrix(source=path, loglik=loglik, models=_default_names(loglik.shape[0]))
+
+
+def _load_h5(path: Path, signature: bytes) -> LoglikMatrix:
+    try:
+        handle = h5py.File(path, "r", locking=False)
+    except OSError as error:
+        # HDF5 may start after a user block, so only a failed open proves it is not HDF5.
+        if signature != _HDF5_SIGNATURE:
+            raise InputError(f"{path}: not an HDF5 file{' (it is empty)' if not signature else ''}") from None
+        raise InputError(f"{path}: a damaged HDF5 file ({error})") from None
+    with handle:
+        if handle.attrs.get("format") != STORE_FORMAT:
+            try:
+                return _load_plain_h5(path, handle)
+            except InputError:
+                raise
+            except (OSError, ValueError, TypeError) as error:
+                raise InputError(f"{path}: cannot read its matrix ({error})") from None
+    try:
+        store = open_store(path)
+    except StoreError as error:
+        raise InputError(str(error)) from None
+    if len(store.models) < 2:
+        raise InputError(f"{path}: the store has {len(store.models)} models; a map needs at least 2")
+    return LoglikMatrix(
+        source=path,
+        loglik=_checked(path, store.loglik),
+        models=list(store.models),
+        text_ids=list(store.text_ids),
+        texts=list(store.texts),
+        text_bytes=np.asarray(store.text_bytes),
+        text_fingerprint=store.text_fingerprint,
+    )
+
+
 def load_loglik(path: str | Path) -> LoglikMatrix:
     """Read a jaxmap store, a ``.npy`` matrix, or an HDF5 file holding a plain matrix.
 
     For HDF5 that is not a store the matrix is the dataset ``loglik``, else the file's only 2-D
     dataset. Pickles are not read: loading one can run arbitrary code (convert with
-    ``np.save``). Errors name the file.
+    ``np.save``). Errors (:class:`~jaxmap.errors.InputError`) name the file and say what is
+    wrong: missing, a directory, unreadable, empty, another format, damaged, or not a matrix
+    of numbers.
     """
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file")
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory, not a matrix file")
     suffix = path.suffix.lower()
-    if suffix == ".npy":
-        try:
-            matrix = np.load(path, allow_pickle=False)
-        except (ValueError, OSError) as error:
-            raise InputError(f"{path}: not a readable .npy matrix ({error})") from None
-        loglik = _checked(path, matrix)
-        return LoglikMatrix(source=path, loglik=loglik, models=_default_names(loglik.shape[0]))
-    if suffix in (".h5", ".hdf5"):
-        try:
-            handle = h5py.File(path, "r", locking=False)
-        except OSError as error:
-            raise InputError(f"{path}: not a readable HDF5 file ({error})") from None
-        with handle:
-            is_store = handle.attrs.get("format") == STORE_FORMAT
-            if not is_store:
-                return _load_plain_h5(path, handle)
-        try:
-            store = open_store(path)
-        except StoreError as error:
-            raise InputError(str(error)) from None
-        if len(store.models) < 2:
-            raise InputError(
-                f"{path}: the store has {len(store.models)} models; a map needs at least 2"
-            )
-        return LoglikMatrix(
-            source=path,
-            loglik=_checked(path, store.loglik),
-            models=list(store.models),
-            text_ids=list(store.text_ids),
-            texts=list(store.texts),
-            text_bytes=np.asarray(store.text_bytes),
-            text_fingerprint=store.text_fingerprint,
+    if suffix not in (".npy", ".h5", ".hdf5"):
+        raise InputError(
+            f"{path}: unsupported file type {suffix or '(none)'}; expected a store (.h5), .npy or .hdf5"
         )
-    raise InputError(
-        f"{path}: unsupported file type {suffix or '(none)'}; expected a store (.h5), .npy or .hdf5"
-    )
+    try:
+        with open(path, "rb") as handle:
+            signature = handle.read(8)
+    except OSError as error:
+        raise InputError(f"{path}: cannot read ({error.strerror or error})") from None
+    return _load_npy(path, signature) if suffix == ".npy" else _load_h5(path, signature)

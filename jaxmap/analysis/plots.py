@@ -18,6 +18,8 @@ from matplotlib.colors import LogNorm, Normalize, to_hex
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
+from ..errors import OutputError
+from ..outputs import atomic_output
 from ._arrays import AnalysisError
 from .resampling import ResamplingCurve
 
@@ -82,6 +84,28 @@ def _coloring(values: Sequence | None, count: int) -> _Coloring:
     return _Coloring([colour_of[l] for l in labels], legend, None, labels)
 
 
+def image_format(path: str | Path) -> str:
+    """The image format matplotlib writes for ``path``, from its suffix (``map.png``: png).
+
+    Raises :class:`~jaxmap.errors.OutputError` naming the path when the suffix is missing or
+    matplotlib cannot write it, so a command can refuse it before any work.
+    """
+    suffix = Path(path).suffix.lower().lstrip(".")
+    supported = Figure().canvas.get_supported_filetypes()
+    if suffix not in supported:
+        problem = f"cannot write .{suffix} images" if suffix else "no suffix to say the image format"
+        raise OutputError(
+            f"{path}: {problem}; use one of " + ", ".join(f".{name}" for name in sorted(supported))
+        )
+    return suffix
+
+
+def _save(figure: Figure, path: str | Path) -> None:
+    image = image_format(path)
+    with atomic_output(path) as temporary:
+        figure.savefig(temporary, format=image)
+
+
 def _check_coordinates(coordinates, names: Sequence[str]) -> np.ndarray:
     coordinates = np.asarray(coordinates, dtype=np.float64)
     if coordinates.ndim != 2 or coordinates.shape[1] != 2:
@@ -102,7 +126,8 @@ def plot_map(
     title: str = "Model map",
     annotate: bool | None = None,
 ) -> None:
-    """Save the map as a PNG: one point per model, coloured by ``color_values`` if given.
+    """Save the map as an image in the format of ``path``'s suffix (.png, .svg, .pdf ...),
+    written atomically: one point per model, coloured by ``color_values`` if given.
 
     Categorical values get a legend, numeric ones (13 or more distinct) a colour bar.
     ``annotate`` writes the model names beside the points (default: when there are at most
@@ -156,7 +181,7 @@ def plot_map(
     axes.set_title(title)
     axes.grid(True, color="#eeeeee", linewidth=0.6)
     axes.set_axisbelow(True)
-    figure.savefig(path)
+    _save(figure, path)
 
 
 _TOOLTIP_SCRIPT = """
@@ -184,7 +209,8 @@ def map_html(
     color_label: str = "",
     title: str = "Model map",
 ) -> None:
-    """Save the map as one self-contained HTML file (inline SVG and script, no network).
+    """Save the map as one self-contained HTML file (inline SVG and script, no network),
+    written atomically.
 
     Hovering a point shows the model's name (and its colour value); the SVG ``<title>`` of
     each point shows the same where scripts are disabled.
@@ -252,14 +278,16 @@ circle[data-name]:hover {{ stroke: black; stroke-width: 1.5; opacity: 1; }}
 <script>{_TOOLTIP_SCRIPT}</script>
 </body></html>
 """
-    Path(path).write_text(document, encoding="utf-8")
+    with atomic_output(path) as temporary:
+        temporary.write_text(document, encoding="utf-8")
 
 
 _METHOD_LABELS = {"ls": "LS (likelihood variance)", "kl": "KL", "uniform": "uniform"}
 
 
 def plot_resampling_curve(curve: ResamplingCurve, path: str | Path, *, title: str = "") -> None:
-    """Save the error-versus-n curve (mean ± sd over seeds, log-log axes) as a PNG."""
+    """Save the error-versus-n curve (mean ± sd over seeds, log-log axes) as an image in the
+    format of ``path``'s suffix, written atomically."""
     figure = Figure(figsize=(7.5, 5.5), dpi=150, layout="constrained")
     axes = figure.add_subplot()
     for method in curve.errors:
@@ -281,4 +309,4 @@ def plot_resampling_curve(curve: ResamplingCurve, path: str | Path, *, title: st
     axes.set_title(title or f"Resampling error over {len(curve.seeds)} seeds")
     axes.grid(True, which="both", color="#eeeeee", linewidth=0.6)
     axes.legend(frameon=False)
-    figure.savefig(path)
+    _save(figure, path)

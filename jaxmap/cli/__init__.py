@@ -2,15 +2,16 @@
 
 Each group of subcommands lives in its own module with a ``register(subparsers)`` function.
 Errors are handled in one place, :func:`main`: a :class:`~jaxmap.errors.JaxmapError` (an error
-meant for a person) prints one line naming what is wrong and exits 2; an operating-system error
-on a named file likewise; anything else is a bug and keeps its traceback. SIGINT and SIGTERM
-stop the command cleanly (:mod:`.interrupts`), exiting 130 and 143.
+meant for a person) prints one line, ``jaxmap COMMAND: error: MESSAGE``, and exits 2; so does a
+usage error caught by argparse. Anything else is a bug and keeps its traceback. SIGINT and
+SIGTERM stop the command cleanly (:mod:`.interrupts`), exiting 130 and 143.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from typing import Callable
 
 from .._version import __version__
 from . import interrupts
@@ -18,12 +19,52 @@ from . import interrupts
 EXIT_PEOPLE_ERROR = 2
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error reported on one line like every other error."""
+
+    def error(self, message: str):
+        self.exit(
+            EXIT_PEOPLE_ERROR, f"{self.prog}: error: {_one_line(message)} (see {self.prog} --help)\n"
+        )
+
+
+def _checked(convert, text: str, accept, what: str):
+    try:
+        value = convert(text)
+    except ValueError:
+        value = None
+    if value is None or not accept(value):
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+    return value
+
+
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    """argparse type: an integer of at least ``minimum``."""
+    what = "a positive integer" if minimum == 1 else f"an integer of at least {minimum}"
+
+    def convert(text: str) -> int:
+        return _checked(int, text, lambda value: value >= minimum, what)
+
+    return convert
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number above 0."""
+    return _checked(float, text, lambda value: 0 < value < float("inf"), "a positive number")
+
+
+def quantile(text: str) -> float:
+    """argparse type: a number in [0, 1)."""
+    return _checked(float, text, lambda value: 0 <= value < 1, "a quantile in [0, 1)")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The ``jaxmap`` argument parser with every subcommand."""
     # Imported here, after the signal handlers are in place: they pull in JAX, which takes a
     # while, and an interrupt during that must still exit cleanly.
     from . import analysis, demo, scoring, stores
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="jaxmap",
         description="Map language models by their log-likelihood vectors on a fixed text set.",
     )
@@ -39,7 +80,10 @@ def _one_line(message: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``jaxmap`` console script."""
+    """Entry point of the ``jaxmap`` console script; returns the exit status.
+
+    A usage error raises ``SystemExit(2)`` after printing its one line, as argparse does.
+    """
     from ..errors import JaxmapError
 
     previous = interrupts.install()
@@ -52,12 +96,6 @@ def main(argv: list[str] | None = None) -> int:
         interrupts.leave(command, interrupt)
     except JaxmapError as error:
         print(f"jaxmap {command}: error: {_one_line(str(error))}", file=sys.stderr)
-        return EXIT_PEOPLE_ERROR
-    except OSError as error:
-        if error.filename is None:
-            raise
-        # A file the person named could not be read or written: say which, and why.
-        print(f"jaxmap {command}: error: {error.filename}: {error.strerror or error}", file=sys.stderr)
         return EXIT_PEOPLE_ERROR
     finally:
         interrupts.restore(previous)

@@ -33,38 +33,42 @@ from ..analysis import (
     write_subset,
 )
 from ..analysis.resampling import METHODS
-from ..outputs import atomic_output, refuse_inputs
+from ..batching import MIN_BUCKET
+from ..outputs import atomic_output, atomic_outputs, check_outputs
+from . import int_at_least, positive_float, quantile
 
 # Arguments that name files a command reads, and files it writes.
-_INPUT_ARGUMENTS = ("store", "subset", "meta", "scores")
+_INPUT_ARGUMENTS = ("store", "subset", "meta", "scores", "models")
 _OUTPUT_ARGUMENTS = ("out", "html", "curve", "kl_out", "coords")
 
 
 def _inputs(args: argparse.Namespace) -> list[str]:
-    return [getattr(args, name) for name in _INPUT_ARGUMENTS if getattr(args, name, None)]
+    """The files the command reads (model references only where they are files)."""
+    found = []
+    for name in _INPUT_ARGUMENTS:
+        value = getattr(args, name, None)
+        if name == "models":
+            found += [model for model in value or () if Path(model).is_file()]
+        elif value:
+            found.append(value)
+    return found
 
 
-def _writing(args: argparse.Namespace, path: str | Path):
-    """Write ``path`` atomically, refusing it if it is one of the command's inputs."""
-    return atomic_output(path, _inputs(args))
+def _outputs(args: argparse.Namespace) -> list[str | None]:
+    return [getattr(args, name, None) for name in _OUTPUT_ARGUMENTS]
 
 
-def _reports_errors(command: str) -> Callable:
-    """Refuse, before any work, an output path that is one of the command's inputs."""
+def _checks_outputs(
+    handler: Callable[[argparse.Namespace], int],
+) -> Callable[[argparse.Namespace], int]:
+    """Refuse, before any work, outputs that are inputs, named twice, or cannot be written."""
 
-    def decorate(
-        handler: Callable[[argparse.Namespace], int],
-    ) -> Callable[[argparse.Namespace], int]:
-        @functools.wraps(handler)
-        def run(args: argparse.Namespace) -> int:
-            for name in _OUTPUT_ARGUMENTS:
-                if getattr(args, name, None):
-                    refuse_inputs(getattr(args, name), _inputs(args))
-            return handler(args)
+    @functools.wraps(handler)
+    def run(args: argparse.Namespace) -> int:
+        check_outputs(_outputs(args), _inputs(args))
+        return handler(args)
 
-        return run
-
-    return decorate
+    return run
 
 
 def _add_input(parser: argparse.ArgumentParser) -> None:
@@ -75,7 +79,7 @@ def _add_input(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--clip-quantile",
-        type=float,
+        type=quantile,
         default=0.02,
         metavar="Q",
         help="clip log-likelihoods below this global quantile (default 0.02 as in the papers; "
@@ -107,13 +111,12 @@ def _text_bytes(matrix: LoglikMatrix) -> np.ndarray:
 
 
 def _write_matrix_csv(
-    args: argparse.Namespace,
-    path: str | Path,
+    path: Path,
     row_names: Sequence[str],
     column_names: Sequence[str],
     values: np.ndarray,
 ) -> None:
-    with _writing(args, path) as temporary, open(temporary, "w", newline="", encoding="utf-8") as handle:
+    with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["model", *column_names])
         for name, row in zip(row_names, values):
@@ -131,32 +134,50 @@ def _print_neighbors(
     print(f"(nearest first; estimated KL in {unit})")
 
 
-def _read_table(path: str | Path, needed: Sequence[str]) -> tuple[str, list[dict[str, str]]]:
-    """Rows of a CSV file and its model-name column ("model" if present, else the first)."""
+def _read_table(path: str | Path, needed: Sequence[str]) -> tuple[str, dict[str, dict[str, str]]]:
+    """The rows of a CSV file by model name, and the name column ("model" if present, else the
+    first). A UTF-8 byte-order mark (as spreadsheets write) is accepted; a model named on two
+    rows is refused, naming both lines."""
     path = Path(path)
-    if not path.exists():
-        raise AnalysisError(f"{path}: no such file")
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        rows = list(reader)
-        columns = reader.fieldnames or []
+    if path.is_dir():
+        raise AnalysisError(f"{path}: is a directory, not a CSV file")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            rows = [(reader.line_num, row) for row in reader]
+            columns = reader.fieldnames or []
+    except FileNotFoundError:
+        raise AnalysisError(f"{path}: no such file") from None
+    except UnicodeDecodeError as error:
+        raise AnalysisError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+    except csv.Error as error:
+        raise AnalysisError(f"{path}:{reader.line_num}: not valid CSV ({error})") from None
+    except OSError as error:
+        raise AnalysisError(f"{path}: cannot read ({error.strerror or error})") from None
     if not columns or not rows:
         raise AnalysisError(f"{path}: no header or no rows")
     for column in needed:
         if column not in columns:
             raise AnalysisError(f"{path}: no column {column!r} (columns: {', '.join(columns)})")
-    return ("model" if "model" in columns else columns[0]), rows
+    key = "model" if "model" in columns else columns[0]
+    by_name: dict[str, dict[str, str]] = {}
+    line_of: dict[str, int] = {}
+    for line, row in rows:
+        name = row[key]
+        if name in by_name:
+            raise AnalysisError(f"{path}:{line}: model {name!r} has a second row (first on line {line_of[name]})")
+        by_name[name], line_of[name] = row, line
+    return key, by_name
 
 
 def _values_by_model(path: str | Path, column: str, models: Sequence[str]) -> list[str | None]:
     """``column`` of the CSV for each model, matched by name; None where a model has no row."""
     key, rows = _read_table(path, [column])
-    by_name = {row[key]: row[column] for row in rows}
-    values = [by_name.get(model) for model in models]
+    values = [rows[model][column] if model in rows else None for model in models]
     if all(v is None for v in values):
         raise AnalysisError(
             f"{path}: none of its {key!r} values names a model of the map "
-            f"(e.g. {rows[0][key]!r} vs {models[0]!r})"
+            f"(e.g. {next(iter(rows))!r} vs {models[0]!r})"
         )
     missing = sum(v is None for v in values)
     if missing:
@@ -167,14 +188,15 @@ def _values_by_model(path: str | Path, column: str, models: Sequence[str]) -> li
 # kl ------------------------------------------------------------------------------------------
 
 
-@_reports_errors("kl")
+@_checks_outputs
 def _run_kl(args: argparse.Namespace) -> int:
     matrix, clipped, tau = _load_clipped(args)
     text_bytes = _text_bytes(matrix) if args.bits_per_byte else None
     unit = "bits per byte" if args.bits_per_byte else "nats per text"
     print(_describe(matrix, tau, args))
     divergences = kl_matrix(clipped, text_bytes=text_bytes, progress=len(matrix.models) > 4096)
-    _write_matrix_csv(args, args.out, matrix.models, matrix.models, divergences)
+    with atomic_output(args.out, _inputs(args)) as temporary:
+        _write_matrix_csv(temporary, matrix.models, matrix.models, divergences)
     print(f"wrote {args.out} ({unit})")
     indices, values = nearest_neighbors(divergences, args.neighbors)
     _print_neighbors(matrix.models, matrix.models, indices, values, unit)
@@ -186,11 +208,12 @@ def _run_kl(args: argparse.Namespace) -> int:
 _AXIS_LABELS = {"tsne": "t-SNE", "pca": "PC", "mds": "MDS"}
 
 
-@_reports_errors("map")
+@_checks_outputs
 def _run_map(args: argparse.Namespace) -> int:
-    from ..analysis.plots import map_html, plot_map
+    from ..analysis.plots import image_format, map_html, plot_map
     from ..analysis.projection import effective_perplexity, project
 
+    image_format(args.out)
     if args.color_by and not args.meta:
         raise AnalysisError("--color-by needs --meta models.csv")
     matrix, clipped, tau = _load_clipped(args)
@@ -207,57 +230,57 @@ def _run_map(args: argparse.Namespace) -> int:
         double_center(clipped), args.method, seed=args.seed, perplexity=perplexity
     )
     title = f"{_AXIS_LABELS[args.method]} map of {models} models on {texts} texts"
-    with _writing(args, args.out) as temporary:
+    written = [args.out, args.html, args.coords]
+    with atomic_outputs(written, _inputs(args)) as (png, html, coords):
         plot_map(
             coordinates,
             matrix.models,
-            temporary,
+            png,
             color_values=colors,
             color_label=args.color_by or "",
             axis_label=_AXIS_LABELS[args.method],
             title=title,
         )
-    print(f"wrote {args.out}")
-    if args.html:
-        with _writing(args, args.html) as temporary:
+        if html:
             map_html(
                 coordinates,
                 matrix.models,
-                temporary,
+                html,
                 color_values=colors,
                 color_label=args.color_by or "",
                 title=title,
             )
-        print(f"wrote {args.html}")
-    if args.coords:
-        _write_matrix_csv(args, args.coords, matrix.models, ["x", "y"], coordinates)
-        print(f"wrote {args.coords}")
+        if coords:
+            _write_matrix_csv(coords, matrix.models, ["x", "y"], coordinates)
+    for path in written:
+        if path:
+            print(f"wrote {path}")
     return 0
 
 
 # predict -------------------------------------------------------------------------------------
 
 
-@_reports_errors("predict")
 def _run_predict(args: argparse.Namespace) -> int:
     from ..analysis.prediction import predict_scores
 
     matrix, clipped, tau = _load_clipped(args)
     print(_describe(matrix, tau, args))
     needed = [args.target] + ([args.group_by] if args.group_by else [])
-    key, rows = _read_table(args.scores, needed)
-    by_name = {row[key]: row for row in rows}
+    _, by_name = _read_table(args.scores, needed)
     selected, target, groups = [], [], []
     for index, model in enumerate(matrix.models):
         row = by_name.get(model)
-        if row is None or not row[args.target].strip():
+        if row is None or not (row[args.target] or "").strip():
             continue
         try:
             value = float(row[args.target])
         except ValueError:
+            value = float("nan")
+        if not np.isfinite(value):
             raise AnalysisError(
-                f"{args.scores}: {args.target} of {model} is {row[args.target]!r}, not a number"
-            ) from None
+                f"{args.scores}: {args.target} of {model} is {row[args.target]!r}, not a finite number"
+            )
         selected.append(index)
         target.append(value)
         groups.append(row[args.group_by] if args.group_by else None)
@@ -286,7 +309,7 @@ def _default_curve_sizes(n_texts: int) -> list[int]:
     )
 
 
-@_reports_errors("resample")
+@_checks_outputs
 def _run_resample(args: argparse.Namespace) -> int:
     if not args.out and not args.curve:
         raise AnalysisError(
@@ -294,6 +317,10 @@ def _run_resample(args: argparse.Namespace) -> int:
         )
     if args.out and args.n is None:
         raise AnalysisError("--out needs --n, the number of texts to draw")
+    if args.curve:
+        from ..analysis.plots import image_format, plot_resampling_curve
+
+        image_format(args.curve)
     matrix, clipped, tau = _load_clipped(args)
     print(_describe(matrix, tau, args))
     if args.out and not matrix.is_store:
@@ -301,6 +328,7 @@ def _run_resample(args: argparse.Namespace) -> int:
             f"{matrix.source}: a subset file needs the texts, which only a jaxmap store has"
         )
     Q = double_center(clipped)
+    subset = curve = None
     if args.out:
         indices, scales = resample(Q, args.n, args.method, args.seed)
         info = MapInfo(
@@ -314,23 +342,26 @@ def _run_resample(args: argparse.Namespace) -> int:
             text_fingerprint=matrix.text_fingerprint,
             source=str(matrix.source),
         )
-        with _writing(args, args.out) as temporary:
-            write_subset(temporary, matrix.text_ids, matrix.texts, indices, scales, info)
-        print(
-            f"wrote {args.out}: {len(indices)} distinct texts from {args.n} {args.method} draws "
-            f"(seed {args.seed})"
-        )
+        subset = (indices, scales, info)
     if args.curve:
-        from ..analysis.plots import plot_resampling_curve
-
         sizes = args.curve_sizes or _default_curve_sizes(clipped.shape[1])
         curve = resampling_curve(Q, sizes, seeds=range(args.curve_seeds), progress=True)
-        with _writing(args, args.curve) as temporary:
+    # Both outputs are written together at the end: a curve that fails keeps the old subset.
+    with atomic_outputs([args.out, args.curve], _inputs(args)) as (subset_file, curve_file):
+        if subset:
+            write_subset(subset_file, matrix.text_ids, matrix.texts, *subset)
+        if curve:
             plot_resampling_curve(
                 curve,
-                temporary,
+                curve_file,
                 title=f"Resampling error, {clipped.shape[0]} models, {len(curve.seeds)} seeds",
             )
+    if subset:
+        print(
+            f"wrote {args.out}: {len(subset[0])} distinct texts from {args.n} {args.method} draws "
+            f"(seed {args.seed})"
+        )
+    if curve:
         print("n      " + "  ".join(f"{m:>16}" for m in curve.errors))
         for position, size in enumerate(curve.sizes):
             cells = "  ".join(
@@ -387,15 +418,15 @@ def _map_bos_policy(matrix: LoglikMatrix, requested: str | None) -> str:
     return requested or (policies.pop() if policies else "full")
 
 
-@_reports_errors("add")
+@_checks_outputs
 def _run_add(args: argparse.Namespace) -> int:
+    out = Path(args.out) if args.out else Path(args.subset).with_suffix(".h5")
+    check_outputs([out, args.kl_out], _inputs(args))  # the default --out too, before any work
     subset = read_subset(args.subset)
     matrix = load_loglik(args.store)
     _check_subset_matches(subset, matrix)
     text_bytes = _text_bytes(matrix) if args.bits_per_byte else None  # fail before hours of scoring
     bos_policy = _map_bos_policy(matrix, args.bos_policy)
-    out = Path(args.out) if args.out else Path(args.subset).with_suffix(".h5")
-    refuse_inputs(out, _inputs(args))
     from ..checkpoints import expand_references
     from ..jobs import score
 
@@ -426,7 +457,8 @@ def _run_add(args: argparse.Namespace) -> int:
         f"placed on {matrix.source}"
     )
     if args.kl_out:
-        _write_matrix_csv(args, args.kl_out, wanted, matrix.models, divergences)
+        with atomic_output(args.kl_out, [*_inputs(args), out]) as temporary:
+            _write_matrix_csv(temporary, wanted, matrix.models, divergences)
         print(f"wrote {args.kl_out} ({unit})")
     order = np.argsort(divergences, axis=1, kind="stable")[:, : args.neighbors]
     _print_neighbors(
@@ -443,7 +475,7 @@ def _snippet(text: str, width: int = 70) -> str:
     return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
-@_reports_errors("outliers")
+@_checks_outputs
 def _run_outliers(args: argparse.Namespace) -> int:
     matrix, clipped, tau = _load_clipped(args)
     print(_describe(matrix, tau, args))
@@ -463,7 +495,9 @@ def _run_outliers(args: argparse.Namespace) -> int:
         )
     if args.out:
         order = found.top(len(ids))
-        with _writing(args, args.out) as temporary, open(temporary, "w", newline="", encoding="utf-8") as handle:
+        with atomic_output(args.out, _inputs(args)) as temporary, open(
+            temporary, "w", newline="", encoding="utf-8"
+        ) as handle:
             writer = csv.writer(handle)
             writer.writerow(["text_id", "column", "z", "excess_nats"])
             for column in order:
@@ -501,7 +535,7 @@ def register(subparsers) -> None:
     )
     kl.add_argument(
         "--neighbors",
-        type=int,
+        type=int_at_least(1),
         default=5,
         metavar="K",
         help="nearest neighbours to print (default 5)",
@@ -525,9 +559,9 @@ def register(subparsers) -> None:
         "--color-by", metavar="COLUMN", help="colour the points by this column of --meta"
     )
     map_.add_argument(
-        "--perplexity", type=float, default=30.0, help="t-SNE perplexity (default 30)"
+        "--perplexity", type=positive_float, default=30.0, help="t-SNE perplexity (default 30)"
     )
-    map_.add_argument("--seed", type=int, default=0, help="random seed of t-SNE / MDS (default 0)")
+    map_.add_argument("--seed", type=int_at_least(0), default=0, help="random seed of t-SNE / MDS (default 0)")
     map_.add_argument("--coords", help="also write the 2-D coordinates as CSV")
     map_.set_defaults(func=_run_map)
 
@@ -553,7 +587,7 @@ def register(subparsers) -> None:
         help="Q (default) or the clipped log-likelihoods",
     )
     predict.add_argument(
-        "--seeds", type=int, default=5, help="outer cross-validation seeds (default 5)"
+        "--seeds", type=int_at_least(1), default=5, help="outer cross-validation seeds (default 5)"
     )
     predict.set_defaults(func=_run_predict)
 
@@ -561,11 +595,11 @@ def register(subparsers) -> None:
         "resample", help="select texts by likelihood variance; error curve"
     )
     _add_input(resample_)
-    resample_.add_argument("--n", type=int, help="number of draws (with replacement)")
+    resample_.add_argument("--n", type=int_at_least(1), help="number of draws (with replacement)")
     resample_.add_argument(
         "--method", choices=METHODS, default="ls", help="sampling distribution (default ls)"
     )
-    resample_.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    resample_.add_argument("--seed", type=int_at_least(0), default=0, help="random seed (default 0)")
     resample_.add_argument("--out", help="subset JSONL: the selected texts with their scales")
     resample_.add_argument(
         "--curve", metavar="PNG", help="plot the error against n for the three methods"
@@ -574,7 +608,7 @@ def register(subparsers) -> None:
         "--curve-sizes", type=_sizes, metavar="N1,N2,...", help="values of n for the curve"
     )
     resample_.add_argument(
-        "--curve-seeds", type=int, default=10, help="seeds per point of the curve (default 10)"
+        "--curve-seeds", type=int_at_least(1), default=10, help="seeds per point of the curve (default 10)"
     )
     resample_.set_defaults(func=_run_resample)
 
@@ -594,7 +628,7 @@ def register(subparsers) -> None:
     )
     add.add_argument(
         "--neighbors",
-        type=int,
+        type=int_at_least(1),
         default=5,
         metavar="K",
         help="nearest map models to print (default 5)",
@@ -611,7 +645,7 @@ def register(subparsers) -> None:
         help="token scoring policy (default: the one the map's store records, else full)",
     )
     add.add_argument(
-        "--batch-tokens", type=int, help="padded tokens per batch (default: the engine's)"
+        "--batch-tokens", type=int_at_least(MIN_BUCKET), help="padded tokens per batch (default: the engine's)"
     )
     add.set_defaults(func=_run_add)
 
@@ -621,8 +655,8 @@ def register(subparsers) -> None:
     _add_input(outliers)
     outliers.add_argument("--model", required=True, help="model name as in the store")
     outliers.add_argument(
-        "--neighbors", type=int, default=10, help="models whose mean is the prediction (default 10)"
+        "--neighbors", type=int_at_least(1), default=10, help="models whose mean is the prediction (default 10)"
     )
-    outliers.add_argument("--top", type=int, default=20, help="texts to list (default 20)")
+    outliers.add_argument("--top", type=int_at_least(1), default=20, help="texts to list (default 20)")
     outliers.add_argument("--out", help="CSV of every text's z-score and excess log-likelihood")
     outliers.set_defaults(func=_run_outliers)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from . import int_at_least
+
 
 def register(subparsers) -> None:
     from ..demo import DEFAULT_TEXTS
@@ -15,10 +17,10 @@ def register(subparsers) -> None:
         "built-in demo texts; write the store, KL table, neighbours, map and a report.",
     )
     demo.add_argument("--out", default="jaxmap-demo", help="output directory (default: %(default)s)")
-    demo.add_argument("--texts", type=int, default=DEFAULT_TEXTS, help="number of demo texts (default: %(default)s)")
+    demo.add_argument("--texts", type=int_at_least(1), default=DEFAULT_TEXTS, help="number of demo texts (default: %(default)s)")
     demo.add_argument("--models", nargs="+", help="model references (default: every installed packaged model)")
     demo.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    demo.add_argument("--seed", type=int, default=0, help="seed of the text sample (default: %(default)s)")
+    demo.add_argument("--seed", type=int_at_least(0), default=0, help="seed of the text sample (default: %(default)s)")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=run)
 

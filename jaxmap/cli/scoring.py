@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 import numpy as np
+
+from . import int_at_least
 
 
 def register(subparsers) -> None:
@@ -91,8 +94,13 @@ def register(subparsers) -> None:
     )
     chunk.add_argument("documents", nargs="+", help="text files, one document each")
     chunk.add_argument("--out", required=True, help="JSONL file to write")
-    chunk.add_argument("--max-bytes", type=int, default=1024)
-    chunk.add_argument("--min-bytes", type=int, default=256)
+    chunk.add_argument(
+        "--max-bytes", type=int_at_least(4), default=1024, help="bytes per chunk at most (default: %(default)s)"
+    )
+    chunk.add_argument(
+        "--min-bytes", type=int_at_least(0), default=256,
+        help="keep only chunks of more bytes than this (default: %(default)s)",
+    )
     chunk.set_defaults(func=run_chunk)
 
 
@@ -188,25 +196,58 @@ def run_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_chunk(args: argparse.Namespace) -> int:
+def _read_document(path: str) -> str:
     from ..errors import TextSetError
-    from ..outputs import atomic_output
+    from ..texts import unstorable
+
+    if Path(path).is_dir():
+        raise TextSetError(f"{path}: is a directory, not a text file")
+    try:
+        document = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise TextSetError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+    except FileNotFoundError:
+        raise TextSetError(f"{path}: no such file") from None
+    except OSError as error:
+        raise TextSetError(f"{path}: cannot read ({error.strerror or error})") from None
+    problem = unstorable(document)
+    if problem:
+        raise TextSetError(f"{path}: {problem} (is it a binary file?)")
+    return document
+
+
+def run_chunk(args: argparse.Namespace) -> int:
+    """Cut each document into chunks; ``id`` is ``NAME:PIECE``, NAME the file name when the
+    documents' names differ, else the path as given."""
+    from ..errors import TextSetError
+    from ..outputs import atomic_output, check_outputs
     from ..texts import chunk_document
 
+    check_outputs([args.out], args.documents)
+    if args.min_bytes >= args.max_bytes:
+        raise TextSetError(
+            f"--min-bytes {args.min_bytes} leaves no chunk of at most --max-bytes {args.max_bytes} bytes"
+        )
+    names = [Path(path).name for path in args.documents]
+    if len(set(names)) < len(names):
+        names = list(args.documents)
+    if len(set(map(os.path.realpath, args.documents))) < len(args.documents):
+        raise TextSetError("a document is given twice; its chunks would repeat")
     count = 0
     with atomic_output(args.out, args.documents) as temporary, open(temporary, "w", encoding="utf-8") as handle:
-        for path in args.documents:
-            try:
-                document = Path(path).read_text(encoding="utf-8")
-            except UnicodeDecodeError as error:
-                raise TextSetError(f"{path}: not UTF-8 text ({error.reason})") from None
-            except OSError as error:
-                raise TextSetError(f"{path}: cannot read ({error.strerror or error})") from None
+        for path, name in zip(args.documents, names):
+            document = _read_document(path)
             for piece, text in enumerate(
                 chunk_document(document, max_bytes=args.max_bytes, min_bytes=args.min_bytes)
             ):
-                record = {"id": f"{Path(path).name}:{piece}", "text": text, "source": str(path)}
+                record = {"id": f"{name}:{piece}", "text": text, "source": str(path)}
                 handle.write(json.dumps(record, ensure_ascii=False) + "\n")
                 count += 1
+        if not count:
+            # An empty file would only fail later, as a text set with no texts.
+            raise TextSetError(
+                f"no chunk of more than --min-bytes {args.min_bytes} bytes in the documents; "
+                f"{args.out} was not written"
+            )
     print(f"{args.out}: {count} chunks")
     return 0
