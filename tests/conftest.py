@@ -182,3 +182,15 @@ def fill_filesystem(directory: Path, leave_bytes: int) -> None:
     stats = os.statvfs(directory)
     with open(directory / "filler", "wb") as handle:
         handle.write(b"\0" * max(stats.f_bavail * stats.f_frsize - leave_bytes, 0))
+
+
+@pytest.fixture
+def long_text_file(tmp_path) -> Path:
+    """Enough texts that a scoring run lasts seconds, so a signal can land in the middle of it."""
+    import json
+
+    path = tmp_path / "long.jsonl"
+    with open(path, "w", encoding="utf-8") as handle:
+        for i in range(30 * len(TEXTS)):
+            handle.write(json.dumps({"id": f"t{i}", "text": f"{i}: {TEXTS[i % len(TEXTS)]}"}) + "\n")
+    return path

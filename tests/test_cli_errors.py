@@ -113,21 +113,9 @@ def test_bad_inputs_are_one_line_with_exit_2(argv, expected, tmp_path, capsys):
         assert expected in error[0]
 
 
-def _long_text_file(tmp_path):
-    import json
-
-    from conftest import TEXTS
-
-    path = tmp_path / "long.jsonl"
-    with open(path, "w", encoding="utf-8") as handle:
-        for i in range(60 * len(TEXTS)):
-            handle.write(json.dumps({"id": f"t{i}", "text": f"{i}: {TEXTS[i % len(TEXTS)]}"}) + "\n")
-    return path
-
-
 @pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_a_signal_stops_the_job_keeping_every_committed_row(tiny_models, tmp_path, signum, status):
-    texts = _long_text_file(tmp_path)
+def test_a_signal_stops_the_job_keeping_every_committed_row(tiny_models, long_text_file, tmp_path, signum, status):
+    texts = long_text_file
     store = tmp_path / "s.h5"
     process = subprocess.Popen(
         _jaxmap("score", *tiny_models, "--texts", texts, "--out", store, "--quiet", "--batch-tokens", 128),
@@ -153,8 +141,8 @@ def test_a_signal_stops_the_job_keeping_every_committed_row(tiny_models, tmp_pat
     assert sorted(open_store(store).models) == sorted(map(str, tiny_models))
 
 
-def test_interrupts_during_start_up_and_twice_never_crash(tiny_models, tmp_path):
-    texts = _long_text_file(tmp_path)
+def test_interrupts_during_start_up_and_twice_never_crash(tiny_models, long_text_file, tmp_path):
+    texts = long_text_file
     command = _jaxmap("score", *tiny_models, "--texts", texts, "--out", tmp_path / "s.h5", "--quiet")
     for delay, signals in ((0.3, 1), (1.0, 1), (4.0, 2), (6.0, 3)):
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -277,20 +277,6 @@ def _rows(path):
         return []
 
 
-@pytest.fixture
-def long_text_file(tmp_path):
-    """Enough texts that a run lasts a few seconds, so a kill can land in the middle of it."""
-    import json
-
-    from conftest import TEXTS
-
-    path = tmp_path / "long.jsonl"
-    with open(path, "w", encoding="utf-8") as handle:
-        for i in range(30 * len(TEXTS)):
-            handle.write(json.dumps({"id": f"t{i}", "text": f"{i}: {TEXTS[i % len(TEXTS)]}"}) + "\n")
-    return path
-
-
 def test_sigkill_at_any_moment_keeps_finished_rows_and_resume_fills_the_rest(tiny_models, long_text_file, tmp_path):
     text_file = long_text_file
     reference = jaxmap.score([str(m) for m in tiny_models], text_file, out=tmp_path / "reference.h5", progress=False, batch_tokens=128)
