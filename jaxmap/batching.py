@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+
 from .errors import JaxmapError
 
 MIN_BUCKET = 16
@@ -73,7 +74,7 @@ def plan_batches(lengths: np.ndarray, batch_tokens: int, max_length: int | None 
         return min(padded, max_length) if max_length else padded
 
     if batch_tokens < MIN_BUCKET:
-        raise JaxmapError(f"batch_tokens must be at least {MIN_BUCKET}")
+        raise JaxmapError(f"batch_tokens must be at least {MIN_BUCKET}, got {batch_tokens}")
     lengths = np.asarray(lengths)
     order = [int(i) for i in np.argsort(lengths, kind="stable") if lengths[i] > 0]
 

@@ -80,6 +80,7 @@ def run_demo(
     files as they were.
     """
     started = time.perf_counter()
+    out_dir = make_directory(out_dir)
     if models is None:
         models = installed_packaged_models()
         if not models:
@@ -90,7 +91,6 @@ def run_demo(
     domains = [meta.get("domain", "?") for meta in texts.metadata]
     echo(f"demo: {len(models)} model(s) × {len(texts)} texts ({len(set(domains))} domains) → {out_dir}")
 
-    out_dir = make_directory(out_dir)
     store = score(models, texts, out=out_dir / "demo.h5", dtype=dtype, progress=progress)
     clipped, tau = clip(store.loglik)
     kl_nats = kl_matrix(clipped)

@@ -33,6 +33,8 @@ _DISK_ERRORS = {
 
 PathLike = str | os.PathLike
 
+_OPEN_TEMPORARIES: set[Path] = set()
+
 
 def _same_file(a: Path, b: Path) -> bool:
     try:
@@ -101,7 +103,9 @@ def make_directory(path: PathLike) -> Path:
     return path
 
 
-def check_outputs(paths: Sequence[PathLike | None], inputs: Iterable[PathLike | None] = ()) -> list[Path]:
+def check_outputs(
+    paths: Sequence[PathLike | None], inputs: Iterable[PathLike | None] = ()
+) -> list[Path]:
     """Refuse, before any work, outputs that could not be written or would destroy an input.
 
     Raises :class:`OutputError` naming the path for an output that is one of ``inputs``, given
@@ -117,13 +121,27 @@ def check_outputs(paths: Sequence[PathLike | None], inputs: Iterable[PathLike | 
                 raise OutputError(f"{target}: given twice as an output of this command ({earlier})")
         if target.is_dir():
             raise OutputError(f"{target}: is a directory; give a file path")
-        if not target.parent.is_dir():
-            reason = "its directory does not exist" if not target.parent.exists() else "a part of its directory path is a file"
-            raise OutputError(f"{target}: cannot write ({reason})")
-        if target.exists() and not os.access(target, os.W_OK):
+        directory = target.parent
+        reason = None
+        if not directory.is_dir():
+            reason = _DISK_ERRORS[errno.ENOTDIR if directory.exists() else errno.ENOENT]
+        elif not os.access(directory, os.W_OK | os.X_OK):
+            reason = _refusal(directory, "no permission to write in its directory")
+        elif target.exists() and not os.access(target, os.W_OK):
             # A rename would replace a write-protected file; honour the protection instead.
-            raise OutputError(f"{target}: cannot write (the file is write-protected)")
+            reason = _refusal(directory, "the file is write-protected")
+        if reason:
+            raise OutputError(f"{target}: cannot write ({reason})")
     return given
+
+
+def _refusal(directory: Path, otherwise: str) -> str:
+    """Why writing in ``directory`` is refused: a read-only file system, else ``otherwise``."""
+    try:
+        read_only = bool(os.statvfs(directory).f_flag & os.ST_RDONLY)
+    except OSError:
+        read_only = False
+    return _DISK_ERRORS[errno.EROFS] if read_only else otherwise
 
 
 @contextmanager
@@ -139,18 +157,16 @@ def atomic_outputs(
     disk, a read-only file system, no permission), naming the path.
     """
     targets = [None if path is None else Path(path) for path in paths]
-    given = check_outputs(targets, inputs)
+    # A target that is an enclosing block's temporary (a plot function called by a command that
+    # writes several files) is written directly; the enclosing block renames it.
+    nested = [target in _OPEN_TEMPORARIES for target in targets]
+    check_outputs([target for target, inner in zip(targets, nested) if not inner], inputs)
+    owned: dict[Path, Path] = {}  # temporary -> target, for the files this block renames
     temporaries: list[Path | None] = []
-
-    def discard() -> None:
-        for temporary in temporaries:
-            if temporary is not None:
-                temporary.unlink(missing_ok=True)
-
     try:
-        for target in targets:
-            if target is None:
-                temporaries.append(None)
+        for target, inner in zip(targets, nested):
+            if target is None or inner:
+                temporaries.append(target)
                 continue
             try:
                 handle, name = tempfile.mkstemp(
@@ -159,31 +175,32 @@ def atomic_outputs(
             except OSError as error:
                 raise OutputError(describe_os_error(target, error)) from None
             os.close(handle)
+            owned[Path(name)] = target
             temporaries.append(Path(name))
+        _OPEN_TEMPORARIES.update(owned)
         yield temporaries
-        for target, temporary in zip(targets, temporaries):
-            if target is not None:
-                os.chmod(temporary, _file_mode(target))
-                with open(temporary, "rb+") as handle:
-                    os.fsync(handle.fileno())
-        for target, temporary in zip(targets, temporaries):
-            if target is not None:
-                os.replace(temporary, target)
-        for directory in {target.parent for target in given}:
+        for temporary, target in owned.items():
+            os.chmod(temporary, _file_mode(target))
+            with open(temporary, "rb+") as handle:
+                os.fsync(handle.fileno())
+        for temporary, target in owned.items():
+            os.replace(temporary, target)
+        for directory in {target.parent for target in owned.values()}:
             _fsync_directory(directory)
-    except JaxmapError:
-        discard()
-        raise
-    except OSError as error:
-        discard()
-        ours = {str(temporary): target for temporary, target in zip(temporaries, targets) if temporary}
-        if error.filename is not None and str(error.filename) not in ours:
-            raise  # an error on some other file: not an output problem, and not ours to name
-        named = ours.get(str(error.filename)) or ", ".join(map(str, given))
+    except BaseException as error:
+        for temporary in owned:
+            temporary.unlink(missing_ok=True)
+        if isinstance(error, JaxmapError) or not isinstance(error, OSError):
+            raise
+        if error.filename is not None:
+            named = owned.get(Path(os.fsdecode(error.filename)))
+        else:
+            named = ", ".join(map(str, owned.values())) or None
+        if named is None:
+            raise  # another file's error, or an enclosing block's temporary: not ours to name
         raise OutputError(describe_os_error(named, error)) from None
-    except BaseException:
-        discard()
-        raise
+    finally:
+        _OPEN_TEMPORARIES.difference_update(owned)
 
 
 @contextmanager

@@ -116,7 +116,8 @@ def unstorable(text: str) -> str | None:
     return None
 
 
-def _text_id(record: dict, line_number: int, where: str) -> str:
+def _text_id(record: dict, line_number: int, where: str) -> tuple[str, str]:
+    """The id of a record and where it came from (the field, or the line number)."""
     for key in ("id", "index"):
         if key in record:
             value = record.pop(key)
@@ -125,8 +126,15 @@ def _text_id(record: dict, line_number: int, where: str) -> str:
                 raise TextSetError(
                     f"{where}: {key!r} must be a string or an integer, got {json.dumps(value)[:40]}"
                 )
-            return str(value)
-    return str(line_number - 1)
+            return str(value), key
+    return str(line_number - 1), "line number"
+
+
+_FOREIGN_STARTS = {
+    b"\xff\xfe": "UTF-16 text; save it as UTF-8",
+    b"\xfe\xff": "UTF-16 text; save it as UTF-8",
+    b"\x1f\x8b": "gzip-compressed; decompress it first",
+}
 
 
 def load_texts(path: str | Path) -> TextSet:
@@ -138,7 +146,7 @@ def load_texts(path: str | Path) -> TextSet:
     byte-order mark after the first line (two files joined); a line that is not an object; a
     missing or non-string ``text``; an ``id``/``index`` that is neither a string nor an integer;
     a NUL character or lone surrogate in a text or id; an id used twice (both lines named); a
-    file with no texts.
+    file with no texts; a UTF-16 or gzip-compressed file (named as such).
     """
     path = Path(path)
     if path.is_dir():
@@ -160,6 +168,8 @@ def load_texts(path: str | Path) -> TextSet:
             where = f"{path}:{line_number}"
             if line_number > 1 and raw.startswith(b"\xef\xbb\xbf"):
                 raise TextSetError(f"{where}: a byte-order mark inside the file (were two files joined?)")
+            if line_number == 1 and raw[:2] in _FOREIGN_STARTS:
+                raise TextSetError(f"{path}: not a JSONL file: it is {_FOREIGN_STARTS[raw[:2]]}")
             try:
                 record = json.loads(raw.decode("utf-8-sig" if line_number == 1 else "utf-8"))
             except UnicodeDecodeError as error:
@@ -173,7 +183,7 @@ def load_texts(path: str | Path) -> TextSet:
             text = record.pop("text")
             if not isinstance(text, str):
                 raise TextSetError(f"{where}: 'text' must be a string, got {type(text).__name__}")
-            text_id = _text_id(record, line_number, where)
+            text_id, origin = _text_id(record, line_number, where)
             problem = unstorable(text)
             if problem:
                 raise TextSetError(f"{where}: text {text_id!r} {problem}")
@@ -181,8 +191,9 @@ def load_texts(path: str | Path) -> TextSet:
             if problem:
                 raise TextSetError(f"{where}: the id {text_id!r} {problem}")
             if text_id in lines_of:
+                implicit = " (its line number: the line has no 'id' or 'index')" if origin == "line number" else ""
                 raise TextSetError(
-                    f"{where}: duplicate text id {text_id!r} (first on line {lines_of[text_id]})"
+                    f"{where}: duplicate text id {text_id!r}{implicit}, first used on line {lines_of[text_id]}"
                 )
             lines_of[text_id] = line_number
             ids.append(text_id)

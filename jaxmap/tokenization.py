@@ -16,13 +16,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .errors import CheckpointError, JaxmapError
 from .texts import TextSet
-from .errors import JaxmapError
 
 POLICIES = ("full", "paper")
 
@@ -74,7 +75,7 @@ def start_token(tokenizer) -> int:
     for token_id in (tokenizer.bos_token_id, tokenizer.eos_token_id):
         if token_id is not None:
             return int(token_id)
-    raise JaxmapError(
+    raise CheckpointError(
         f"tokenizer {tokenizer.name_or_path!r} has neither a BOS nor an EOS token; "
         "use --bos-policy paper"
     )
@@ -105,6 +106,19 @@ def tokenize(texts: TextSet, tokenizer, policy: str = "full") -> TokenizedTexts:
     return TokenizedTexts.from_sequences([[start, *ids] for ids in encoded])
 
 
+def _read_cache(path: Path, count: int) -> TokenizedTexts | None:
+    """The cached tokens, or None when the file is missing or unusable (then it is rebuilt)."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            tokens = TokenizedTexts(data["flat"], data["offsets"])
+    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile):
+        # Missing, or damaged (a copy cut short, a foreign file): only a cache, so tokenize again.
+        return None
+    if len(tokens.offsets) != count + 1 or tokens.offsets[-1] != len(tokens.flat):
+        return None
+    return tokens
+
+
 def cached_tokenize(
     texts: TextSet, tokenizer, policy: str, cache_dir: str | Path | None
 ) -> tuple[TokenizedTexts, str]:
@@ -117,9 +131,9 @@ def cached_tokenize(
         return tokenize(texts, tokenizer, policy), fingerprint
     cache_dir = Path(cache_dir)
     path = cache_dir / f"{fingerprint}-{texts.fingerprint[:20]}.npz"
-    if path.exists():
-        with np.load(path) as data:
-            return TokenizedTexts(data["flat"], data["offsets"]), fingerprint
+    cached = _read_cache(path, len(texts))
+    if cached is not None:
+        return cached, fingerprint
     tokens = tokenize(texts, tokenizer, policy)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.npz")
     try:

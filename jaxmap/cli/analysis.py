@@ -8,11 +8,12 @@ stdout, a one-line error naming the file or model on stderr with exit status 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import functools
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -87,9 +88,19 @@ def _add_input(parser: argparse.ArgumentParser) -> None:
     )
 
 
+@contextlib.contextmanager
+def _about(source: str | Path) -> Iterator[None]:
+    """Name ``source`` in the analysis errors raised inside: the file the numbers came from."""
+    try:
+        yield
+    except AnalysisError as error:
+        raise type(error)(f"{source}: {error}") from None
+
+
 def _load_clipped(args: argparse.Namespace) -> tuple[LoglikMatrix, np.ndarray, float]:
     matrix = load_loglik(args.store)
-    clipped, tau = clip(matrix.loglik, args.clip_quantile)
+    with _about(matrix.source):
+        clipped, tau = clip(matrix.loglik, args.clip_quantile)
     return matrix, clipped, tau
 
 
@@ -226,9 +237,10 @@ def _run_map(args: argparse.Namespace) -> int:
             f"note: t-SNE perplexity lowered to {perplexity:.3g} for {models} models",
             file=sys.stderr,
         )
-    coordinates = project(
-        double_center(clipped), args.method, seed=args.seed, perplexity=perplexity
-    )
+    with _about(matrix.source):
+        coordinates = project(
+            double_center(clipped), args.method, seed=args.seed, perplexity=perplexity
+        )
     title = f"{_AXIS_LABELS[args.method]} map of {models} models on {texts} texts"
     written = [args.out, args.html, args.coords]
     with atomic_outputs(written, _inputs(args)) as (png, html, coords):
@@ -288,12 +300,13 @@ def _run_predict(args: argparse.Namespace) -> int:
         raise AnalysisError(f"{args.scores}: no model of {matrix.source} has a {args.target} score")
     print(f"{len(selected)} of {len(matrix.models)} models have a {args.target} score")
     features = double_center(clipped) if args.features == "q" else clipped
-    results = predict_scores(
-        features[selected],
-        np.asarray(target),
-        groups=groups if args.group_by else None,
-        seeds=args.seeds,
-    )
+    with _about(f"{args.scores} ({len(selected)} models with a {args.target} score)"):
+        results = predict_scores(
+            features[selected],
+            np.asarray(target),
+            groups=groups if args.group_by else None,
+            seeds=args.seeds,
+        )
     for name, result in results.items():
         by = f" by {args.group_by}" if name == "GroupKFold" else ""
         print(f"{name}{by} (5 folds, {args.seeds} seeds): {result.summary()}")
@@ -330,7 +343,8 @@ def _run_resample(args: argparse.Namespace) -> int:
     Q = double_center(clipped)
     subset = curve = None
     if args.out:
-        indices, scales = resample(Q, args.n, args.method, args.seed)
+        with _about(matrix.source):
+            indices, scales = resample(Q, args.n, args.method, args.seed)
         info = MapInfo(
             tau=tau,
             draws=args.n,
@@ -345,7 +359,8 @@ def _run_resample(args: argparse.Namespace) -> int:
         subset = (indices, scales, info)
     if args.curve:
         sizes = args.curve_sizes or _default_curve_sizes(clipped.shape[1])
-        curve = resampling_curve(Q, sizes, seeds=range(args.curve_seeds), progress=True)
+        with _about(matrix.source):
+            curve = resampling_curve(Q, sizes, seeds=range(args.curve_seeds), progress=True)
     # Both outputs are written together at the end: a curve that fails keeps the old subset.
     with atomic_outputs([args.out, args.curve], _inputs(args)) as (subset_file, curve_file):
         if subset:
@@ -443,14 +458,15 @@ def _run_add(args: argparse.Namespace) -> int:
     if list(scored.text_ids) != list(subset.texts.ids):
         raise AnalysisError(f"{out}: its texts are not those of {subset.path}")
     rows = [scored.models.index(reference) for reference in wanted]
-    divergences = place_models(
-        matrix.loglik,
-        subset.map.tau,
-        subset.columns,
-        subset.scales,
-        scored.loglik[rows],
-        text_bytes=text_bytes,
-    )
+    with _about(f"{matrix.source} and {out}"):
+        divergences = place_models(
+            matrix.loglik,
+            subset.map.tau,
+            subset.columns,
+            subset.scales,
+            scored.loglik[rows],
+            text_bytes=text_bytes,
+        )
     unit = "bits per byte" if args.bits_per_byte else "nats per text"
     print(
         f"scored {len(rows)} models on {len(subset.columns)} texts into {out}; "
@@ -480,7 +496,8 @@ def _run_outliers(args: argparse.Namespace) -> int:
     matrix, clipped, tau = _load_clipped(args)
     print(_describe(matrix, tau, args))
     model = matrix.model_index(args.model)
-    found = text_outliers(clipped, model, neighbors=args.neighbors)
+    with _about(matrix.source):
+        found = text_outliers(clipped, model, neighbors=args.neighbors)
     ids = matrix.text_ids or [str(i) for i in range(clipped.shape[1])]
     print(
         f"{args.model}: predicted by the mean of its {len(found.neighbors)} nearest models: "
