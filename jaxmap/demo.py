@@ -17,7 +17,7 @@ from .analysis import clip, kl_matrix, nearest_neighbors
 from .checkpoints.packaged import PACKAGED_MODELS, installed_packaged_models
 from .demo_texts import build_demo_texts
 from .engine import DEFAULT_DTYPE
-from .errors import DemoSourceError
+from .errors import DemoSourceError, StoreMismatchError
 from .jobs import score
 from .outputs import atomic_outputs, make_directory
 
@@ -91,7 +91,13 @@ def run_demo(
     domains = [meta.get("domain", "?") for meta in texts.metadata]
     echo(f"demo: {len(models)} model(s) × {len(texts)} texts ({len(set(domains))} domains) → {out_dir}")
 
-    store = score(models, texts, out=out_dir / "demo.h5", dtype=dtype, progress=progress)
+    try:
+        store = score(models, texts, out=out_dir / "demo.h5", dtype=dtype, progress=progress)
+    except StoreMismatchError as error:
+        raise StoreMismatchError(
+            f"{out_dir} holds an earlier demo with other texts or settings ({error}); give another "
+            "--out, or remove that one"
+        ) from None
     clipped, tau = clip(store.loglik)
     kl_nats = kl_matrix(clipped)
     kl_bpb = kl_matrix(clipped, text_bytes=store.text_bytes)
