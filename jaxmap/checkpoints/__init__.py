@@ -10,14 +10,18 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable
 
 import yaml
 
+from ..errors import CheckpointError, HubError
 from ..models import UnsupportedModelError, WeightSource
-from ..errors import CheckpointError
+from . import hub
+from .hub import HubSnapshot
+from .validate import _INDEX, _read_json_object, read_shard_index, safetensors_header, validate, validate_weights
 
 
 
@@ -29,87 +33,131 @@ _LIST_SUFFIXES = {".txt", ".yaml", ".yml", ".list"}
 class Checkpoint:
     """A resolved model: where its HF-layout files are, and which exact version they are.
 
-    ``reference`` is the model as the person spelled it; ``canonical`` is equal for equal
-    models however they are spelled (a resolved local path, a hub id with its commit, a
-    packaged model's name), so one model is one row of a store.
+    ``reference`` is the model as the person spelled it (for display); ``canonical`` is equal for
+    equal models however they are spelled, so one model is one row of a store: the resolved
+    absolute path of a local directory or ``.gguf`` file (``m``, ``./m``, ``m/`` and a symlink to
+    ``m`` are one key), ``org/name@<commit sha>`` for a hub id (the id as the hub spells it), and
+    the name of a packaged model. ``revision`` is the commit of a hub model, a hash of config and
+    weight headers for a local directory, and the conversion's cache key for a GGUF file.
+
+    A hub model's weights are not downloaded by :func:`resolve`; :meth:`fetch_weights` downloads
+    them (a job's prefetcher, :class:`~jaxmap.checkpoints.prefetch.WeightPrefetcher`, calls it
+    ahead of the scoring) and :meth:`release_weights` deletes them again.
     """
 
     reference: str
     directory: Path
     revision: str
-    source: str
+    source: str  # "local", "gguf" (a .gguf file or a packaged model, converted) or "hub"
     canonical: str = ""
+    hub: HubSnapshot | None = field(default=None, compare=False, repr=False)
 
     def config(self) -> dict:
         """The parsed config.json (a JSON object)."""
-        path = self.directory / "config.json"
-        try:
-            config = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise CheckpointError(f"{self.reference}: config.json is not valid JSON ({error})") from None
-        except OSError as error:
-            raise CheckpointError(f"{self.reference}: cannot read config.json ({error.strerror or error})") from None
-        if not isinstance(config, dict):
-            raise CheckpointError(
-                f"{self.reference}: config.json holds a JSON {type(config).__name__}, not an object"
+        return _read_json_object(self.directory / "config.json", self.reference)
+
+    def _shard_names(self) -> list[str]:
+        index = read_shard_index(self.directory, self.reference)
+        return sorted(set(index.values())) if index is not None else ["model.safetensors"]
+
+    def weight_names(self) -> list[str]:
+        """The safetensors files to read, relative to :attr:`directory`.
+
+        From the shard index if there is one, else ``model.safetensors``. Each must be on disk,
+        or, for a hub model whose weights download later, in the hub's listing of its commit.
+        Pickle-only checkpoints are refused by name.
+        """
+        names = self._shard_names()
+        listed = set(self.hub.files) if self.hub is not None and self.hub.files is not None else set()
+        missing = [n for n in names if not (self.directory / n).is_file() and n not in listed]
+        if not missing:
+            return names
+        if names == ["model.safetensors"]:
+            present = listed | {p.name for p in self.directory.iterdir()}
+            pickles = sorted(n for n in present if n.endswith((".bin", ".pt", ".pth")))
+            if pickles:
+                raise CheckpointError(
+                    f"{self.reference}: pickle-only checkpoint ({', '.join(pickles)}); jaxmap reads "
+                    "safetensors only, since unpickling runs arbitrary code. Convert it with "
+                    "transformers' save_pretrained(..., safe_serialization=True)."
+                )
+        if self.hub is not None and self.hub.files is None:
+            raise HubError(
+                f"{self.reference}: {', '.join(missing)} not in the local hub cache ({self.directory}), "
+                "and HF_HUB_OFFLINE forbids downloading"
             )
-        return config
+        where = "the hub repository" if listed else str(self.directory)
+        if names != ["model.safetensors"]:
+            raise CheckpointError(f"{self.reference}: shard(s) missing from {where}: {', '.join(missing)}")
+        raise CheckpointError(f"{self.reference}: no model.safetensors or {_INDEX} in {where}")
 
     def weight_files(self) -> list[Path]:
-        """The safetensors files, from the shard index if there is one."""
-        return _weight_files(self.directory, self.reference)
+        """The safetensors files on disk (a hub model's after :meth:`fetch_weights`)."""
+        files = [self.directory / name for name in self.weight_names()]
+        absent = [f.name for f in files if not f.is_file()]
+        if absent:
+            raise CheckpointError(
+                f"{self.reference}: weights not downloaded yet ({', '.join(absent)}); call fetch_weights()"
+            )
+        return files
 
     @property
     def weights_pending(self) -> bool:
-        """A hub model whose weights are not downloaded yet (they come with :meth:`fetch_weights`)."""
+        """A hub model whose weights are not (all) on disk yet."""
         if self.source != "hub":
             return False
-        shards = _index_shards(self.directory) or ["model.safetensors"]
-        return not all((self.directory / shard).exists() for shard in shards)
+        try:
+            names = self._shard_names()
+        except CheckpointError:
+            return False  # validation names the broken index
+        return not all((self.directory / name).is_file() for name in names)
 
     def download_bytes(self) -> int:
-        """Bytes :meth:`fetch_weights` would download (0 when nothing is pending)."""
-        if not self.weights_pending:
+        """Bytes :meth:`fetch_weights` would download, from the hub's listing (0 if none)."""
+        if not self.weights_pending or self.hub is None or self.hub.files is None:
             return 0
-        index = self.directory / "model.safetensors.index.json"
-        if index.exists():
-            total = json.loads(index.read_text()).get("metadata", {}).get("total_size")
-            if isinstance(total, int):
-                return total
-        from .hub import weight_bytes
+        pending = [n for n in self._shard_names() if not (self.directory / n).is_file()]
+        return sum(self.hub.files[n].size or 0 for n in pending if n in self.hub.files)
 
-        return weight_bytes(self.reference, self.canonical.rpartition("@")[0], self.revision)
+    def fetch_weights(self, cancel: threading.Event | None = None) -> list[Path]:
+        """Download a hub model's safetensors (same commit as its config) and check their headers.
 
-    def fetch_weights(self) -> None:
-        """Download a hub model's safetensors (same commit as its config); others have theirs."""
-        if self.weights_pending:
-            from .hub import WEIGHT_FILES, download
+        Returns the files it downloaded (none for local and GGUF checkpoints, or when the
+        weights are already in the hub cache). Safe to call from several threads: one
+        downloads, the others wait for it. ``cancel`` stops a download in progress.
 
-            repo_id = self.canonical.rpartition("@")[0]
-            download(self.reference, repo_id, self.revision, WEIGHT_FILES)
-        self.weight_files()  # a hub repo without safetensors is refused here, by name
+        Raises:
+            HubError: the host cannot be reached, refuses the files, or HF_HUB_OFFLINE is set.
+            CheckpointError: a downloaded file is damaged (named), or the cache cannot be written.
+        """
+        if self.source != "hub":
+            return []
+        if self.hub is None:
+            raise HubError(f"{self.reference}: this checkpoint was not resolved from the hub (use resolve())")
+        with hub.fetch_lock(self.directory):
+            pending = [n for n in self.weight_names() if not (self.directory / n).is_file()]
+            if not pending:
+                return []
+            added = hub.download(self.reference, self.hub, pending, cancel)
+            validate_weights(self)
+        return added
 
     def release_weights(self) -> int:
-        """Delete a hub model's downloaded weights from the hub cache; returns the bytes freed.
+        """Delete the weight files :meth:`fetch_weights` downloaded in this process; returns the
+        bytes freed.
 
-        Only hub downloads are deleted, never local directories or converted GGUF files.
+        Files that were in the hub cache before, local directories and converted GGUF files are
+        never deleted; the config and tokenizer files stay (a re-run validates from them).
         """
         if self.source != "hub":
             return 0
-        freed = 0
-        for link in self.directory.glob("*.safetensors"):
-            target = link.resolve()
-            if target.exists() and target != link:
-                freed += target.stat().st_size
-                target.unlink()
-            link.unlink(missing_ok=True)
-        return freed
+        weights = [n for n in hub.downloaded_files(self.directory) if n.endswith(".safetensors")]
+        return hub.delete_downloads(self.directory, weights)
 
     def open_weights(self) -> WeightSource:
         """Lazily readable named tensors (read on first use, straight into device arrays).
 
-        A hub model's weights are downloaded here, on first use, so that a job downloads the
-        next model while it scores the current one.
+        A hub model's weights are downloaded here if they are not on disk yet.
         """
         from safetensors import safe_open
 
@@ -123,75 +171,32 @@ class Checkpoint:
         )
 
 
-def _index_shards(directory: Path) -> list[str]:
-    """The shard files a shard index names (empty without a readable index)."""
-    try:
-        return sorted(set(json.loads((directory / "model.safetensors.index.json").read_text())["weight_map"].values()))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return []
-
-
-def _weight_files(directory: Path, reference: str) -> list[Path]:
-    index = directory / "model.safetensors.index.json"
-    if index.exists():
-        try:
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError):
-            raise CheckpointError(
-                f"{reference}: model.safetensors.index.json is not a shard index (no weight_map)"
-            ) from None
-        missing = [s for s in shards if not (directory / s).exists()]
-        if missing:
-            raise CheckpointError(f"{reference}: shard(s) missing: {', '.join(missing)}")
-        return [directory / s for s in shards]
-    single = directory / "model.safetensors"
-    if single.exists():
-        return [single]
-    pickles = sorted(p.name for p in directory.glob("*.bin")) + sorted(
-        p.name for p in directory.glob("*.pt")
-    )
-    if pickles:
-        raise CheckpointError(
-            f"{reference}: pickle-only checkpoint ({', '.join(pickles)}); jaxmap reads "
-            "safetensors only, since unpickling runs arbitrary code. Convert it with "
-            "transformers' save_pretrained(..., safe_serialization=True)."
-        )
-    raise CheckpointError(f"{reference}: no model.safetensors or model.safetensors.index.json")
-
-
-def _content_hash(directory: Path, reference: str) -> str:
+def _content_hash(checkpoint: Checkpoint) -> str:
     """Hash of config.json and every safetensors header (names, shapes, dtypes, offsets)."""
-    from .validate import safetensors_header
-
-    digest = hashlib.sha256((directory / "config.json").read_bytes())
-    for path in _weight_files(directory, reference):
-        digest.update(json.dumps(safetensors_header(path, reference), sort_keys=True).encode())
+    digest = hashlib.sha256((checkpoint.directory / "config.json").read_bytes())
+    for path in checkpoint.weight_files():
+        digest.update(json.dumps(safetensors_header(path, checkpoint.reference), sort_keys=True).encode())
         digest.update(str(path.stat().st_size).encode())
     return "sha256:" + digest.hexdigest()[:16]
 
 
-def _local(
-    reference: str, directory: Path, source: str, revision: str | None = None, canonical: str | None = None
-) -> Checkpoint:
-    if not (directory / "config.json").exists():
+def _local(reference: str, directory: Path, source: str, revision: str | None = None, canonical: str | None = None) -> Checkpoint:
+    if not (directory / "config.json").is_file():
         raise CheckpointError(f"{reference}: no config.json in {directory}")
-    _weight_files(directory, reference)
-    return Checkpoint(
-        reference, directory, revision or _content_hash(directory, reference), source,
-        canonical or str(directory.resolve()),
-    )
+    checkpoint = Checkpoint(reference, directory, "", source, canonical or str(directory.resolve()))
+    return replace(checkpoint, revision=revision or _content_hash(checkpoint))
 
 
 def _hub(reference: str) -> Checkpoint:
-    from .hub import METADATA_FILES, download
-
     # Config, tokenizer and shard index only: validating a 1,000-model list must not download
     # every model's weights first.
     repo_id, _, revision = reference.partition("@")
-    directory = download(reference, repo_id, revision or None, METADATA_FILES)
-    if not (directory / "config.json").exists():
+    snapshot = hub.resolve_snapshot(reference, repo_id, revision or None)
+    if not (snapshot.directory / "config.json").is_file():
         raise CheckpointError(f"{reference}: the hub repository has no config.json")
-    return Checkpoint(reference, directory, directory.name, "hub", f"{repo_id}@{directory.name}")
+    return Checkpoint(
+        reference, snapshot.directory, snapshot.commit, "hub", f"{snapshot.repo_id}@{snapshot.commit}", snapshot
+    )
 
 
 def resolve(
@@ -271,15 +276,18 @@ def expand_references(references: Iterable[str]) -> list[str]:
                 out.append(item)
     return out
 
-
-from .validate import validate  # noqa: E402 - it needs Checkpoint's module loaded
-
 __all__ = [
     "Checkpoint",
     "CheckpointError",
+    "HubError",
     "UnsupportedModelError",
+    "WeightPrefetcher",
     "expand_references",
     "read_model_list",
     "resolve",
     "validate",
+    "validate_weights",
 ]
+
+
+from .prefetch import WeightPrefetcher  # noqa: E402 - it needs Checkpoint defined

@@ -1,70 +1,121 @@
-"""Hub downloads that never hang and fail with one clear line.
+"""Hub access that never hangs and fails with one clear line.
 
-huggingface_hub's HTTP client has no timeout by default, so a host that accepts connections and
-never answers stalls a job forever. Here every request gets a read timeout (no byte for
-``JAXMAP_HUB_TIMEOUT`` seconds, default 20: a slow download that keeps moving goes on), a
-transient failure (timeout, refused or reset connection, HTTP 5xx) is retried
-``JAXMAP_HUB_RETRIES`` times (default 3) with backoff, and what is left becomes a
-:class:`~jaxmap.errors.HubError` naming the model and the host problem.
+huggingface_hub's own downloads wait without limit by default and, after a failed metadata
+request, retry with a 60-second timeout several more times, so a host that accepts connections
+and never answers stalls a job for many minutes. jaxmap therefore makes its own requests through
+huggingface_hub's HTTP session (proxies, certificates and the login token still apply) and lays
+the files out exactly as huggingface_hub's cache does (``blobs/``, ``snapshots/<commit>/``,
+``refs/``), so either library finds what the other downloaded.
+
+Every request has a timeout (no byte for ``JAXMAP_HUB_TIMEOUT`` seconds, default 20: a slow
+download that keeps moving goes on). A transient failure (timeout, refused or reset connection,
+HTTP 5xx, 408, 429, a download whose size or hash is wrong) is retried ``JAXMAP_HUB_RETRIES``
+times (default 3) with exponential backoff; an interrupted download resumes where it stopped.
+What is left becomes a :class:`~jaxmap.errors.HubError` naming the model and the host problem.
+
+Resolving a hub id downloads its config, tokenizer files and shard index only; the weights
+download later, with :meth:`jaxmap.checkpoints.Checkpoint.fetch_weights`. This module remembers
+which weight files it downloaded in this process, so that deleting a scored model's weights
+never touches files that were in the cache before.
 """
 
 from __future__ import annotations
 
+import fnmatch
+import hashlib
 import os
+import re
+import tempfile
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
+from typing import Callable, TypeVar
+from urllib.parse import quote, urlparse
 
-from ..errors import HubError
+from ..errors import CheckpointError, HubError, JaxmapError
 
-# What validation needs (configs, tokenizers: JSON, sentencepiece, BPE merges, tiktoken; the
-# shard index) and, later, the weights. Pickled weights are never downloaded.
-METADATA_FILES = ["*.json", "*.model", "*.txt", "*.tiktoken"]
-WEIGHT_FILES = ["*.safetensors"]
+__all__ = [
+    "DEFAULT_RETRIES",
+    "DEFAULT_TIMEOUT",
+    "HubFile",
+    "HubSnapshot",
+    "METADATA_PATTERNS",
+    "delete_downloads",
+    "download",
+    "downloaded_files",
+    "fetch_lock",
+    "hub_settings",
+    "resolve_snapshot",
+]
+
+DEFAULT_TIMEOUT = 20.0
+DEFAULT_RETRIES = 3
+# Top-level files that validation and the tokenizer need: config, tokenizers (fast, sentencepiece,
+# BPE, WordPiece, tiktoken, chat templates) and the shard index. Never weights.
+METADATA_PATTERNS = (
+    "config.json", "tokenizer*", "special_tokens_map.json", "added_tokens.json", "vocab.json",
+    "merges.txt", "vocab.txt", "*.tiktoken", "chat_template*", "model.safetensors.index.json",
+)
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+_MAX_BACKOFF = 30.0
+_T = TypeVar("_T")
 
 
-def _setting(name: str, default: float, kind=float):
+def hub_settings() -> tuple[float, int]:
+    """``(timeout seconds, retries)`` from ``JAXMAP_HUB_TIMEOUT`` and ``JAXMAP_HUB_RETRIES``."""
+    timeout = _setting("JAXMAP_HUB_TIMEOUT", DEFAULT_TIMEOUT, float, "a positive number of seconds")
+    retries = _setting("JAXMAP_HUB_RETRIES", DEFAULT_RETRIES, int, "a whole number, 0 or more")
+    if timeout <= 0:
+        raise JaxmapError(f"JAXMAP_HUB_TIMEOUT={timeout:g}: expected a positive number of seconds")
+    return timeout, retries
+
+
+def _setting(name: str, default, kind, expected: str):
     value = os.environ.get(name)
-    if value is None:
+    if value is None or not value.strip():
         return default
     try:
         parsed = kind(value)
     except ValueError:
-        parsed = -1
+        raise JaxmapError(f"{name}={value!r}: expected {expected}") from None
     if parsed < 0:
-        raise HubError(f"{name}={value!r}: expected a non-negative number")
+        raise JaxmapError(f"{name}={value!r}: expected {expected}")
     return parsed
 
 
-def _use_timeouts(seconds: float) -> None:
-    from huggingface_hub import constants, set_client_factory
-    from huggingface_hub.utils import _http
+@dataclass(frozen=True)
+class HubFile:
+    """One file of a hub commit, as the hub lists it."""
 
-    def client_with_timeouts():
-        client = _http.default_client_factory()
-        client.timeout = seconds
-        return client
+    name: str
+    size: int | None
+    blob_id: str | None  # git blob id (sha1 of the git object), or the LFS pointer's
+    sha256: str | None  # LFS files only
 
-    # Requests that name no timeout take the client's; file downloads read this constant.
-    set_client_factory(client_with_timeouts)
-    constants.HF_HUB_DOWNLOAD_TIMEOUT = seconds
-
-
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    @property
+    def blob(self) -> str | None:
+        """The file's name under ``blobs/`` in huggingface_hub's cache (its ETag)."""
+        return self.sha256 or self.blob_id
 
 
-def _fetch(repo_id: str, revision: str | None, patterns, timeout: float) -> Path:
-    from huggingface_hub import HfApi, snapshot_download
+@dataclass(frozen=True)
+class HubSnapshot:
+    """A hub repository at one commit, and where its files go in the local hub cache.
 
-    if not _offline():
-        # Resolve the commit ourselves: huggingface_hub asks for it with no timeout at all.
-        revision = HfApi().model_info(repo_id, revision=revision or None, timeout=timeout).sha
-    return Path(
-        snapshot_download(
-            repo_id, revision=revision or None, allow_patterns=list(patterns), etag_timeout=timeout
-        )
-    )
+    ``files`` is the hub's listing (name → :class:`HubFile`); it is None for a snapshot found in
+    the cache with ``HF_HUB_OFFLINE`` set, when nothing can be downloaded.
+    """
+
+    repo_id: str
+    commit: str
+    directory: Path
+    files: dict[str, HubFile] | None
+
+    @property
+    def repository(self) -> Path:
+        """The repository's folder in the cache (``models--org--name``)."""
+        return self.directory.parent.parent
 
 
 def _host() -> str:
@@ -73,59 +124,361 @@ def _host() -> str:
     return urlparse(constants.ENDPOINT).netloc or constants.ENDPOINT
 
 
-def _describe(error: BaseException) -> tuple[str, bool]:
-    """What went wrong, and whether trying again may help."""
+def _offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def _cache_root() -> Path:
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
+def _folder(repo_id: str) -> str:
+    return "--".join(["models", *repo_id.split("/")])
+
+
+class _Damaged(Exception):
+    """A download whose size or hash differs from the hub's listing (worth another try)."""
+
+
+class _Cancelled(Exception):
+    """The caller asked the download to stop."""
+
+
+class _NotAHub(Exception):
+    """The endpoint answered, but not as a model hub answers."""
+
+
+def _problem(error: BaseException, revision: str | None, tries: int, timeout: float) -> tuple[str, bool]:
+    """What went wrong, in words, and whether trying again may help."""
+    import httpx2
     from huggingface_hub import errors
 
+    host = _host()
     if isinstance(error, errors.GatedRepoError):
-        return "gated on the hub: accept its licence and log in (huggingface-cli login)", False
+        return "gated on the hub: accept its licence on the model page and log in (hf auth login)", False
     if isinstance(error, errors.RepositoryNotFoundError):
-        return "not found on the hub (a wrong id, a private or gated model)", False
+        status = error.response.status_code if error.response is not None else 404
+        return f"not found on the hub ({status}), or private or gated (log in with hf auth login)", False
     if isinstance(error, errors.RevisionNotFoundError):
-        return "that revision does not exist on the hub", False
+        return f"revision {revision or 'main'!r} not found on the hub", False
+    if isinstance(error, errors.RemoteEntryNotFoundError):
+        return f"{host} lists a file it then does not serve ({error.response.url.path})", False
+    if isinstance(error, errors.HfHubHTTPError):
+        status = error.response.status_code if error.response is not None else None
+        transient = status is None or status >= 500 or status in (408, 429)
+        said = f"{host} answered HTTP {status or '(no status)'}"
+        return (f"{said} ({_tries(tries)})" if transient else said), transient
+    if isinstance(error, errors.OfflineModeIsEnabled):
+        return "HF_HUB_OFFLINE is set, so nothing can be downloaded", False
     if isinstance(error, errors.HFValidationError):
         return f"not a valid hub id ({str(error).splitlines()[0]})", False
-    if isinstance(error, errors.HfHubHTTPError):
-        status = getattr(getattr(error, "response", None), "status_code", None)
-        if status is not None and status < 500:
-            return f"the hub answered HTTP {status}", False
-        return f"the hub answered HTTP {status or 'with an error'}", True
-    if isinstance(error, errors.LocalEntryNotFoundError):
-        if _offline():
-            return "not in the local hub cache, and HF_HUB_OFFLINE forbids downloading", False
-        return f"cannot reach {_host()} and the model is not in the local hub cache", True
-    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    return f"cannot reach {_host()}: {type(error).__name__}{': ' + text if text else ''}", True
+    if isinstance(error, _NotAHub):
+        return f"{host} did not answer as a model hub does ({error})", False
+    if isinstance(error, _Damaged):
+        return f"download from {host} arrived damaged: {error} ({_tries(tries)})", True
+    if isinstance(error, httpx2.TimeoutException):
+        return f"cannot reach {host}: timed out after {_tries(tries)} ({timeout:g} s each)", True
+    if isinstance(error, (httpx2.UnsupportedProtocol, httpx2.LocalProtocolError, httpx2.TooManyRedirects)):
+        return f"cannot use {host}: {type(error).__name__}: {_first_line(error)}", False
+    if isinstance(error, httpx2.TransportError):
+        return f"cannot reach {host}: {_first_line(error) or type(error).__name__} ({_tries(tries)})", True
+    if isinstance(error, httpx2.DecodingError):
+        return f"{host} sent an undecodable answer: {_first_line(error)} ({_tries(tries)})", True
+    raise error
 
 
-def download(reference: str, repo_id: str, revision: str | None, patterns: list[str]) -> Path:
-    """The local snapshot directory of ``repo_id`` at ``revision`` (files matching ``patterns``)."""
-    timeout = _setting("JAXMAP_HUB_TIMEOUT", 20.0)
-    tries = 1 + _setting("JAXMAP_HUB_RETRIES", 3, int)
-    _use_timeouts(timeout)
+def _tries(tries: int) -> str:
+    return f"{tries} tries" if tries != 1 else "1 try"
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else ""
+
+
+def _retrying(
+    reference: str, call: Callable[[], _T], revision: str | None = None,
+    cancel: threading.Event | None = None,
+) -> _T:
+    """``call()``, retried on transient failures; anything left becomes one HubError line."""
+    timeout, retries = hub_settings()
+    tries = retries + 1
     for attempt in range(1, tries + 1):
         try:
-            return _fetch(repo_id, revision, patterns, timeout)
-        except Exception as error:  # noqa: BLE001 - every failure becomes one line below
-            problem, transient = _describe(error)
-            if not transient:
+            return call()
+        except _Cancelled:
+            raise HubError(f"{reference}: download cancelled") from None
+        except Exception as error:  # noqa: BLE001 - _problem re-raises what it does not know
+            problem, transient = _problem(error, revision, attempt, timeout)
+            if not transient or attempt == tries:
                 raise HubError(f"{reference}: {problem}") from None
-            if attempt == tries:
-                raise HubError(
-                    f"{reference}: {problem} (gave up after {tries} tries, {timeout:g} s timeout "
-                    "each; set JAXMAP_HUB_TIMEOUT / JAXMAP_HUB_RETRIES)"
-                ) from None
-            time.sleep(min(2.0 ** (attempt - 1), 30.0))
+        pause = min(2.0 ** (attempt - 1), _MAX_BACKOFF)
+        if cancel is None:
+            time.sleep(pause)
+        elif cancel.wait(pause):
+            raise HubError(f"{reference}: download cancelled")
     raise AssertionError("unreachable")
 
 
-def weight_bytes(reference: str, repo_id: str, revision: str) -> int:
-    """Size of a hub model's safetensors at ``revision``, from the hub's file listing."""
+def _model_info(repo_id: str, revision: str | None, timeout: float):
     from huggingface_hub import HfApi
 
-    timeout = _setting("JAXMAP_HUB_TIMEOUT", 20.0)
     try:
         info = HfApi().model_info(repo_id, revision=revision, timeout=timeout, files_metadata=True)
-    except Exception as error:  # noqa: BLE001 - becomes one line
-        raise HubError(f"{reference}: cannot list its files ({_describe(error)[0]})") from None
-    return sum(s.size or 0 for s in info.siblings or [] if s.rfilename.endswith(".safetensors"))
+    except (KeyError, TypeError, ValueError) as error:
+        from huggingface_hub import errors
+
+        if isinstance(error, errors.HFValidationError):
+            raise
+        raise _NotAHub(f"{type(error).__name__}: {_first_line(error)}") from None
+    if not isinstance(info.sha, str) or not _COMMIT.match(info.sha) or info.siblings is None:
+        raise _NotAHub("no commit id or file listing in its answer")
+    return info
+
+
+def resolve_snapshot(reference: str, repo_id: str, revision: str | None) -> HubSnapshot:
+    """Resolve ``repo_id@revision`` to a commit and download its config and tokenizer files.
+
+    With ``HF_HUB_OFFLINE`` set, the snapshot comes from the local hub cache. Raises
+    :class:`HubError` naming ``reference`` and the host problem.
+    """
+    if _offline():
+        return _cached_snapshot(reference, repo_id, revision)
+    timeout, _ = hub_settings()
+    info = _retrying(reference, lambda: _model_info(repo_id, revision, timeout), revision)
+    files = {
+        s.rfilename: HubFile(
+            s.rfilename,
+            s.lfs.size if s.lfs else s.size,
+            s.blob_id,
+            s.lfs.sha256 if s.lfs else None,
+        )
+        for s in info.siblings
+    }
+    repository = _cache_root() / _folder(info.id)
+    snapshot = HubSnapshot(info.id, info.sha, repository / "snapshots" / info.sha, files)
+    metadata = [
+        name for name in files
+        if "/" not in name and any(fnmatch.fnmatch(name, p) for p in METADATA_PATTERNS)
+    ]
+    download(reference, snapshot, metadata)
+    if revision != info.sha:
+        # Lets a later run with HF_HUB_OFFLINE set find this commit under the same name.
+        _write_atomically(repository / "refs" / (revision or "main"), info.sha.encode(), reference)
+    return snapshot
+
+
+def _cached_snapshot(reference: str, repo_id: str, revision: str | None) -> HubSnapshot:
+    root = _cache_root()
+    repository = root / _folder(repo_id)
+    if not repository.is_dir() and root.is_dir():
+        # The hub treats ids case-insensitively; so does this lookup.
+        wanted = _folder(repo_id).lower()
+        repository = next((p for p in root.iterdir() if p.name.lower() == wanted), repository)
+    offline = f"not in the local hub cache ({root}), and HF_HUB_OFFLINE forbids downloading"
+    if revision is not None and _COMMIT.match(revision):
+        commit = revision
+    else:
+        try:
+            commit = (repository / "refs" / (revision or "main")).read_text().strip()
+        except OSError:
+            missing = f"revision {revision!r} " if revision else ""
+            raise HubError(f"{reference}: {missing}{offline}") from None
+    directory = repository / "snapshots" / commit
+    if not directory.is_dir():
+        raise HubError(f"{reference}: commit {commit} {offline}")
+    cached_id = repository.name.removeprefix("models--").replace("--", "/", 1)
+    return HubSnapshot(cached_id, commit, directory, None)
+
+
+# The files this process added to each snapshot directory (never files that were in the cache
+# before), each with whether it also wrote the blob; and one lock per snapshot so that two threads
+# never download one file.
+_DOWNLOADED: dict[Path, dict[str, bool]] = {}
+_LOCKS: dict[Path, threading.Lock] = {}
+_REGISTRY = threading.Lock()
+
+
+def fetch_lock(directory: Path) -> threading.Lock:
+    """The lock held while a snapshot's files download (one per snapshot directory)."""
+    with _REGISTRY:
+        return _LOCKS.setdefault(directory, threading.Lock())
+
+
+def downloaded_files(directory: Path) -> set[str]:
+    """Names of the files this process downloaded into ``directory`` and has not deleted."""
+    with _REGISTRY:
+        return set(_DOWNLOADED.get(directory, {}))
+
+
+def download(
+    reference: str, snapshot: HubSnapshot, names: list[str], cancel: threading.Event | None = None
+) -> list[Path]:
+    """Download ``names`` of ``snapshot`` into the hub cache; returns the files it added.
+
+    Files already in the snapshot are kept as they are. ``cancel`` stops a download between
+    chunks (it then raises :class:`HubError` saying so).
+    """
+    if snapshot.files is None:
+        raise HubError(
+            f"{reference}: {', '.join(names)} not in the local hub cache ({snapshot.directory}), "
+            "and HF_HUB_OFFLINE forbids downloading"
+        )
+    added = []
+    for name in names:
+        link = snapshot.directory / name
+        if link.exists():
+            continue
+        listed = snapshot.files.get(name)
+        if listed is None:
+            raise HubError(f"{reference}: the hub repository has no file {name}")
+        blob, fetched = _fetch_blob(reference, snapshot, listed, cancel)
+        _link(link, blob, reference)
+        with _REGISTRY:
+            _DOWNLOADED.setdefault(snapshot.directory, {})[name] = fetched
+        added.append(link)
+    return added
+
+
+def _fetch_blob(
+    reference: str, snapshot: HubSnapshot, file: HubFile, cancel: threading.Event | None
+) -> tuple[Path, bool]:
+    """The file's blob in the cache, and whether it was downloaded now (not found there)."""
+    from huggingface_hub import constants
+
+    blobs = snapshot.repository / "blobs"
+    if file.blob is not None:
+        existing = blobs / file.blob
+        if existing.is_file() and (file.size is None or existing.stat().st_size == file.size):
+            return existing, False
+    url = f"{constants.ENDPOINT}/{snapshot.repo_id}/resolve/{snapshot.commit}/{quote(file.name)}"
+    try:
+        blobs.mkdir(parents=True, exist_ok=True)
+        handle, partial_name = tempfile.mkstemp(prefix=f".{file.blob or 'download'}.", suffix=".incomplete", dir=blobs)
+        os.close(handle)
+    except OSError as error:
+        raise CheckpointError(f"{reference}: cannot write to the hub cache {blobs} ({error.strerror or error})") from None
+    partial = _Partial(Path(partial_name), file)
+    try:
+        _retrying(reference, lambda: partial.receive(url, cancel), cancel=cancel)
+        target = blobs / (file.blob or partial.sha256)
+        os.replace(partial.path, target)
+        return target, True
+    except OSError as error:
+        raise CheckpointError(
+            f"{reference}: cannot write {file.name} to the hub cache {blobs} ({error.strerror or error})"
+        ) from None
+    finally:
+        partial.path.unlink(missing_ok=True)
+
+
+class _Partial:
+    """A file being downloaded: resumes with a Range request, checks size and hashes at the end."""
+
+    def __init__(self, path: Path, file: HubFile) -> None:
+        self.path, self.file = path, file
+        self._restart()
+
+    def _restart(self) -> None:
+        self.received = 0
+        self._sha256 = hashlib.sha256()
+        # A git blob id is the sha1 of "blob <size>\0" and the content.
+        self._git = hashlib.sha1(f"blob {self.file.size}\0".encode()) if self.file.size is not None else None
+        self.path.write_bytes(b"")
+
+    @property
+    def sha256(self) -> str:
+        return self._sha256.hexdigest()
+
+    def receive(self, url: str, cancel: threading.Event | None) -> None:
+        from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
+
+        timeout, _ = hub_settings()
+        headers = build_hf_headers()
+        if self.received:
+            headers["Range"] = f"bytes={self.received}-"
+        with get_session().stream("GET", url, headers=headers, timeout=timeout) as response:
+            if response.status_code >= 400:
+                response.read()
+                hf_raise_for_status(response)
+            if response.status_code != 206 and self.received:
+                self._restart()  # the server sent the whole file again
+            with open(self.path, "ab") as out:
+                # As the bytes arrive, so that a cancel takes effect at once.
+                for chunk in response.iter_bytes():
+                    if cancel is not None and cancel.is_set():
+                        raise _Cancelled
+                    out.write(chunk)
+                    self._sha256.update(chunk)
+                    if self._git is not None:
+                        self._git.update(chunk)
+                    self.received += len(chunk)
+        self._check()
+
+    def _check(self) -> None:
+        file, problem = self.file, None
+        if file.size is not None and self.received != file.size:
+            problem = f"{file.name} has {self.received} bytes, the hub lists {file.size}"
+        elif file.sha256 is not None and self.sha256 != file.sha256:
+            problem = f"{file.name}'s sha256 differs from the hub's"
+        elif file.sha256 is None and file.blob_id and self._git and self._git.hexdigest() != file.blob_id:
+            problem = f"{file.name}'s git blob id differs from the hub's"
+        if problem:
+            self._restart()
+            raise _Damaged(problem)
+
+
+def _link(link: Path, blob: Path, reference: str) -> None:
+    """Point ``link`` at ``blob`` with a relative symlink, as huggingface_hub's cache does."""
+    try:
+        link.parent.mkdir(parents=True, exist_ok=True)
+        temporary = link.with_name(f".{link.name}.{os.getpid()}.{threading.get_ident()}.link")
+        temporary.unlink(missing_ok=True)
+        temporary.symlink_to(os.path.relpath(blob, link.parent))
+        os.replace(temporary, link)
+    except OSError as error:
+        raise CheckpointError(f"{reference}: cannot write {link} ({error.strerror or error})") from None
+
+
+def _write_atomically(path: Path, data: bytes, reference: str) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
+        temporary.write_bytes(data)
+        os.replace(temporary, path)
+    except OSError as error:
+        raise CheckpointError(f"{reference}: cannot write {path} ({error.strerror or error})") from None
+
+
+def delete_downloads(directory: Path, names: list[str] | None = None) -> int:
+    """Delete files this process downloaded into the snapshot ``directory``; returns bytes freed.
+
+    ``names`` limits it to those files. A blob that was in the cache before, or that another
+    snapshot of the same repository still links to, is kept (only this snapshot's link goes).
+    """
+    with _REGISTRY:
+        owned = _DOWNLOADED.get(directory, {})
+        chosen = {name: owned.pop(name) for name in sorted(owned) if names is None or name in names}
+    repository = directory.parent.parent
+    freed = 0
+    for name, fetched in chosen.items():
+        link = directory / name
+        blob = link.resolve()
+        link.unlink(missing_ok=True)
+        if not fetched or blob.parent != repository / "blobs" or not blob.is_file() or _still_linked(repository, blob):
+            continue
+        size = blob.stat().st_size
+        blob.unlink(missing_ok=True)
+        freed += size
+    return freed
+
+
+def _still_linked(repository: Path, blob: Path) -> bool:
+    for path in (repository / "snapshots").rglob("*"):
+        if path.is_symlink() and path.resolve() == blob:
+            return True
+    return False
