@@ -245,8 +245,9 @@ def run_chunk(args: argparse.Namespace) -> int:
                 count += 1
         if not count:
             # An empty file would only fail later, as a text set with no texts.
+            shown = ", ".join(args.documents[:3]) + (", ..." if len(args.documents) > 3 else "")
             raise TextSetError(
-                f"no chunk of more than --min-bytes {args.min_bytes} bytes in the documents; "
+                f"{shown}: no chunk of more than --min-bytes {args.min_bytes} bytes; "
                 f"{args.out} was not written"
             )
     print(f"{args.out}: {count} chunks")
