@@ -489,6 +489,20 @@ def test_a_damaged_or_stalled_download_fails_after_its_tries_and_leaves_nothing(
     assert not [p for p in fake_hub.cache.rglob("*") if p.name.endswith(".incomplete") or p.stat().st_size > 100_000]
 
 
+def test_a_full_disk_during_a_download_names_the_file_and_leaves_no_partial_file(fake_hub, small_filesystem, monkeypatch):
+    from huggingface_hub import constants
+
+    from conftest import fill_filesystem
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(small_filesystem / "hub-cache"))
+    checkpoint = resolve("acme/m0")
+    fill_filesystem(small_filesystem, leave_bytes=checkpoint.download_bytes() // 4)
+    with pytest.raises(CheckpointError, match=r"^acme/m0: cannot write model.safetensors to the hub cache .*No space left on device\)$"):
+        checkpoint.fetch_weights()
+    assert not list((small_filesystem / "hub-cache").rglob("*.incomplete")) and checkpoint.weights_pending
+    assert len(fake_hub.requests(WEIGHTS)) == 1, "a full disk is not worth another try"
+
+
 def test_hub_settings_come_from_the_environment(fake_hub, monkeypatch):
     monkeypatch.setenv("JAXMAP_HUB_TIMEOUT", "soon")
     with pytest.raises(JaxmapError, match="JAXMAP_HUB_TIMEOUT='soon': expected a positive number of seconds"):

@@ -1,8 +1,13 @@
 """Model references → checkpoints on disk (local directory, hub id, GGUF file or packaged name).
 
-A reference is resolved to a directory in Hugging Face layout (config.json, safetensors weights,
-tokenizer files). GGUF files are converted once into such a directory in the cache
-(:mod:`.gguf`); hub ids are fetched with ``huggingface_hub`` (safetensors only).
+:func:`resolve` turns a reference into a :class:`Checkpoint`: a directory in Hugging Face layout
+(config.json, safetensors weights, tokenizer files) and a canonical key that is the same for
+every spelling of one model. GGUF files and packaged models are converted once into such a
+directory in the cache (:mod:`.gguf`, :mod:`.packaged`); hub ids resolve to a commit, and only
+their config and tokenizer files are downloaded then (:mod:`.hub`: timeouts, bounded retries,
+one-line errors). :func:`validate` checks a checkpoint cheaply before anything is scored
+(:mod:`.validate`); :meth:`Checkpoint.fetch_weights` downloads a hub model's weights, and
+:class:`WeightPrefetcher` does so ahead of the scoring under a disk budget (:mod:`.prefetch`).
 """
 
 from __future__ import annotations
@@ -19,11 +24,8 @@ import yaml
 
 from ..errors import CheckpointError, HubError
 from ..models import UnsupportedModelError, WeightSource
-from . import hub
-from .hub import HubSnapshot
-from .validate import _INDEX, _read_json_object, read_shard_index, safetensors_header, validate, validate_weights
-
-
+from .hub import HubSnapshot, delete_downloads, download, downloaded_files, fetch_lock, resolve_snapshot
+from .validate import INDEX_FILE, read_json_object, read_shard_index, safetensors_header, validate, validate_weights
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
 _LIST_SUFFIXES = {".txt", ".yaml", ".yml", ".list"}
@@ -54,7 +56,7 @@ class Checkpoint:
 
     def config(self) -> dict:
         """The parsed config.json (a JSON object)."""
-        return _read_json_object(self.directory / "config.json", self.reference)
+        return read_json_object(self.directory / "config.json", self.reference)
 
     def _shard_names(self) -> list[str]:
         index = read_shard_index(self.directory, self.reference)
@@ -89,7 +91,7 @@ class Checkpoint:
         where = "the hub repository" if listed else str(self.directory)
         if names != ["model.safetensors"]:
             raise CheckpointError(f"{self.reference}: shard(s) missing from {where}: {', '.join(missing)}")
-        raise CheckpointError(f"{self.reference}: no model.safetensors or {_INDEX} in {where}")
+        raise CheckpointError(f"{self.reference}: no model.safetensors or {INDEX_FILE} in {where}")
 
     def weight_files(self) -> list[Path]:
         """The safetensors files on disk (a hub model's after :meth:`fetch_weights`)."""
@@ -134,11 +136,11 @@ class Checkpoint:
             return []
         if self.hub is None:
             raise HubError(f"{self.reference}: this checkpoint was not resolved from the hub (use resolve())")
-        with hub.fetch_lock(self.directory):
+        with fetch_lock(self.directory):
             pending = [n for n in self.weight_names() if not (self.directory / n).is_file()]
             if not pending:
                 return []
-            added = hub.download(self.reference, self.hub, pending, cancel)
+            added = download(self.reference, self.hub, pending, cancel)
             validate_weights(self)
         return added
 
@@ -151,8 +153,8 @@ class Checkpoint:
         """
         if self.source != "hub":
             return 0
-        weights = [n for n in hub.downloaded_files(self.directory) if n.endswith(".safetensors")]
-        return hub.delete_downloads(self.directory, weights)
+        weights = [n for n in downloaded_files(self.directory) if n.endswith(".safetensors")]
+        return delete_downloads(self.directory, weights)
 
     def open_weights(self) -> WeightSource:
         """Lazily readable named tensors (read on first use, straight into device arrays).
@@ -191,7 +193,7 @@ def _hub(reference: str) -> Checkpoint:
     # Config, tokenizer and shard index only: validating a 1,000-model list must not download
     # every model's weights first.
     repo_id, _, revision = reference.partition("@")
-    snapshot = hub.resolve_snapshot(reference, repo_id, revision or None)
+    snapshot = resolve_snapshot(reference, repo_id, revision or None)
     if not (snapshot.directory / "config.json").is_file():
         raise CheckpointError(f"{reference}: the hub repository has no config.json")
     return Checkpoint(

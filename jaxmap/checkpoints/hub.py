@@ -1,8 +1,8 @@
 """Hub access that never hangs and fails with one clear line.
 
-huggingface_hub's own downloads wait without limit by default and, after a failed metadata
-request, retry with a 60-second timeout several more times, so a host that accepts connections
-and never answers stalls a job for many minutes. jaxmap therefore makes its own requests through
+huggingface_hub's API calls wait without limit unless given a timeout, and its file downloads
+retry a failed metadata request with a 60-second timeout up to five more times, so a host that
+accepts connections and never answers stalls a job for many minutes. jaxmap therefore makes its own requests through
 huggingface_hub's HTTP session (proxies, certificates and the login token still apply) and lays
 the files out exactly as huggingface_hub's cache does (``blobs/``, ``snapshots/<commit>/``,
 ``refs/``), so either library finds what the other downloaded.
@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Callable, TypeVar
 from urllib.parse import quote, urlparse
 
+from .._version import __version__
 from ..errors import CheckpointError, HubError, JaxmapError
 
 __all__ = [
@@ -166,7 +167,8 @@ def _problem(error: BaseException, revision: str | None, tries: int, timeout: fl
     if isinstance(error, errors.RevisionNotFoundError):
         return f"revision {revision or 'main'!r} not found on the hub", False
     if isinstance(error, errors.RemoteEntryNotFoundError):
-        return f"{host} lists a file it then does not serve ({error.response.url.path})", False
+        path = error.response.url.path if error.response is not None else "a listed file"
+        return f"{host} lists a file it then does not serve ({path})", False
     if isinstance(error, errors.HfHubHTTPError):
         status = error.response.status_code if error.response is not None else None
         transient = status is None or status >= 500 or status in (408, 429)
@@ -228,7 +230,8 @@ def _model_info(repo_id: str, revision: str | None, timeout: float):
     from huggingface_hub import HfApi
 
     try:
-        info = HfApi().model_info(repo_id, revision=revision, timeout=timeout, files_metadata=True)
+        api = HfApi(library_name="jaxmap", library_version=__version__)
+        info = api.model_info(repo_id, revision=revision, timeout=timeout, files_metadata=True)
     except (KeyError, TypeError, ValueError) as error:
         from huggingface_hub import errors
 
@@ -398,7 +401,7 @@ class _Partial:
         from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
         timeout, _ = hub_settings()
-        headers = build_hf_headers()
+        headers = build_hf_headers(library_name="jaxmap", library_version=__version__)
         if self.received:
             headers["Range"] = f"bytes={self.received}-"
         with get_session().stream("GET", url, headers=headers, timeout=timeout) as response:

@@ -22,7 +22,7 @@ from ..errors import CheckpointError
 if TYPE_CHECKING:
     from . import Checkpoint
 
-__all__ = ["read_shard_index", "safetensors_header", "validate", "validate_weights"]
+__all__ = ["INDEX_FILE", "read_json_object", "read_shard_index", "safetensors_header", "validate", "validate_weights"]
 
 # Bytes per element of the dtypes jaxmap reads (numpy, with ml_dtypes for bfloat16).
 _DTYPE_BYTES = {
@@ -30,16 +30,17 @@ _DTYPE_BYTES = {
     "F32": 4, "I64": 8, "U64": 8, "F64": 8,
 }
 # Dtypes safetensors knows that have no numpy type: quantized checkpoints jaxmap does not read.
-_UNREADABLE = {"F8_E5M2", "F8_E4M3", "F8_E8M0", "F6_E2M3", "F6_E3M2", "F4", "C64"}
+_UNREADABLE = {"F8_E5M2", "F8_E4M3", "F8_E8M0", "F6_E2M3", "F6_E3M2", "F4"}
 # A safetensors header larger than this is not one (the format caps it at 100 MB).
 _MAX_HEADER = 100_000_000
 # What the tokenizer loader can use, in its order of preference: the fast tokenizer, else the
 # slow-tokenizer files AutoTokenizer converts (sentencepiece; byte-level BPE).
 _TOKENIZER_FILES = (("tokenizer.json",), ("tokenizer.model",), ("vocab.json", "merges.txt"))
-_INDEX = "model.safetensors.index.json"
+INDEX_FILE = "model.safetensors.index.json"
 
 
-def _read_json_object(path: Path, reference: str) -> dict:
+def read_json_object(path: Path, reference: str) -> dict:
+    """The JSON object in ``path``; anything else is one line naming the model and the file."""
     try:
         data = json.loads(path.read_bytes())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
@@ -57,10 +58,10 @@ def _json_kind(value) -> str:
 
 def read_shard_index(directory: Path, reference: str) -> dict[str, str] | None:
     """The ``weight_map`` (tensor name → shard file) of a shard index, or None without one."""
-    path = directory / _INDEX
+    path = directory / INDEX_FILE
     if not path.exists():
         return None
-    weight_map = _read_json_object(path, reference).get("weight_map")
+    weight_map = read_json_object(path, reference).get("weight_map")
     # Shard names stay inside the checkpoint: an index must not point at arbitrary files.
     if not isinstance(weight_map, dict) or not all(
         isinstance(k, str) and isinstance(v, str) and v.endswith(".safetensors")
@@ -68,7 +69,7 @@ def read_shard_index(directory: Path, reference: str) -> dict[str, str] | None:
         for k, v in weight_map.items()
     ):
         raise CheckpointError(
-            f"{reference}: {_INDEX} is not a shard index (no weight_map of tensor names to .safetensors files in its directory)"
+            f"{reference}: {INDEX_FILE} is not a shard index (no weight_map of tensor names to .safetensors files in its directory)"
         )
     return weight_map
 
@@ -89,11 +90,13 @@ def safetensors_header(path: Path, reference: str) -> dict:
             if len(prefix) < 8:
                 raise CheckpointError(f"{where}: {size} bytes, too short for a safetensors file")
             length = int.from_bytes(prefix, "little")
-            if length > min(_MAX_HEADER, size - 8):
+            if length > size - 8:
                 raise CheckpointError(
                     f"{where}: not a safetensors file (header length {length} past the end of "
                     f"the {size}-byte file)"
                 )
+            if length > _MAX_HEADER:
+                raise CheckpointError(f"{where}: not a safetensors file (a {length}-byte header)")
             raw = handle.read(length)
     except OSError as error:
         raise CheckpointError(f"{where}: cannot read ({error.strerror or error})") from None
@@ -156,9 +159,11 @@ def _check_tokenizer(checkpoint: Checkpoint) -> None:
             f"{reference}: no tokenizer files (tokenizer.json, tokenizer.model, or "
             f"vocab.json + merges.txt) in {directory}"
         )
-    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json"):
-        if (directory / name).is_file() and (name != "vocab.json" or present[0] == ("vocab.json", "merges.txt")):
-            _read_json_object(directory / name, reference)
+    # The JSON files the tokenizer loader will read.
+    chosen = ["vocab.json"] if present[0] == ("vocab.json", "merges.txt") else []
+    for name in ["tokenizer.json", "tokenizer_config.json", *chosen]:
+        if (directory / name).is_file():
+            read_json_object(directory / name, reference)
 
 
 def validate_weights(checkpoint: Checkpoint) -> None:
@@ -175,7 +180,7 @@ def validate_weights(checkpoint: Checkpoint) -> None:
         missing = sorted(name for name, shard in weight_map.items() if name not in headers.get(shard, {}))
         if missing:
             shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
-            raise CheckpointError(f"{reference}: {_INDEX} names tensors its shards do not hold: {shown}")
+            raise CheckpointError(f"{reference}: {INDEX_FILE} names tensors its shards do not hold: {shown}")
 
 
 def validate(checkpoint: Checkpoint) -> None:
