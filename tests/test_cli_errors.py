@@ -3,8 +3,11 @@ on stderr and a documented exit status, and nothing that was already there is lo
 
 from __future__ import annotations
 
+import argparse
+import errno
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -41,26 +44,76 @@ def small_store(tmp_path_factory):
     return path
 
 
+def _run(argv, capsys) -> tuple[int, list[str]]:
+    """Run the command in this process: its exit status and its stderr lines."""
+    try:
+        code = main([str(part) for part in argv])
+    except SystemExit as leaving:  # argparse's usage errors
+        code = leaving.code
+    return code, capsys.readouterr().err.strip().splitlines()
+
+
+def _temporaries(directory):
+    return [path for path in directory.rglob("*") if ".tmp-" in path.name]
+
+
+@pytest.fixture(scope="module")
+def subset_file(small_store, tmp_path_factory):
+    """A subset drawn from the small store, as `jaxmap resample` writes it."""
+    path = tmp_path_factory.mktemp("subset") / "subset.jsonl"
+    assert main(["resample", str(small_store), "--n", "8", "--out", str(path)]) == 0
+    return path
+
+
 @pytest.mark.parametrize(
     "command",
     [
         ["kl", "{store}", "--out", "{store}"],
+        ["kl", "{store}", "--out", "{out}/hard-link.h5"],
+        ["kl", "{store}", "--out", "{out}/symbolic-link.csv"],
+        ["kl", "{store}", "--out", "{out}/./../{out.name}/hard-link.h5"],
+        ["map", "{store}", "--out", "{store}", "--method", "pca"],
         ["map", "{store}", "--out", "{out}/m.png", "--html", "{store}", "--method", "pca"],
+        ["map", "{store}", "--out", "{out}/m.png", "--coords", "{out}/meta.csv", "--meta", "{out}/meta.csv",
+         "--color-by", "family"],
         ["resample", "{store}", "--n", "5", "--out", "{store}"],
+        ["resample", "{store}", "--curve", "{out}/hard-link.h5"],
         ["outliers", "{store}", "--model", "m1", "--out", "{store}"],
+        ["add", "{store}", "{out}/no-model", "--subset", "{subset}", "--out", "{subset}"],
+        ["add", "{store}", "{out}/no-model", "--subset", "{subset}", "--kl-out", "{store}"],
+        ["add", "{out}/map.h5", "{out}/no-model", "--subset", "{out}/map.jsonl"],  # default --out: map.h5
         ["chunk", "{out}/doc.txt", "--out", "{out}/doc.txt"],
+        ["chunk", "{out}/doc.txt", "{out}/meta.csv", "--out", "{out}/meta.csv"],
     ],
-    ids=["kl", "map-html", "resample", "outliers", "chunk"],
+    ids=["kl", "kl-hard-link", "kl-symbolic-link", "kl-dotted-path", "map", "map-html", "map-coords",
+         "resample", "resample-curve", "outliers", "add-out", "add-kl-out", "add-default-out", "chunk",
+         "chunk-second"],
 )
-def test_an_output_that_is_an_input_is_refused_and_the_input_kept(command, small_store, tmp_path, capsys):
+def test_an_output_that_is_an_input_is_refused_and_the_input_kept(
+    command, small_store, subset_file, tmp_path, capsys
+):
     (tmp_path / "doc.txt").write_text("word " * 400)
-    argv = [part.format(store=small_store, out=tmp_path) for part in command]
-    inputs = [small_store, tmp_path / "doc.txt"]
+    (tmp_path / "meta.csv").write_text("model,family\n" + "".join(f"m{k},f{k % 2}\n" for k in range(6)))
+    os.link(small_store, tmp_path / "hard-link.h5")
+    os.symlink(small_store, tmp_path / "symbolic-link.csv")
+    os.link(small_store, tmp_path / "map.h5")
+    os.link(subset_file, tmp_path / "map.jsonl")
+    argv = [part.format(store=small_store, subset=subset_file, out=tmp_path) for part in command]
+    inputs = [small_store, subset_file, tmp_path / "doc.txt", tmp_path / "meta.csv"]
     before = [_digest(p) for p in inputs]
-    assert main(argv) == 2
-    error = capsys.readouterr().err.strip().splitlines()
-    assert len(error) == 1 and "is also an input of this command" in error[0]
+    code, error = _run(argv, capsys)
+    assert code == 2 and len(error) == 1, error
+    assert "is also an input of this command" in error[0]
     assert [_digest(p) for p in inputs] == before
+    assert not _temporaries(tmp_path)
+
+
+def test_an_output_named_twice_is_refused(small_store, tmp_path, capsys):
+    code, error = _run(
+        ["resample", small_store, "--n", "5", "--out", tmp_path / "x.png", "--curve", tmp_path / "x.png"], capsys
+    )
+    assert code == 2 and len(error) == 1 and "given twice as an output" in error[0]
+    assert not (tmp_path / "x.png").exists()
 
 
 def test_a_failing_command_leaves_its_existing_output(small_store, tmp_path, capsys):
@@ -80,37 +133,135 @@ def test_a_failing_command_leaves_its_existing_output(small_store, tmp_path, cap
     assert main(["chunk", str(tmp_path / "good.txt"), str(tmp_path / "bad.txt"), "--out", str(chunks)]) == 2
     assert "bad.txt: not UTF-8" in capsys.readouterr().err
     assert _digest(chunks) == before
-    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+    assert not _temporaries(tmp_path)
+
+
+def _disk_full(*_args, **_kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_a_command_writing_several_files_keeps_them_all_when_one_fails(
+    small_store, tmp_path, monkeypatch, capsys
+):
+    """The map's PNG is written, then its HTML fails: neither replaces the earlier files."""
+    png, html = tmp_path / "m.png", tmp_path / "m.html"
+    argv = ["map", small_store, "--out", png, "--html", html, "--method"]
+    assert _run([*argv, "pca"], capsys)[0] == 0
+    before = [_digest(png), _digest(html)]
+    monkeypatch.setattr("jaxmap.analysis.plots.map_html", _disk_full)
+    code, error = _run([*argv, "mds"], capsys)
+    assert code == 2 and error == [f"jaxmap map: error: {png}, {html}: cannot write (the disk is full)"]
+    assert [_digest(png), _digest(html)] == before
+    # The resampling curve fails after the subset was drawn: the old subset stays.
+    subset, curve = tmp_path / "s.jsonl", tmp_path / "c.png"
+    argv = ["resample", small_store, "--n", "6", "--out", subset, "--curve", curve, "--curve-seeds", "1"]
+    assert _run(argv, capsys)[0] == 0
+    before = [_digest(subset), _digest(curve)]
+    monkeypatch.setattr("jaxmap.analysis.plots.plot_resampling_curve", _disk_full)
+    code, error = _run([*argv[:-2], "--seed", "1", "--curve-seeds", "1"], capsys)
+    assert code == 2 and "the disk is full" in error[-1]
+    assert [_digest(subset), _digest(curve)] == before
+    assert not _temporaries(tmp_path)
+
+
+# Every subcommand with a valid invocation; {name} marks a file it reads, which the scan below
+# replaces with a bad one. A new subcommand must be added here (the scan checks the list).
+_INVOCATIONS = {
+    "score": ["{tmp}/no-model", "--texts", "{texts}", "--out", "{tmp}/new.h5"],
+    "info": ["{store}"],
+    "drop": ["{store}", "m0"],
+    "merge": ["{store}", "--out", "{tmp}/merged.h5"],
+    "compact": ["{store}"],
+    "chunk": ["{document}", "--out", "{tmp}/chunks.jsonl"],
+    "kl": ["{store}", "--out", "{tmp}/kl.csv"],
+    "map": ["{store}", "--out", "{tmp}/map.png", "--method", "pca", "--meta", "{meta}", "--color-by", "family"],
+    "predict": ["{store}", "--scores", "{scores}", "--target", "score"],
+    "resample": ["{store}", "--n", "5", "--out", "{tmp}/subset.jsonl"],
+    "add": ["{store}", "{tmp}/no-model", "--subset", "{subset}", "--out", "{tmp}/added.h5"],
+    "outliers": ["{store}", "--model", "m1"],
+    "demo": ["--out", "{demo}"],
+}
+
+
+def _bad_files(directory):
+    """A bad file of every kind, by name: what a person may give instead of the right one."""
+    directory.mkdir()
+    rng = np.random.default_rng(0)
+    (directory / "a-directory").mkdir()
+    (directory / "empty-file").write_bytes(b"")
+    (directory / "random-bytes").write_bytes(rng.bytes(3000))
+    (directory / "prose.txt").write_text("Call me Ishmael.\n")
+    (directory / "json-list.jsonl").write_text('["text"]\n')
+    return {name: directory / name for name in ("missing-file", *sorted(p.name for p in directory.iterdir()))}
+
+
+def test_every_subcommand_is_in_the_scan():
+    from jaxmap.cli import build_parser
+
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert set(commands) == set(_INVOCATIONS)
+
+
+@pytest.mark.parametrize("command", sorted(_INVOCATIONS))
+def test_bad_files_are_one_line_with_exit_2(command, small_store, subset_file, tmp_path, capsys):
+    """Each file a subcommand reads, replaced in turn by a missing file, a directory, an empty
+    file, random bytes and files of other formats: exit 2, one line naming the file."""
+    good = {
+        "store": small_store, "subset": subset_file, "texts": subset_file,
+        "document": tmp_path / "doc.txt", "meta": tmp_path / "meta.csv",
+        "scores": tmp_path / "scores.csv", "demo": None, "tmp": tmp_path,
+    }
+    good["document"].write_text("word " * 400)
+    good["meta"].write_text("model,family\n" + "".join(f"m{k},f{k % 2}\n" for k in range(6)))
+    good["scores"].write_text("model,score\n" + "".join(f"m{k},{10 * k}\n" for k in range(6)))
+    bad = _bad_files(tmp_path / "bad")
+    slots = [part[1:-1] for part in _INVOCATIONS[command] if part[1:-1] in good and part != "{tmp}"]
+    assert slots
+    problems = []
+    for slot in slots:
+        for kind, path in bad.items():
+            if slot == "demo" and kind in ("missing-file", "a-directory"):
+                continue  # a new or existing directory is what the demo's --out should be
+            argv = [command, *(part.format(**{**good, slot: path}) for part in _INVOCATIONS[command])]
+            code, lines = _run(argv, capsys)
+            if code != 2 or len(lines) != 1 or path.name not in lines[0] or "Traceback" in lines[0]:
+                problems.append(f"{slot}={kind}: exit {code}, stderr {lines}")
+    assert not problems, "\n".join(problems)
 
 
 @pytest.mark.parametrize(
     "argv, expected",
     [
-        (["kl", "{tmp}/missing.h5", "--out", "{tmp}/k.csv"], "missing.h5"),
-        (["kl", "{tmp}", "--out", "{tmp}/k.csv"], str),
-        (["kl", "{tmp}/empty.h5", "--out", "{tmp}/k.csv"], "empty.h5"),
-        (["kl", "{tmp}/garbage.h5", "--out", "{tmp}/k.csv"], "garbage.h5"),
-        (["info", "{tmp}/garbage.h5"], "garbage.h5"),
-        (["drop", "{tmp}/garbage.h5", "m0"], "garbage.h5"),
-        (["merge", "{tmp}/missing.h5", "--out", "{tmp}/m.h5"], "missing.h5"),
-        (["score", "{tmp}/no-model", "--texts", "{tmp}/missing.jsonl", "--out", "{tmp}/s.h5"], "missing.jsonl"),
-        (["score", "{tmp}/no-model", "--texts", "{tmp}/empty.h5", "--out", "{tmp}/s.h5"], "empty.h5"),
-        (["score", "m", "--texts", "{tmp}", "--out", "{tmp}/s.h5"], "is a directory"),
+        (["resample", "{store}", "--n", "-3", "--out", "{tmp}/s.jsonl"], "argument --n: expected a positive integer"),
+        (["kl", "{store}", "--out", "{tmp}/k.csv", "--clip-quantile", "1.5"], "a quantile in [0, 1)"),
+        (["kl", "{store}", "--out", "{tmp}/k.csv", "--neighbors", "0"], "argument --neighbors"),
+        (["map", "{store}", "--out", "{tmp}/m.png", "--perplexity", "-1"], "argument --perplexity"),
+        (["map", "{store}", "--out", "{tmp}/m.xyz"], "cannot write .xyz images"),
+        (["map", "{store}", "--out", "{tmp}/map"], "no suffix to say the image format"),
+        (["predict", "{store}", "--scores", "{tmp}/s.csv", "--target", "x", "--seeds", "0"], "argument --seeds"),
+        (["outliers", "{store}", "--model", "m1", "--top", "-1"], "argument --top"),
+        (["outliers", "{store}", "--model", "m9"], "no model named 'm9'"),
+        (["chunk", "{tmp}/d.txt", "--out", "{tmp}/c.jsonl", "--max-bytes", "2"], "argument --max-bytes"),
+        (["chunk", "{tmp}/d.txt", "--out", "{tmp}/c.jsonl", "--min-bytes", "2000"], "leaves no chunk"),
+        (["chunk", "{tmp}/d.txt", "{tmp}/d.txt", "--out", "{tmp}/c.jsonl"], "given twice"),
+        (["demo", "--texts", "0"], "argument --texts: expected a positive integer"),
+        (["kl", "{store}", "--out", "{tmp}/no-such-directory/k.csv"], "its directory does not exist"),
+        (["kl", "{store}", "--out", "{tmp}"], "is a directory"),
+        (["kl", "{store}"], "required: --out"),
+        (["no-such-command"], "invalid choice"),
         (["score", "m", "--texts", "{tmp}/t.jsonl", "--out", "{tmp}/s.h5", "--shard", "2/2"], "--shard"),
         (["score", "m", "--texts", "{tmp}/t.jsonl", "--out", "{tmp}/s.h5", "--mesh", "data=x"], "data=x"),
-        (["chunk", "{tmp}/missing.txt", "--out", "{tmp}/c.jsonl"], "missing.txt"),
     ],
 )
-def test_bad_inputs_are_one_line_with_exit_2(argv, expected, tmp_path, capsys):
-    (tmp_path / "empty.h5").write_bytes(b"")
-    (tmp_path / "garbage.h5").write_bytes(os.urandom(4096))
+def test_bad_settings_are_one_line_with_exit_2(argv, expected, small_store, tmp_path, capsys):
     (tmp_path / "t.jsonl").write_text('{"text": "a"}\n')
-    code = main([a.format(tmp=tmp_path) for a in argv])
-    error = capsys.readouterr().err.strip().splitlines()
+    (tmp_path / "d.txt").write_text("word " * 400)
+    code, error = _run([a.format(tmp=tmp_path, store=small_store) for a in argv], capsys)
     assert code == 2 and len(error) == 1, error
-    assert "Traceback" not in error[0]
-    if expected is not str:
-        assert expected in error[0]
+    assert expected in error[0] and "Traceback" not in error[0]
+    command = "" if argv[0] == "no-such-command" else f" {argv[0]}"
+    assert error[0].startswith(f"jaxmap{command}: error: ")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.txt", "t.jsonl"]
 
 
 @pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
@@ -197,3 +348,97 @@ def test_damaged_bytes_in_a_real_file_are_found_named_and_dropped(tmp_path, caps
     assert main(["info", str(path), "--verify"]) == 0
     assert "every checksum matches" in capsys.readouterr().out
     assert open_store(path).models == ["m0", "m1"]
+
+
+def test_outputs_on_a_full_or_read_only_disk_are_one_line_and_keep_the_old_files(
+    small_store, small_filesystem, capsys
+):
+    kl, chunks, document = small_filesystem / "kl.csv", small_filesystem / "c.jsonl", small_filesystem / "d.txt"
+    document.write_text("word " * 400)
+    assert main(["kl", str(small_store), "--out", str(kl)]) == 0
+    assert main(["chunk", str(document), "--out", str(chunks)]) == 0
+    before = [_digest(kl), _digest(chunks)]
+    fill_filesystem(small_filesystem, leave_bytes=1024)
+    for argv, output in (
+        (["kl", small_store, "--out", kl, "--clip-quantile", "0.1"], kl),
+        (["map", small_store, "--out", small_filesystem / "m.png", "--method", "pca"], small_filesystem / "m.png"),
+        (["chunk", document, "--out", chunks, "--max-bytes", "500"], chunks),
+    ):
+        code, error = _run(argv, capsys)
+        assert code == 2 and error == [f"jaxmap {argv[0]}: error: {output}: cannot write (the disk is full)"]
+    assert [_digest(kl), _digest(chunks)] == before and not _temporaries(small_filesystem)
+    (small_filesystem / "filler").unlink()
+    subprocess.run(["mount", "-o", "remount,ro", str(small_filesystem)], check=True)
+    code, error = _run(["kl", small_store, "--out", kl, "--clip-quantile", "0.1"], capsys)
+    assert code == 2 and error == [f"jaxmap kl: error: {kl}: cannot write (the file system is read-only)"]
+    assert _digest(kl) == before[0]
+
+
+def test_an_interrupted_output_block_leaves_every_file_and_no_temporary(tmp_path):
+    from jaxmap.outputs import atomic_outputs
+
+    first, second = tmp_path / "a.csv", tmp_path / "b.csv"
+    first.write_text("old a")
+    os.chmod(first, 0o640)
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_outputs([first, None, second]) as (a, nothing, b):
+            assert nothing is None and a.parent == tmp_path and a.suffix == ".csv"
+            a.write_text("new a")
+            b.write_text("new b")
+            raise KeyboardInterrupt
+    assert first.read_text() == "old a" and not second.exists() and not _temporaries(tmp_path)
+    with atomic_outputs([first, second]) as (a, b):
+        a.write_text("new a")
+        b.write_text("new b")
+    assert (first.read_text(), second.read_text()) == ("new a", "new b")
+    assert first.stat().st_mode & 0o777 == 0o640, "rewriting a file keeps its permissions"
+    assert not _temporaries(tmp_path)
+
+
+def test_text_set_errors_name_file_line_and_id_across_the_process_boundary(tmp_path):
+    texts = tmp_path / "texts.jsonl"
+    texts.write_text(
+        '{"id": "fine", "text": "ok"}\n\n{"id": "culprit", "text": "half \\ud800 pair"}\n', encoding="utf-8"
+    )
+    result = subprocess.run(
+        _jaxmap("score", "no-model", "--texts", texts, "--out", tmp_path / "s.h5"), capture_output=True, text=True
+    )
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"jaxmap score: error: {texts}:3: text 'culprit' contains a lone surrogate (U+D800) at position 5, "
+        "which is not valid Unicode"
+    ]
+    assert not (tmp_path / "s.h5").exists()
+
+
+@pytest.mark.skipif(shutil.which("jaxmap") is None, reason="the jaxmap console script is not installed")
+def test_the_console_script_refuses_an_output_over_its_input_in_one_line(small_store, tmp_path):
+    store = tmp_path / "map.h5"
+    store.write_bytes(small_store.read_bytes())
+    before = _digest(store)
+    result = subprocess.run(["jaxmap", "kl", str(store), "--out", str(store)], capture_output=True, text=True)
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
+    assert result.stderr.startswith(f"jaxmap kl: error: {store}: is also an input of this command")
+    assert _digest(store) == before and "Traceback" not in result.stderr
+    result = subprocess.run(["jaxmap", "resample", str(store), "--n", "-3"], capture_output=True, text=True)
+    assert result.returncode == 2 and result.stderr.splitlines() == [
+        "jaxmap resample: error: argument --n: expected a positive integer, got '-3' (see jaxmap resample --help)"
+    ]
+
+
+def test_a_failing_demo_keeps_the_earlier_demo(tiny_models, tmp_path, capsys):
+    from jaxmap.demo import run_demo
+    from jaxmap.demo_texts import DEFAULT_DOMAINS, available_demo_domains
+
+    if not set(DEFAULT_DOMAINS) <= set(available_demo_domains()):
+        pytest.skip("the demo's text sources are not installed (scripts/install.sh)")
+    out = tmp_path / "demo"
+    models = [str(m) for m in tiny_models[:3]]
+    run_demo(out, n_texts=6, models=models, progress=False, echo=lambda line: None)
+    files = sorted(p for p in out.iterdir() if p.is_file())
+    assert {"map.png", "map.html", "report.md", "texts.jsonl", "texts.manifest.json"} <= {p.name for p in files}
+    before = [_digest(p) for p in files]
+    # Another text count: the store refuses the new texts, and nothing the demo wrote changes.
+    code, error = _run(["demo", "--out", out, "--texts", "7", "--models", *models, "--quiet"], capsys)
+    assert code == 2 and len(error) == 1 and f"{out} holds an earlier demo" in error[0], error
+    assert [_digest(p) for p in files] == before and not _temporaries(out)
