@@ -114,3 +114,67 @@ def test_a_byte_order_mark_and_crlf_are_accepted(tmp_path):
     path = tmp_path / "bom.jsonl"
     path.write_bytes(b"\xef\xbb\xbf" + b'{"id": "a", "text": "x"}\r\n{"id": "b", "text": "y"}\r\n')
     assert load_texts(path).texts == ("x", "y")
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b'{"text": "a"}\n\xef\xbb\xbf{"text": "b"}\n', ":2: a byte-order mark inside the file"),
+        (b'{"id": null, "text": "a"}\n', ":1: 'id' must be a string or an integer, got null"),
+        (b'{"index": 1.5, "text": "a"}\n', ":1: 'index' must be a string or an integer, got 1.5"),
+        (b'{"id": true, "text": "a"}\n', ":1: 'id' must be a string or an integer, got true"),
+        (b'{"id": "a\\u0000b", "text": "a"}\n', ":1: the id 'a\\x00b' contains a NUL character"),
+        (b'{"id": "x", "text": "a"}\n\n{"id": "x", "text": "b"}\n', ":3: duplicate text id 'x', first used on line 1"),
+        (b'{"id": "1", "text": "a"}\n{"text": "b"}\n', ":2: duplicate text id '1' (its line number"),
+        (b'{"text": ["a"]}\n', ":1: 'text' must be a string, got list"),
+        ('{"text": "a"}\n'.encode("utf-16"), ": not a JSONL file: it is UTF-16 text"),
+        (b"\x1f\x8b\x08\x00\x00\x00", ": not a JSONL file: it is gzip-compressed"),
+        (b"", ": no texts"),
+        (b" \n\r\n\n", ": no texts"),
+    ],
+    ids=["bom-inside", "id-null", "index-float", "id-bool", "id-nul", "duplicate", "duplicate-line-number",
+         "text-list", "utf-16", "gzip", "empty", "blank-lines"],
+)
+def test_bad_text_files_are_one_line_naming_file_and_line(tmp_path, content, message):
+    path = tmp_path / "t.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(TextSetError) as error:
+        load_texts(path)
+    assert str(error.value).startswith(f"{path}{message}")
+    assert "\n" not in str(error.value)
+
+
+def test_a_directory_or_a_missing_file_is_named(tmp_path):
+    with pytest.raises(TextSetError, match="is a directory, not a JSONL text file"):
+        load_texts(tmp_path)
+    with pytest.raises(TextSetError, match="missing.jsonl: no such text file"):
+        load_texts(tmp_path / "missing.jsonl")
+
+
+def test_writing_a_text_set_is_atomic(tmp_path):
+    path = tmp_path / "t.jsonl"
+    TextSet.from_texts(["a", "b"]).to_jsonl(path)
+    before = path.read_bytes()
+    # A lone surrogate in metadata cannot be encoded: the write fails after the first line.
+    broken = TextSet(("x", "y"), ("c", "d"), ({}, {"note": "\ud800"}))
+    with pytest.raises(UnicodeEncodeError):
+        broken.to_jsonl(path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["t.jsonl"]
+
+
+def test_a_damaged_token_cache_is_rebuilt(tmp_path):
+    from conftest import build_tokenizer
+
+    from jaxmap.tokenization import cached_tokenize
+
+    tokenizer = build_tokenizer(tmp_path / "tokenizer", adds_bos=True)
+    texts = TextSet.from_texts(["Hello world.", "The quick brown fox."])
+    cache = tmp_path / "cache"
+    tokens, _ = cached_tokenize(texts, tokenizer, "full", cache)
+    (cached,) = cache.iterdir()
+    for damage in (cached.read_bytes()[:40], b"", b"not a zip file"):
+        cached.write_bytes(damage)
+        again, _ = cached_tokenize(texts, tokenizer, "full", cache)
+        assert again.flat.tolist() == tokens.flat.tolist() and again.offsets.tolist() == tokens.offsets.tolist()
+        assert cached.stat().st_size > 100, "the cache file was written again"
