@@ -288,3 +288,55 @@ def test_outliers_finds_the_leaked_texts(map_store, capsys, tmp_path):
         assert len(list(csv.reader(handle))) == TEXTS + 1
     assert run("outliers", map_store, "--model", "fam2-m33") == 2
     assert "no model named 'fam2-m33'; did you mean fam2-m3" in capsys.readouterr().err
+
+
+def test_score_and_meta_tables_from_spreadsheets_and_their_errors(map_store, tmp_path, capsys):
+    """A byte-order mark (as spreadsheets write) is read; a model on two rows and a score that
+    is not a finite number are refused naming the file, line or model."""
+    meta = map_store.parent / "models.csv"
+    with_bom = tmp_path / "bom.csv"
+    with_bom.write_bytes(b"\xef\xbb\xbf" + meta.read_bytes())
+    assert run("predict", map_store, "--scores", with_bom, "--target", "mmlu", "--seeds", "1") == 0
+    assert "24 of 24 models have a mmlu score" in capsys.readouterr().out
+    rows = meta.read_text().splitlines()
+    (tmp_path / "twice.csv").write_text("\n".join([*rows, rows[3]]) + "\n")
+    family_of_three = rows[3].split(",")
+    (tmp_path / "nan.csv").write_text("\n".join([*rows[:3], ",".join([*family_of_three[:2], "nan"]), *rows[4:]]))
+    for name, message in [
+        ("twice.csv", f"twice.csv:{len(rows) + 1}: model '{family_of_three[0]}' has a second row (first on line 4)"),
+        ("nan.csv", f"nan.csv: mmlu of {family_of_three[0]} is 'nan', not a finite number"),
+    ]:
+        assert run("predict", map_store, "--scores", tmp_path / name, "--target", "mmlu") == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err, err
+    assert run("map", map_store, "--out", tmp_path / "m.png", "--meta", tmp_path / "twice.csv",
+               "--color-by", "family") == 2
+    assert "has a second row" in capsys.readouterr().err and not (tmp_path / "m.png").exists()
+
+
+def test_plain_matrix_errors_name_the_file_and_the_problem(map_store, tmp_path, capsys):
+    loglik = open_store(map_store).loglik
+    np.save(tmp_path / "L.npy", loglik)
+    whole = (tmp_path / "L.npy").read_bytes()
+    (tmp_path / "cut.npy").write_bytes(whole[: len(whole) // 2])
+    np.save(tmp_path / "objects.npy", np.array([[1, "a"], [2, "b"]], dtype=object), allow_pickle=True)
+    (tmp_path / "empty.h5").write_bytes(b"")
+    infinite = loglik.copy()
+    infinite[2, 7] = np.inf
+    with h5py.File(tmp_path / "inf.h5", "w") as handle:
+        handle["loglik"] = infinite
+    minus_infinity = loglik.copy()
+    minus_infinity[:, :20] = -np.inf
+    with h5py.File(tmp_path / "minus-inf.h5", "w") as handle:
+        handle["loglik"] = minus_infinity
+    for name, message in [
+        ("cut.npy", "a damaged .npy file"),
+        ("objects.npy", "holds Python objects, not numbers"),
+        ("empty.h5", "not an HDF5 file (it is empty)"),
+        ("inf.h5", "+inf log-likelihoods (probabilities above 1) in 1 rows (first: row 2)"),
+        ("minus-inf.h5", f"L has {20 * len(loglik)} infinite entries"),
+    ]:
+        assert run("kl", tmp_path / name, "--out", tmp_path / "kl.csv") == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and f"{tmp_path / name}: " in err and message in err, err
+    assert not (tmp_path / "kl.csv").exists()
