@@ -6,7 +6,7 @@ every spelling of one model. GGUF files and packaged models are converted once i
 directory in the cache (:mod:`.gguf`, :mod:`.packaged`); hub ids resolve to a commit, and only
 their config and tokenizer files are downloaded then (:mod:`.hub`: timeouts, bounded retries,
 one-line errors). :func:`validate` checks a checkpoint cheaply before anything is scored
-(:mod:`.validate`); :meth:`Checkpoint.fetch_weights` downloads a hub model's weights, and
+(:mod:`.validation`); :meth:`Checkpoint.fetch_weights` downloads a hub model's weights, and
 :class:`WeightPrefetcher` does so ahead of the scoring under a disk budget (:mod:`.prefetch`).
 """
 
@@ -25,7 +25,7 @@ import yaml
 from ..errors import CheckpointError, HubError
 from ..models import UnsupportedModelError, WeightSource
 from .hub import HubSnapshot, delete_downloads, download, downloaded_files, fetch_lock, resolve_snapshot
-from .validate import INDEX_FILE, read_json_object, read_shard_index, safetensors_header, validate, validate_weights
+from .validation import INDEX_FILE, read_json_object, read_shard_index, safetensors_header, validate, validate_weights
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
 _LIST_SUFFIXES = {".txt", ".yaml", ".yml", ".list"}
