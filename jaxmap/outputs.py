@@ -121,7 +121,9 @@ def check_outputs(
                 raise OutputError(f"{target}: given twice as an output of this command ({earlier})")
         if target.is_dir():
             raise OutputError(f"{target}: is a directory; give a file path")
-        directory = target.parent
+        if _is_stream(target):
+            continue  # written in place, like any program writing to /dev/stdout
+        directory = _destination(target).parent
         reason = None
         if not directory.is_dir():
             reason = _DISK_ERRORS[errno.ENOTDIR if directory.exists() else errno.ENOENT]
@@ -133,6 +135,16 @@ def check_outputs(
         if reason:
             raise OutputError(f"{target}: cannot write ({reason})")
     return given
+
+
+def _is_stream(target: Path) -> bool:
+    """Whether ``target`` is an existing device, pipe or socket (``/dev/stdout``, a FIFO)."""
+    return target.exists() and not target.is_file() and not target.is_dir()
+
+
+def _destination(target: Path) -> Path:
+    """The file a write to ``target`` changes: a symbolic link's target, so the link stays."""
+    return Path(os.path.realpath(target)) if target.is_symlink() else target
 
 
 def _refusal(directory: Path, otherwise: str) -> str:
@@ -152,9 +164,11 @@ def atomic_outputs(
     over its target, all after every one of them was written and fsynced.
 
     The temporaries sit beside their targets and keep their suffixes, so writers that pick a
-    format by extension behave the same. Raises :class:`OutputError` for an output that is one
-    of ``inputs`` or named twice, a directory, or a file the system refuses to write (a full
-    disk, a read-only file system, no permission), naming the path.
+    format by extension behave the same. A symbolic link is followed (the file it points to is
+    replaced, the link kept); a device or pipe (``/dev/stdout``) is written in place. Raises
+    :class:`OutputError` for an output that is one of ``inputs`` or named twice, a directory, or
+    a file the system refuses to write (a full disk, a read-only file system, no permission),
+    naming the path.
     """
     targets = [None if path is None else Path(path) for path in paths]
     # A target that is an enclosing block's temporary (a plot function called by a command that
@@ -162,15 +176,19 @@ def atomic_outputs(
     nested = [target in _OPEN_TEMPORARIES for target in targets]
     check_outputs([target for target, inner in zip(targets, nested) if not inner], inputs)
     owned: dict[Path, Path] = {}  # temporary -> target, for the files this block renames
+    streams = {
+        target for target, inner in zip(targets, nested) if target is not None and not inner and _is_stream(target)
+    }
     temporaries: list[Path | None] = []
     try:
         for target, inner in zip(targets, nested):
-            if target is None or inner:
+            if target is None or inner or target in streams:
                 temporaries.append(target)
                 continue
+            destination = _destination(target)
             try:
                 handle, name = tempfile.mkstemp(
-                    prefix=f".{target.stem}.tmp-", suffix=target.suffix, dir=target.parent
+                    prefix=f".{destination.stem}.tmp-", suffix=destination.suffix, dir=destination.parent
                 )
             except OSError as error:
                 raise OutputError(describe_os_error(target, error)) from None
@@ -184,18 +202,19 @@ def atomic_outputs(
             with open(temporary, "rb+") as handle:
                 os.fsync(handle.fileno())
         for temporary, target in owned.items():
-            os.replace(temporary, target)
-        for directory in {target.parent for target in owned.values()}:
+            os.replace(temporary, _destination(target))
+        for directory in {temporary.parent for temporary in owned}:
             _fsync_directory(directory)
     except BaseException as error:
         for temporary in owned:
             temporary.unlink(missing_ok=True)
         if isinstance(error, JaxmapError) or not isinstance(error, OSError):
             raise
+        ours = {**owned, **{stream: stream for stream in streams}}
         if error.filename is not None:
-            named = owned.get(Path(os.fsdecode(error.filename)))
+            named = ours.get(Path(os.fsdecode(error.filename)))
         else:
-            named = ", ".join(map(str, owned.values())) or None
+            named = ", ".join(map(str, ours.values())) or None
         if named is None:
             raise  # another file's error, or an enclosing block's temporary: not ours to name
         raise OutputError(describe_os_error(named, error)) from None

@@ -442,3 +442,25 @@ def test_a_failing_demo_keeps_the_earlier_demo(tiny_models, tmp_path, capsys):
     code, error = _run(["demo", "--out", out, "--texts", "7", "--models", *models, "--quiet"], capsys)
     assert code == 2 and len(error) == 1 and f"{out} holds an earlier demo" in error[0], error
     assert [_digest(p) for p in files] == before and not _temporaries(out)
+
+
+def test_a_symbolic_link_output_stays_a_link_and_a_device_is_written_in_place(small_store, tmp_path, capsys):
+    target, link = tmp_path / "runs" / "kl.csv", tmp_path / "latest.csv"
+    target.parent.mkdir()
+    link.symlink_to(target)
+    assert main(["kl", str(small_store), "--out", str(link)]) == 0
+    assert link.is_symlink() and target.read_text().startswith("model,m0,")
+    capsys.readouterr()
+    code, error = _run(["kl", small_store, "--out", "/dev/full"], capsys)
+    assert code == 2 and error == ["jaxmap kl: error: /dev/full: cannot write (the disk is full)"]
+    assert not _temporaries(tmp_path)
+
+
+def test_a_reader_that_stops_reading_ends_the_command_quietly(small_store):
+    process = subprocess.Popen(
+        _jaxmap("outliers", small_store, "--model", "m1", "--top", "30"), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    process.stdout.close()  # like `| head` that has seen enough, before the first line comes
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=60) == 141 and stderr == ""

@@ -4,12 +4,14 @@ Each group of subcommands lives in its own module with a ``register(subparsers)`
 Errors are handled in one place, :func:`main`: a :class:`~jaxmap.errors.JaxmapError` (an error
 meant for a person) prints one line, ``jaxmap COMMAND: error: MESSAGE``, and exits 2; so does a
 usage error caught by argparse. Anything else is a bug and keeps its traceback. SIGINT and
-SIGTERM stop the command cleanly (:mod:`.interrupts`), exiting 130 and 143.
+SIGTERM stop the command cleanly (:mod:`.interrupts`), exiting 130 and 143; output cut off by
+its reader (``| head``) ends the command quietly with 141.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Callable
 
@@ -17,6 +19,7 @@ from .._version import __version__
 from . import interrupts
 
 EXIT_PEOPLE_ERROR = 2
+EXIT_BROKEN_PIPE = 128 + 13  # as if killed by SIGPIPE, the shell's convention
 
 
 class _Parser(argparse.ArgumentParser):
@@ -97,6 +100,11 @@ def main(argv: list[str] | None = None) -> int:
     except JaxmapError as error:
         print(f"jaxmap {command}: error: {_one_line(str(error))}", file=sys.stderr)
         return EXIT_PEOPLE_ERROR
+    except BrokenPipeError:
+        # The reader stopped reading (`jaxmap info STORE | head`): not an error, so no message.
+        # What is still buffered goes nowhere, else flushing it at exit fails again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     finally:
         interrupts.restore(previous)
     return 1  # not reached: leave() exits
