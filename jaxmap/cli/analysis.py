@@ -433,7 +433,6 @@ def _map_bos_policy(matrix: LoglikMatrix, requested: str | None) -> str:
     return requested or (policies.pop() if policies else "full")
 
 
-@_checks_outputs
 def _run_add(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(args.subset).with_suffix(".h5")
     check_outputs([out, args.kl_out], _inputs(args))  # the default --out too, before any work
