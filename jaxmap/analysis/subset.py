@@ -63,7 +63,8 @@ def write_subset(
     scales: np.ndarray,
     info: MapInfo,
 ) -> None:
-    """Write the selected texts (``indices`` into the map's ``texts``) with their scales."""
+    """Write the selected texts (``indices`` into the map's ``texts``) with their scales,
+    atomically (see :mod:`jaxmap.outputs`)."""
     header = {"format": SUBSET_FORMAT, "version": SUBSET_VERSION, **asdict(info)}
     selected = TextSet(
         tuple(text_ids[i] for i in indices),
