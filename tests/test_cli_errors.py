@@ -248,6 +248,7 @@ def test_bad_files_are_one_line_with_exit_2(command, small_store, subset_file, t
         (["kl", "{store}", "--out", "{tmp}/no-such-directory/k.csv"], "its directory does not exist"),
         (["kl", "{store}", "--out", "{tmp}"], "is a directory"),
         (["kl", "{store}"], "required: --out"),
+        (["kl", "{store}", "--out", "{tmp}/k.csv", "--seed", "3"], "unrecognized arguments: --seed 3"),
         (["no-such-command"], "invalid choice"),
         (["score", "m", "--texts", "{tmp}/t.jsonl", "--out", "{tmp}/s.h5", "--shard", "2/2"], "--shard"),
         (["score", "m", "--texts", "{tmp}/t.jsonl", "--out", "{tmp}/s.h5", "--mesh", "data=x"], "data=x"),

@@ -23,12 +23,22 @@ EXIT_BROKEN_PIPE = 128 + 13  # as if killed by SIGPIPE, the shell's convention
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, with a usage error reported on one line like every other error."""
+    """argparse, with a usage error reported on one line like every other error, and an
+    unrecognized argument reported by the subcommand it was given to."""
+
+    commands: dict[str, argparse.ArgumentParser] = {}
 
     def error(self, message: str):
         self.exit(
             EXIT_PEOPLE_ERROR, f"{self.prog}: error: {_one_line(message)} (see {self.prog} --help)\n"
         )
+
+    def parse_args(self, args=None, namespace=None):
+        parsed, unknown = self.parse_known_args(args, namespace)
+        if unknown:
+            parser = self.commands.get(getattr(parsed, "command", None), self)
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        return parsed
 
 
 def _checked(convert, text: str, accept, what: str):
@@ -75,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in (scoring, stores, analysis, demo):
         module.register(subparsers)
+    parser.commands = subparsers.choices
     return parser
 
 
