@@ -300,7 +300,7 @@ def _run_predict(args: argparse.Namespace) -> int:
         raise AnalysisError(f"{args.scores}: no model of {matrix.source} has a {args.target} score")
     print(f"{len(selected)} of {len(matrix.models)} models have a {args.target} score")
     features = double_center(clipped) if args.features == "q" else clipped
-    with _about(f"{args.scores} ({len(selected)} models with a {args.target} score)"):
+    with _about(f"{args.scores} ({len(selected)} models with a score in {args.target!r})"):
         results = predict_scores(
             features[selected],
             np.asarray(target),
