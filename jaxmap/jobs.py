@@ -21,7 +21,6 @@ import json
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -31,7 +30,7 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from ._version import __version__
-from .checkpoints import Checkpoint, expand_references, resolve, validate
+from .checkpoints import Checkpoint, WeightPrefetcher, expand_references, resolve, validate
 from .engine import DEFAULT_DTYPE, LoadedModel, ModelScores, load_model, score_tokens
 from .errors import JaxmapError, ModelsFailedError, StoreError
 from .models import DTYPES, translate_config
@@ -184,10 +183,10 @@ def score_job(
     model of the list, starting at I, for running one list as N independent jobs (join their
     stores with :func:`jaxmap.store.merge`). ``mesh`` (``"data=D,model=M"``) spans every device
     of every process (:mod:`jaxmap.distributed`); by default all of them on the data axis.
-    Hub models are validated from their config and tokenizer alone; their weights download
-    when they load (one model ahead of the scoring). ``delete_after`` deletes a hub model's
-    downloaded weights once it is scored; ``disk_budget`` (bytes) holds back the download of
-    the next model while the weights on disk and the next model's would exceed it.
+    Hub models are validated from their config and tokenizer alone; their weights download in
+    the background ahead of the scoring (:class:`~jaxmap.checkpoints.WeightPrefetcher`).
+    ``delete_after`` deletes a hub model's downloaded weights once it is scored; ``disk_budget``
+    (bytes) bounds the downloaded weights held at once (default: a few times the largest).
     ``report`` receives one line per event (default: printed when ``progress``). Failed models
     are in the returned summary; this raises only for errors that stop the whole job (a bad
     text set, a foreign store, a full disk).
@@ -242,35 +241,26 @@ def score_job(
         concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="jaxmap-loader")
         if distributed.process_count() == 1 else _InOrder()
     )
-    load = partial(load_model, dtype=dtype, mesh=device_mesh)
-    # Bytes of hub weights this job downloaded and has not deleted, per model.
-    held: dict[str, int] = {}
+    # Hub weights download in the background, ahead of the scoring, under the disk budget.
+    prefetcher = WeightPrefetcher(todo, disk_budget=disk_budget, delete_after=delete_after)
 
-    def start(checkpoint: Checkpoint):
-        held[checkpoint.canonical] = _download_bytes(checkpoint) if disk_budget else 0
-        return loader.submit(load, checkpoint)
+    def load(checkpoint: Checkpoint) -> LoadedModel:
+        prefetcher.wait(checkpoint)
+        return load_model(checkpoint, dtype=dtype, mesh=device_mesh)
 
-    def fits(checkpoint: Checkpoint) -> bool:
-        return disk_budget is None or sum(held.values()) + _download_bytes(checkpoint) <= disk_budget
-
-    upcoming = start(todo[0]) if todo else None
+    upcoming = loader.submit(load, todo[0]) if todo else None
     try:
         for position, checkpoint in enumerate(todo):
-            following = todo[position + 1] if position + 1 < len(todo) else None
-            current, upcoming = upcoming, None
-            # The next model downloads and loads while this one scores, if the disk budget
-            # allows; otherwise once this one's weights are deleted.
-            if following is not None and fits(following):
-                upcoming = start(following)
+            # The next model loads while this one scores; its weights may wait for this one's
+            # release when the disk budget is tight.
+            current, upcoming = upcoming, (
+                loader.submit(load, todo[position + 1]) if position + 1 < len(todo) else None
+            )
             outcome = _score_one(
                 current, checkpoint, text_set, writer, token_cache, dtype, bos_policy,
                 batch_tokens, progress, say,
             )
-            if delete_after:
-                checkpoint.release_weights()
-                held.pop(checkpoint.canonical, None)
-            if following is not None and upcoming is None:
-                upcoming = start(following)
+            prefetcher.release(checkpoint)
             summary.outcomes.append(outcome)
             overall.update(1)
     except KeyboardInterrupt:
@@ -280,19 +270,13 @@ def score_job(
         overall.close()
         # Never wait for a load in flight: an interrupted job must stop now.
         loader.shutdown(wait=False, cancel_futures=True)
+        prefetcher.close()
         summary.seconds = time.perf_counter() - started
         if writer is not None:
             if not summary.interrupted:
                 _compact(writer, say)
             _write_summary(summary, out)
     return summary
-
-
-def _download_bytes(checkpoint: Checkpoint) -> int:
-    try:
-        return checkpoint.download_bytes()
-    except JaxmapError:
-        return 0  # size unknown: the download itself will name the problem
 
 
 class _InOrder:

@@ -39,7 +39,7 @@ def register(subparsers) -> None:
         "(default: %(default)s)",
     )
     score.add_argument(
-        "--batch-tokens", type=int,
+        "--batch-tokens", type=int_at_least(16),
         help=f"padded tokens per batch (default: {CPU_BATCH_TOKENS} on CPU, "
         f"{ACCELERATOR_BATCH_TOKENS} on GPU/TPU)",
     )
@@ -71,8 +71,8 @@ def register(subparsers) -> None:
     )
     hub.add_argument(
         "--disk-budget", type=_size, metavar="SIZE",
-        help="hold back the next hub download while the weights on disk and its would exceed "
-        "SIZE (e.g. 200G); by default one model is downloaded ahead",
+        help="bound the hub weights downloaded and not yet released to SIZE (e.g. 200G; default: "
+        "three times the largest model); weights download up to two models ahead",
     )
     score.add_argument("--quiet", action="store_true", help="no progress bars")
     score.set_defaults(func=run_score)
@@ -123,6 +123,9 @@ def _size(text: str) -> int:
 
 def run_score(args: argparse.Namespace) -> int:
     from .. import distributed
+    from ..outputs import refuse_inputs
+
+    refuse_inputs(args.out, [args.texts, *(m for m in args.models if os.path.isfile(m))])
 
     if args.coordinator or args.num_processes or args.process_id is not None or args.distributed:
         distributed.initialize(args.coordinator, args.num_processes, args.process_id)

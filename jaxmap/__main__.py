@@ -1,0 +1,7 @@
+"""``python -m jaxmap``: the ``jaxmap`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
