@@ -1,12 +1,14 @@
 """Model ports: one configurable decoder (:mod:`.decoder`) and one adapter per HF architecture.
 
 Adding an architecture means writing ``translate(ConfigReader) -> DecoderConfig`` and
-``convert(WeightSource, DecoderConfig, dtype) -> Params`` and registering them below.
+``convert(WeightSource, DecoderConfig, dtype) -> Params`` and registering them as an
+:class:`Architecture` below.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import jax.numpy as jnp
 
@@ -14,17 +16,37 @@ from . import gemma3, gpt2, gpt_neox, llama
 from .adapter import ConfigReader, UnsupportedModelError, WeightSource
 from .decoder import DecoderConfig, Params, hidden_states, unembedding
 
-ARCHITECTURES: dict[str, tuple[Callable, Callable]] = {
-    "LlamaForCausalLM": (llama.translate, llama.convert),
-    "MistralForCausalLM": (llama.translate, llama.convert),
-    "Qwen2ForCausalLM": (llama.translate, llama.convert),
-    "Qwen3ForCausalLM": (llama.translate, llama.convert),
-    "GPTNeoXForCausalLM": (gpt_neox.translate, gpt_neox.convert),
-    "GPT2LMHeadModel": (gpt2.translate, gpt2.convert),
-    "GemmaForCausalLM": (gemma3.translate, gemma3.convert),
-    "Gemma2ForCausalLM": (gemma3.translate, gemma3.convert),
-    "Gemma3ForCausalLM": (gemma3.translate, gemma3.convert),
-}
+@dataclass(frozen=True)
+class Architecture:
+    """One supported Hugging Face architecture.
+
+    ``name`` is the class named in ``config.json``'s ``architectures``; ``model_type`` its
+    config's ``model_type`` (how the paper's model list counts architectures); ``gguf`` the
+    llama.cpp ``general.architecture`` that :mod:`jaxmap.checkpoints.gguf` converts to it, if any.
+    """
+
+    name: str
+    model_type: str
+    translate: Callable[[ConfigReader], DecoderConfig]
+    convert: Callable[[WeightSource, DecoderConfig, Any], Params]
+    gguf: str | None = None
+
+
+def _registry(*architectures: Architecture) -> dict[str, Architecture]:
+    return {architecture.name: architecture for architecture in architectures}
+
+
+ARCHITECTURES: dict[str, Architecture] = _registry(
+    Architecture("LlamaForCausalLM", "llama", llama.translate, llama.convert, gguf="llama"),
+    Architecture("MistralForCausalLM", "mistral", llama.translate, llama.convert),
+    Architecture("Qwen2ForCausalLM", "qwen2", llama.translate, llama.convert, gguf="qwen2"),
+    Architecture("Qwen3ForCausalLM", "qwen3", llama.translate, llama.convert),
+    Architecture("GPTNeoXForCausalLM", "gpt_neox", gpt_neox.translate, gpt_neox.convert),
+    Architecture("GPT2LMHeadModel", "gpt2", gpt2.translate, gpt2.convert),
+    Architecture("GemmaForCausalLM", "gemma", gemma3.translate, gemma3.convert),
+    Architecture("Gemma2ForCausalLM", "gemma2", gemma3.translate, gemma3.convert),
+    Architecture("Gemma3ForCausalLM", "gemma3_text", gemma3.translate, gemma3.convert, gguf="gemma3"),
+)
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -49,7 +71,7 @@ def translate_config(hf_config: dict, model: str) -> tuple[str, DecoderConfig]:
     architecture = architecture_of(hf_config, model)
     reader = ConfigReader(hf_config, architecture)
     try:
-        config = ARCHITECTURES[architecture][0](reader)
+        config = ARCHITECTURES[architecture].translate(reader)
         reader.finish()
     except UnsupportedModelError as error:
         raise UnsupportedModelError(f"{model}: {error}") from None
@@ -61,11 +83,12 @@ def convert_weights(
 ) -> Params:
     """Build the decoder's params, as host (numpy) arrays in their final layout and ``dtype``,
     from a checkpoint's HF-named tensors."""
-    return ARCHITECTURES[architecture][1](weights, config, DTYPES[dtype])
+    return ARCHITECTURES[architecture].convert(weights, config, DTYPES[dtype])
 
 
 __all__ = [
     "ARCHITECTURES",
+    "Architecture",
     "DTYPES",
     "DecoderConfig",
     "Params",
