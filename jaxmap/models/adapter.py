@@ -112,6 +112,27 @@ class ConfigReader:
 
 
 # ---------------------------------------------------------------------------------------------
+# Activations
+
+ACTIVATIONS = {
+    "silu": "silu",
+    "swish": "silu",
+    "gelu": "gelu",
+    "gelu_new": "gelu_tanh",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "relu": "relu",
+}
+
+
+def activation(reader: ConfigReader, *names: str) -> str:
+    """Map an HF activation name onto the decoder's, refusing ones it lacks."""
+    name = reader.take_first(names)
+    if name not in ACTIVATIONS:
+        raise reader.refuse(names[0], name, f"jaxmap implements {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
+# ---------------------------------------------------------------------------------------------
 # Rotary position embeddings
 
 
@@ -318,6 +339,21 @@ def assemble_params(
         params["unembed"] = weights(unembed, dtype)
     weights.check_all_used((*ignorable, re.escape(unembed)))
     return _check_shapes(params, config)
+
+
+def split_fused_qkv_per_head(weights: WeightSource, name: str, config: DecoderConfig, dtype) -> dict:
+    """A fused q/k/v linear whose output rows are grouped per head as ``[q | k | v]`` (each
+    head_dim wide), as GPT-NeoX and Bloom store it, split into the decoder's q, k and v."""
+    heads, head_dim, width = config.num_heads, config.head_dim, config.hidden_size
+    fused = torch_linear(weights, name, dtype)
+    kernel = fused["kernel"].reshape(width, heads, 3, head_dim)
+    bias = fused.get("bias")
+    out = {}
+    for index, part in enumerate("qkv"):
+        out[part] = {"kernel": kernel[:, :, index, :].reshape(width, heads * head_dim)}
+        if bias is not None:
+            out[part]["bias"] = bias.reshape(heads, 3, head_dim)[:, index, :].reshape(-1)
+    return out
 
 
 def projections(weights: WeightSource, prefix: str, dtype) -> dict:

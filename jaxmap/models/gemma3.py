@@ -9,8 +9,10 @@ rope base per layer type.
 from __future__ import annotations
 
 from .adapter import (
+    ACTIVATIONS,
     ConfigReader,
     WeightSource,
+    activation,
     assemble_params,
     norm_params,
     projections,
@@ -18,7 +20,6 @@ from .adapter import (
     rope_table,
 )
 from .decoder import DecoderConfig, Params
-from .llama import ACTIVATIONS, activation
 
 _LAYER_TYPES = ("sliding_attention", "full_attention")
 

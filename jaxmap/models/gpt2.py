@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from .adapter import ConfigReader, WeightSource, assemble_params, norm_params
+from .adapter import ConfigReader, WeightSource, activation, assemble_params, norm_params
 from .decoder import DecoderConfig, Params
-from .llama import activation
 
 
 def translate(reader: ConfigReader) -> DecoderConfig:

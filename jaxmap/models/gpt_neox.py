@@ -5,14 +5,15 @@ from __future__ import annotations
 from .adapter import (
     ConfigReader,
     WeightSource,
+    activation,
     assemble_params,
     norm_params,
     read_rope_parameters,
     rope_table,
+    split_fused_qkv_per_head,
     torch_linear,
 )
 from .decoder import DecoderConfig, Params
-from .llama import activation
 
 
 def translate(reader: ConfigReader) -> DecoderConfig:
@@ -55,20 +56,6 @@ def translate(reader: ConfigReader) -> DecoderConfig:
     )
 
 
-def _split_fused_qkv(weights: WeightSource, name: str, config: DecoderConfig, dtype) -> dict:
-    # Rows are grouped per head as [q | k | v], each head_dim wide.
-    heads, head_dim, width = config.num_heads, config.head_dim, config.hidden_size
-    fused = torch_linear(weights, name, dtype)
-    kernel = fused["kernel"].reshape(width, heads, 3, head_dim)
-    bias = fused.get("bias")
-    out = {}
-    for index, part in enumerate("qkv"):
-        out[part] = {"kernel": kernel[:, :, index, :].reshape(width, heads * head_dim)}
-        if bias is not None:
-            out[part]["bias"] = bias.reshape(heads, 3, head_dim)[:, index, :].reshape(-1)
-    return out
-
-
 def convert(weights: WeightSource, config: DecoderConfig, dtype) -> Params:
     """Map ``gpt_neox.layers.{i}.attention.query_key_value`` etc. onto the decoder's params."""
 
@@ -77,7 +64,7 @@ def convert(weights: WeightSource, config: DecoderConfig, dtype) -> Params:
         return {
             "attn_norm": norm_params(weights, f"{prefix}.input_layernorm", True),
             "mlp_norm": norm_params(weights, f"{prefix}.post_attention_layernorm", True),
-            **_split_fused_qkv(weights, f"{prefix}.attention.query_key_value", config, dtype),
+            **split_fused_qkv_per_head(weights, f"{prefix}.attention.query_key_value", config, dtype),
             "o": torch_linear(weights, f"{prefix}.attention.dense", dtype),
             "up": torch_linear(weights, f"{prefix}.mlp.dense_h_to_4h", dtype),
             "down": torch_linear(weights, f"{prefix}.mlp.dense_4h_to_h", dtype),

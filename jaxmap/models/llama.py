@@ -11,6 +11,7 @@ from __future__ import annotations
 from .adapter import (
     ConfigReader,
     UnsupportedModelError,
+    activation,
     WeightSource,
     assemble_params,
     norm_params,
@@ -19,24 +20,6 @@ from .adapter import (
     rope_table,
 )
 from .decoder import DecoderConfig, Params
-
-ACTIVATIONS = {
-    "silu": "silu",
-    "swish": "silu",
-    "gelu": "gelu",
-    "gelu_new": "gelu_tanh",
-    "gelu_pytorch_tanh": "gelu_tanh",
-    "relu": "relu",
-}
-
-
-def activation(reader: ConfigReader, *names: str) -> str:
-    """Map an HF activation name onto the decoder's, refusing ones it lacks."""
-    name = reader.take_first(names)
-    if name not in ACTIVATIONS:
-        raise reader.refuse(names[0], name, f"jaxmap implements {sorted(ACTIVATIONS)}")
-    return ACTIVATIONS[name]
-
 
 _QWEN = ("Qwen2ForCausalLM", "Qwen3ForCausalLM")
 
@@ -134,4 +117,4 @@ def convert(weights: WeightSource, config: DecoderConfig, dtype) -> Params:
     )
 
 
-__all__ = ["translate", "convert", "activation", "UnsupportedModelError"]
+__all__ = ["translate", "convert", "UnsupportedModelError"]
