@@ -24,6 +24,8 @@ _EXPORTS = {
     "double_center": "analysis",
     "kl_matrix": "analysis",
     "place_models": "analysis",
+    "add_models": "placement",
+    "Placement": "placement",
     "resample": "analysis",
     "resampled_coordinates": "analysis",
     "load_model": "engine",

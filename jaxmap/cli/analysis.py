@@ -26,7 +26,6 @@ from ..analysis import (
     kl_matrix,
     load_loglik,
     nearest_neighbors,
-    place_models,
     read_subset,
     resample,
     resampling_curve,
@@ -391,93 +390,37 @@ def _run_resample(args: argparse.Namespace) -> int:
 # add -----------------------------------------------------------------------------------------
 
 
-def _check_subset_matches(subset, matrix: LoglikMatrix) -> None:
-    info = subset.map
-    if info.n_texts != matrix.loglik.shape[1]:
-        raise AnalysisError(
-            f"{subset.path}: drawn from a map of {info.n_texts} texts, "
-            f"but {matrix.source} has {matrix.loglik.shape[1]}"
-        )
-    if matrix.is_store:
-        if info.text_fingerprint != matrix.text_fingerprint:
-            raise AnalysisError(f"{subset.path}: drawn from another text set than {matrix.source}")
-        for text_id, text, column in zip(subset.texts.ids, subset.texts.texts, subset.columns):
-            if matrix.text_ids[column] != text_id or matrix.texts[column] != text:
-                raise AnalysisError(
-                    f"{subset.path}: text {text_id!r} differs from column {column} "
-                    f"of {matrix.source}"
-                )
-    if info.n_models != len(matrix.models):
-        print(
-            f"note: the subset was drawn when the map had {info.n_models} models; "
-            f"it has {len(matrix.models)} now "
-            f"(using the subset's τ = {info.tau:.6g})",
-            file=sys.stderr,
-        )
-
-
-def _map_bos_policy(matrix: LoglikMatrix, requested: str | None) -> str:
-    """The BOS policy new models must be scored with: the map's, when the store records it."""
-    policies = set()
-    if matrix.is_store:
-        from ..store import read_model_meta
-
-        policies = {meta.get("bos_policy") for meta in read_model_meta(matrix.source)} - {None}
-    if len(policies) > 1:
-        raise AnalysisError(f"{matrix.source}: its models mix BOS policies {sorted(policies)}")
-    if requested and policies and requested not in policies:
-        raise AnalysisError(
-            f"{matrix.source}: the map was scored with --bos-policy {policies.pop()}, "
-            f"not {requested}; placing models needs the same policy"
-        )
-    return requested or (policies.pop() if policies else "full")
-
-
 def _run_add(args: argparse.Namespace) -> int:
+    from ..placement import add_models
+
     out = Path(args.out) if args.out else Path(args.subset).with_suffix(".h5")
     check_outputs([out, args.kl_out], _inputs(args))  # the default --out too, before any work
-    subset = read_subset(args.subset)
-    matrix = load_loglik(args.store)
-    _check_subset_matches(subset, matrix)
-    text_bytes = _text_bytes(matrix) if args.bits_per_byte else None  # fail before hours of scoring
-    bos_policy = _map_bos_policy(matrix, args.bos_policy)
-    from ..checkpoints import expand_references
-    from ..jobs import score
-
-    scored = score(
+    placement = add_models(
+        args.store,
+        args.subset,
         args.models,
-        subset.texts,
-        out,
+        out=out,
+        bits_per_byte=args.bits_per_byte,
         dtype=args.dtype,
-        bos_policy=bos_policy,
+        bos_policy=args.bos_policy,
         batch_tokens=args.batch_tokens,
         progress=True,
     )
-    wanted = expand_references(args.models)
-    if list(scored.text_ids) != list(subset.texts.ids):
-        raise AnalysisError(f"{out}: its texts are not those of {subset.path}")
-    rows = [scored.models.index(reference) for reference in wanted]
-    with _about(f"{matrix.source} and {out}"):
-        divergences = place_models(
-            matrix.loglik,
-            subset.map.tau,
-            subset.columns,
-            subset.scales,
-            scored.loglik[rows],
-            text_bytes=text_bytes,
-        )
-    unit = "bits per byte" if args.bits_per_byte else "nats per text"
     print(
-        f"scored {len(rows)} models on {len(subset.columns)} texts into {out}; "
-        f"placed on {matrix.source}"
+        f"scored {len(placement.models)} models on {placement.subset_texts} texts "
+        f"into {out}; placed on {args.store}"
     )
     if args.kl_out:
         with atomic_output(args.kl_out, [*_inputs(args), out]) as temporary:
-            _write_matrix_csv(temporary, wanted, matrix.models, divergences)
-        print(f"wrote {args.kl_out} ({unit})")
-    order = np.argsort(divergences, axis=1, kind="stable")[:, : args.neighbors]
+            _write_matrix_csv(temporary, placement.models, placement.map_models, placement.kl)
+        print(f"wrote {args.kl_out} ({placement.unit})")
+    order = np.argsort(placement.kl, axis=1, kind="stable")[:, : args.neighbors]
     _print_neighbors(
-        wanted, matrix.models, order, np.take_along_axis(divergences, order, axis=1), unit
+        placement.models,
+        placement.map_models,
+        order,
+        np.take_along_axis(placement.kl, order, axis=1),
+        placement.unit,
     )
     return 0
 
