@@ -1,4 +1,4 @@
-"""The analysis subcommands: kl, map, predict, resample, add, outliers.
+"""The analysis subcommands: kl, map, predict, resample, add, outliers, tree.
 
 Each reads a jaxmap store (or a ``.npy`` / plain HDF5 matrix), clips it at the global
 ``--clip-quantile`` (0.02, as in the papers; 0 disables) and reports for people: results on
@@ -39,7 +39,7 @@ from . import int_at_least, positive_float, quantile
 
 # Arguments that name files a command reads, and files it writes.
 _INPUT_ARGUMENTS = ("store", "subset", "meta", "scores", "models")
-_OUTPUT_ARGUMENTS = ("out", "html", "curve", "kl_out", "coords")
+_OUTPUT_ARGUMENTS = ("out", "html", "curve", "kl_out", "coords", "plot")
 
 
 def _inputs(args: argparse.Namespace) -> list[str]:
@@ -425,6 +425,44 @@ def _run_add(args: argparse.Namespace) -> int:
     return 0
 
 
+# tree ----------------------------------------------------------------------------------------
+
+
+@_checks_outputs
+def _run_tree(args: argparse.Namespace) -> int:
+    from ..analysis.tree import build_tree, plot_tree
+
+    if args.plot:
+        from ..analysis.plots import image_format
+
+        image_format(args.plot)
+    matrix, clipped, tau = _load_clipped(args)
+    print(_describe(matrix, tau, args))
+    text_bytes = _text_bytes(matrix) if args.bits_per_byte else None
+    unit = "bits per byte" if args.bits_per_byte else "nats per text"
+    with _about(matrix.source):
+        divergences = kl_matrix(clipped, text_bytes=text_bytes)
+        tree = build_tree(divergences, matrix.models, args.method)
+    newick = tree.to_newick()
+    name = {"nj": "neighbour-joining", "average": "average-linkage"}[args.method]
+    with atomic_outputs([args.out, args.plot], _inputs(args)) as (newick_file, plot_file):
+        if newick_file:
+            newick_file.write_text(newick + "\n", encoding="utf-8")
+        if plot_file:
+            plot_tree(
+                tree,
+                plot_file,
+                title=f"{name.capitalize()} tree of {len(matrix.models)} models (estimated KL)",
+                unit=unit,
+            )
+    if not args.out:
+        print(newick)
+    for path in (args.out, args.plot):
+        if path:
+            print(f"wrote {path}")
+    return 0
+
+
 # outliers ------------------------------------------------------------------------------------
 
 
@@ -483,7 +521,7 @@ def _sizes(text: str) -> list[int]:
 
 
 def register(subparsers) -> None:
-    """Add the kl, map, predict, resample, add and outliers subcommands."""
+    """Add the kl, map, predict, resample, add, outliers and tree subcommands."""
     kl = subparsers.add_parser(
         "kl", help="estimated KL between every pair of models, and nearest neighbours"
     )
@@ -619,3 +657,20 @@ def register(subparsers) -> None:
     outliers.add_argument("--top", type=int_at_least(1), default=20, help="texts to list (default 20)")
     outliers.add_argument("--out", help="CSV of every text's z-score and excess log-likelihood")
     outliers.set_defaults(func=_run_outliers)
+
+    tree = subparsers.add_parser(
+        "tree", help="neighbour-joining or average-linkage tree of the models (Newick, dendrogram)"
+    )
+    _add_input(tree)
+    tree.add_argument(
+        "--method",
+        choices=("nj", "average"),
+        default="nj",
+        help="neighbour joining (default) or average linkage (UPGMA)",
+    )
+    tree.add_argument("--out", help="Newick file (default: print the tree)")
+    tree.add_argument("--plot", metavar="PNG", help="also draw the tree as a dendrogram image")
+    tree.add_argument(
+        "--bits-per-byte", action="store_true", help="branch lengths in bits per byte, not nats per text"
+    )
+    tree.set_defaults(func=_run_tree)
