@@ -29,6 +29,8 @@ _EXPORTS = {
     "resample": "analysis",
     "resampled_coordinates": "analysis",
     "load_model": "engine",
+    "load_module": "models.module",
+    "DecoderLM": "models.module",
     "score": "jobs",
     "score_job": "jobs",
     "JobSummary": "jobs",

@@ -12,9 +12,9 @@ from typing import Any, Callable
 
 import jax.numpy as jnp
 
-from . import gemma3, gpt2, gpt_neox, llama
+from . import gemma3, gpt2, gpt_neox, gptj, llama, phi, stablelm
 from .adapter import ConfigReader, UnsupportedModelError, WeightSource
-from .decoder import DecoderConfig, Params, hidden_states, unembedding
+from .decoder import DecoderConfig, Params, hidden_states, unembedding, unembedding_bias
 
 @dataclass(frozen=True)
 class Architecture:
@@ -46,6 +46,11 @@ ARCHITECTURES: dict[str, Architecture] = _registry(
     Architecture("GemmaForCausalLM", "gemma", gemma3.translate, gemma3.convert),
     Architecture("Gemma2ForCausalLM", "gemma2", gemma3.translate, gemma3.convert),
     Architecture("Gemma3ForCausalLM", "gemma3_text", gemma3.translate, gemma3.convert, gguf="gemma3"),
+    Architecture("GPTJForCausalLM", "gptj", gptj.translate, gptj.convert),
+    Architecture("CodeGenForCausalLM", "codegen", gptj.translate, gptj.convert),
+    Architecture("PhiForCausalLM", "phi", phi.translate, phi.convert),
+    Architecture("Phi3ForCausalLM", "phi3", phi.translate, phi.convert),
+    Architecture("StableLmForCausalLM", "stablelm", stablelm.translate, stablelm.convert),
 )
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -86,6 +91,18 @@ def convert_weights(
     return ARCHITECTURES[architecture].convert(weights, config, DTYPES[dtype])
 
 
+# The Flax NNX module (:mod:`.module`) is imported on first use: scoring needs no flax.
+_MODULE_EXPORTS = ("DecoderLM", "init_params", "load")
+
+
+def __getattr__(name: str):
+    if name in _MODULE_EXPORTS:
+        from . import module
+
+        return getattr(module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "ARCHITECTURES",
     "Architecture",
@@ -99,4 +116,5 @@ __all__ = [
     "hidden_states",
     "translate_config",
     "unembedding",
+    "unembedding_bias",
 ]
