@@ -153,7 +153,16 @@ def run_demo(
     with atomic_outputs([map_png, map_html, report]) as (png_file, html_file, report_file):
         if map_png:
             plot_map(coordinates, names, png_file, axis_label=label, title=title)
-            write_html(coordinates, names, html_file, title=title)
+            shown = ("architecture", "revision", "source", "dtype", "bos_policy", "n_ctx", "tokens_per_second")
+            write_html(
+                coordinates,
+                names,
+                html_file,
+                metadata=[{k: meta[k] for k in shown if k in meta} for meta in store.model_meta],
+                kl=kl_nats,
+                axis_label=label,
+                title=title,
+            )
         report_file.write_text(
             "# jaxmap demo\n\n"
             f"{len(names)} models × {len(texts)} texts from {len(set(domains))} domains "

@@ -4,4 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh '.[test]'
+# The interactive map's browser test drives Debian's chromium (tests/test_map_browser.py; it is
+# skipped, saying why, when no browser can be had). Installed only where missing, as root.
+if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium) \
+        >/dev/null || echo "test.sh: could not install chromium; the browser tests will be skipped" >&2
+fi
 exec python -m pytest "$@"

@@ -140,12 +140,15 @@ def test_map_png_and_offline_html(map_store, tmp_path, capsys):
     )
     assert (tmp_path / "map.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     page = (tmp_path / "map.html").read_text()
+    data = json.loads(page.split('<script type="application/json" id="map-data">', 1)[1].split("</script>", 1)[0])
     assert all(
-        f'data-name="fam{f}-m{k} — family: family{f}"' in page
+        data["colorings"]["family"]["labels"][data["names"].index(f"fam{f}-m{k}")] == f"family{f}"
         for f in range(FAMILIES)
         for k in range(PER_FAMILY)
     )
-    assert "src=" not in page and "<link" not in page  # nothing to fetch: works offline
+    assert data["color_by"] == "family" and all("mmlu: " in hover for hover in data["hover"])
+    assert len(data["neighbors"][0]) == min(10, FAMILIES * PER_FAMILY - 1)
+    assert "<script src" not in page and "<link" not in page  # nothing to fetch: works offline
     assert read_csv_matrix(tmp_path / "xy.csv")[2].shape == (FAMILIES * PER_FAMILY, 2)
     assert run("map", map_store, "--out", tmp_path / "pca.png", "--method", "pca") == 0
 

@@ -5,6 +5,7 @@ Run with ``--basetemp DIR`` to keep the PNGs and look at them.
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import numpy as np
@@ -116,16 +117,19 @@ def test_numeric_colours_and_html(family_map, projections, tmp_path):
         and fraction_near(image, "#fde725", 0.08) > 1e-5
     )
     odd_names = ['<script>alert("x")</script>'] + names[1:]
-    map_html(
-        coordinates,
-        odd_names,
-        tmp_path / "map.html",
-        color_values=parameters,
-        color_label="parameters",
-    )
+    metadata = [{"parameters": p, "note": "a & b"} for p in parameters]
+    map_html(coordinates, odd_names, tmp_path / "map.html", metadata=metadata, color_by="parameters")
     page = (tmp_path / "map.html").read_text()
-    assert "<script>alert" not in page and "&lt;script&gt;alert(&quot;x&quot;)" in page
-    assert page.count("<circle cx") == len(names) + 5 and "src=" not in page
+    assert "<script>alert" not in page  # a name cannot end the data's script element
+    data = json.loads(page.split('<script type="application/json" id="map-data">', 1)[1].split("</script>", 1)[0])
+    assert data["names"] == odd_names
+    assert data["hover"][0].startswith("<b>&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;</b>")
+    assert "note: a &amp; b" in data["hover"][0]
+    assert data["colorings"]["parameters"]["kind"] == "numeric" and data["colorings"]["parameters"]["log"]
+    assert "note" not in data["colorings"]  # one value for every model tells nothing apart
+    assert "<script src" not in page and "<link" not in page  # plotly.js is in the page
+    with pytest.raises(AnalysisError, match="no such metadata column"):
+        map_html(coordinates, names, tmp_path / "x.html", metadata=metadata, color_by="family")
     with pytest.raises(AnalysisError, match="3 colour values for 60 models"):
         plot_map(coordinates, names, tmp_path / "x.png", color_values=["a", "b", "c"])
 
@@ -140,3 +144,30 @@ def test_resampling_curve_png(family_map, tmp_path):
     assert image.shape[:2] == (825, 1125)
     for colour in TAB10[:3]:  # one line per method
         assert fraction_near(image, colour) > 1e-4
+
+
+def test_a_crowded_map_names_a_subset_without_overlaps(tmp_path):
+    rng = np.random.default_rng(0)
+    centres = [(0, 0), (6, 1), (2, 7), (-5, 4)]
+    coordinates = np.concatenate([rng.normal(size=(300, 2)) + c for c in centres])
+    names = [f"family{i // 300}/model-{i:04d}-step{i * 7}" for i in range(1200)]
+    families = [f"family{i // 300}" for i in range(1200)]
+    path = tmp_path / "crowded.png"
+    figure = plot_map(coordinates, names, path, color_values=families, color_label="family", label_count=40)
+    assert imread(path).shape[:2] == (1125, 1500)
+    axes = figure.axes[0]
+    renderer = figure.canvas.get_renderer()
+    frame = axes.get_window_extent(renderer)
+    labels = [text for text in axes.texts if text.get_text()]
+    assert 25 <= len(labels) <= 40 and {t.get_text() for t in labels} <= set(names)
+    boxes = [text.get_window_extent(renderer) for text in labels]
+    for box in boxes:
+        assert frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+    overlapping = [(a, b) for i, a in enumerate(boxes) for b in boxes[:i] if a.overlaps(b)]
+    assert not overlapping
+    # Chosen names: only those, each written once.
+    chosen = [names[5], names[700], names[1199]]
+    figure = plot_map(coordinates, names, tmp_path / "chosen.png", labels=chosen)
+    assert sorted(t.get_text() for t in figure.axes[0].texts if t.get_text()) == sorted(chosen)
+    with pytest.raises(AnalysisError, match="no such model"):
+        plot_map(coordinates, names, tmp_path / "x.png", labels=["nobody"])

@@ -1,4 +1,5 @@
-"""Pictures for people: the model map (PNG and offline HTML) and the resampling curve (PNG).
+"""Pictures for people: the model map (PNG, and interactive offline HTML with plotly) and the
+resampling curve (PNG).
 
 Figures are drawn on ``matplotlib.figure.Figure`` objects directly, so nothing here touches
 pyplot's global state or the caller's backend.
@@ -7,13 +8,15 @@ pyplot's global state or the caller's backend.
 from __future__ import annotations
 
 import html
+import json
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import LogNorm, Normalize, to_hex
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
@@ -115,6 +118,85 @@ def _check_coordinates(coordinates, names: Sequence[str]) -> np.ndarray:
     return coordinates
 
 
+def distinct_points(coordinates, count: int) -> list[int]:
+    """``count`` points spread over the map (farthest-point traversal): the first is the one
+    farthest from the centre, each next the one farthest from those chosen. These are the
+    models a crowded map names."""
+    coordinates = np.asarray(coordinates, dtype=np.float64)
+    count = min(count, len(coordinates))
+    if count <= 0:
+        return []
+    chosen = [int(np.argmax(np.linalg.norm(coordinates - coordinates.mean(axis=0), axis=1)))]
+    nearest = np.linalg.norm(coordinates - coordinates[chosen[0]], axis=1)
+    while len(chosen) < count:
+        following = int(np.argmax(nearest))
+        if nearest[following] == 0:  # only duplicates of chosen points are left
+            break
+        chosen.append(following)
+        nearest = np.minimum(nearest, np.linalg.norm(coordinates - coordinates[following], axis=1))
+    return chosen
+
+
+# Where a label may sit around its point, as (dx, dy) directions; tried at growing distances.
+_LABEL_DIRECTIONS = [(1, 1), (-1, 1), (1, -1), (-1, -1), (1, 0), (-1, 0), (0, 1), (0, -1)]
+_LABEL_GAP = 2.0  # display pixels kept between two labels
+
+
+def _place_labels(axes, figure, coordinates: np.ndarray, names: Sequence[str], chosen: list[int]):
+    """Write the names of ``chosen`` points where they overlap no other label and stay inside
+    the axes, preferring spots near the point that cover few other points (greedy, in the
+    order given). Returns how many names found no place."""
+    renderer = figure.canvas.get_renderer()
+    frame = axes.get_window_extent(renderer)
+    points = axes.transData.transform(coordinates)
+    placed: list[np.ndarray] = []  # [x0, y0, x1, y1] of every label written, in pixels
+    unplaced = 0
+    scale = figure.dpi / 72.0
+    for index in chosen:
+        text = axes.text(0, 0, names[index], fontsize=7, color="#333333", ha="center", va="center")
+        extent = text.get_window_extent(renderer)
+        half = np.array([extent.width, extent.height]) / 2 + _LABEL_GAP
+        best = None
+        for step, distance in enumerate((6, 14, 26, 44)):
+            for dx, dy in _LABEL_DIRECTIONS:
+                centre = points[index] + np.array(
+                    [dx * (distance * scale + half[0] - _LABEL_GAP), dy * (distance * scale + half[1] - _LABEL_GAP)]
+                )
+                box = np.concatenate([centre - half, centre + half])
+                if box[0] < frame.x0 or box[1] < frame.y0 or box[2] > frame.x1 or box[3] > frame.y1:
+                    continue
+                if any(
+                    box[0] < other[2] and other[0] < box[2] and box[1] < other[3] and other[1] < box[3]
+                    for other in placed
+                ):
+                    continue
+                covered = int(
+                    np.sum(
+                        (points[:, 0] > box[0]) & (points[:, 0] < box[2])
+                        & (points[:, 1] > box[1]) & (points[:, 1] < box[3])
+                    )
+                )
+                cost = 3 * covered + step
+                if best is None or cost < best[0]:
+                    best = (cost, centre, box, step)
+            if best is not None and best[0] <= step:  # nothing covered: no farther spot is better
+                break
+        if best is None:
+            text.remove()
+            unplaced += 1
+            continue
+        _, centre, box, step = best
+        text.set_position(axes.transData.inverted().transform(centre))
+        placed.append(box)
+        if step >= 2:  # far from its point: a leader line says whose name it is
+            edge = np.clip(points[index], box[:2], box[2:])  # the label's nearest point
+            axes.annotate(
+                "", xy=coordinates[index], xytext=axes.transData.inverted().transform(edge),
+                arrowprops=dict(arrowstyle="-", color="#999999", linewidth=0.5, shrinkA=0, shrinkB=2),
+            )
+    return unplaced
+
+
 def plot_map(
     coordinates,
     names: Sequence[str],
@@ -124,40 +206,45 @@ def plot_map(
     color_label: str = "",
     axis_label: str = "t-SNE",
     title: str = "Model map",
-    annotate: bool | None = None,
-) -> None:
+    labels: Sequence[str] | None = None,
+    label_count: int = 30,
+) -> Figure:
     """Save the map as an image in the format of ``path``'s suffix (.png, .svg, .pdf ...),
-    written atomically: one point per model, coloured by ``color_values`` if given.
+    written atomically: one point per model, coloured by ``color_values`` if given. Returns
+    the figure.
 
-    Categorical values get a legend, numeric ones (13 or more distinct) a colour bar.
-    ``annotate`` writes the model names beside the points (default: when there are at most
-    40 models, beyond which names overlap into noise).
+    Categorical values get a legend, numeric ones (13 or more distinct) a colour bar. Names are
+    written for the models in ``labels``, else for ``label_count`` models spread over the map
+    (:func:`distinct_points`; all of them when there are no more), placed so that no two
+    overlap and none leaves the axes; a name that finds no such place is left out.
     """
     coordinates = _check_coordinates(coordinates, names)
     count = len(names)
     coloring = _coloring(color_values, count)
-    annotate = count <= 40 if annotate is None else annotate
+    if labels is not None:
+        index_of = {name: i for i, name in enumerate(names)}
+        unknown = [name for name in labels if name not in index_of]
+        if unknown:
+            raise AnalysisError(f"cannot label {unknown[0]!r}: no such model on the map")
+        chosen = list(dict.fromkeys(index_of[name] for name in labels))
+    else:
+        chosen = distinct_points(coordinates, label_count)
     figure = Figure(figsize=(10, 7.5), dpi=150, layout="constrained")
     axes = figure.add_subplot()
-    marker_size = float(np.clip(4000 / count, 6, 60))
+    marker_size = float(np.clip(4000 / count, 4, 60))
     axes.scatter(
         coordinates[:, 0],
         coordinates[:, 1],
         s=marker_size,
         c=coloring.point_colors,
         edgecolors="white",
-        linewidths=0.4,
+        linewidths=0.4 if count <= 400 else 0.0,
         alpha=0.9,
     )
     # Distances are what the map shows, so one unit must be as long on both axes; the margins
     # leave room for the names written beside the outermost points.
     axes.set_aspect("equal", adjustable="datalim")
-    axes.margins(0.12)
-    if annotate:
-        for (x, y), name in zip(coordinates, names):
-            axes.annotate(
-                name, (x, y), xytext=(4, 3), textcoords="offset points", fontsize=7, color="#333333"
-            )
+    axes.margins(0.08)
     if coloring.norm is not None:
         mappable = axes.scatter([], [], c=[], cmap="viridis", norm=coloring.norm)
         figure.colorbar(mappable, ax=axes, label=color_label)
@@ -175,29 +262,99 @@ def plot_map(
             fontsize=8,
             title_fontsize=9,
         )
-    axes.margins(0.08)  # room for the names of the outermost points
     axes.set_xlabel(f"{axis_label} 1")
     axes.set_ylabel(f"{axis_label} 2")
     axes.set_title(title)
     axes.grid(True, color="#eeeeee", linewidth=0.6)
     axes.set_axisbelow(True)
+    if chosen:
+        # Labels are placed in pixels: fix the layout and the limits first, so that drawing
+        # the figure again (when saving) moves nothing.
+        FigureCanvasAgg(figure).draw()
+        figure.set_layout_engine("none")
+        axes.set_xlim(axes.get_xlim())
+        axes.set_ylim(axes.get_ylim())
+        _place_labels(axes, figure, coordinates, names, chosen)
     _save(figure, path)
+    return figure
 
 
-_TOOLTIP_SCRIPT = """
-const tip = document.getElementById('tip');
-document.querySelectorAll('circle[data-name]').forEach(c => {
-  c.addEventListener('mouseenter', () => {
-    tip.textContent = c.dataset.name;
-    tip.style.display = 'block';
-  });
-  c.addEventListener('mousemove', e => {
-    tip.style.left = (e.pageX + 12) + 'px';
-    tip.style.top = (e.pageY + 12) + 'px';
-  });
-  c.addEventListener('mouseleave', () => { tip.style.display = 'none'; });
-});
-"""
+def _metadata_columns(metadata: Sequence[Mapping[str, object]] | None, count: int) -> list[str]:
+    if metadata is None:
+        return []
+    if len(metadata) != count:
+        raise AnalysisError(f"{len(metadata)} metadata rows for {count} models")
+    columns: dict[str, None] = {}
+    for row in metadata:
+        columns.update(dict.fromkeys(row))
+    return list(columns)
+
+
+def _shown(value) -> str:
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(value, sort_keys=True, default=str)
+    return "" if value is None else str(value)
+
+
+def _page_coloring(values: Sequence, count: int) -> dict | None:
+    """How the page colours by one column; None for a column that cannot tell models apart."""
+    coloring = _coloring(values, count)
+    if coloring.norm is not None:
+        numbers = [None if label == MISSING else float(label) for label in coloring.point_labels]
+        return {
+            "kind": "numeric",
+            "values": [_parse_number(v) if n is not None else None for v, n in zip(values, numbers)],
+            "log": isinstance(coloring.norm, LogNorm),
+        }
+    distinct = {label for label in coloring.point_labels}
+    if len(distinct) < 2 or (len(distinct) == count and count > _MAX_CATEGORIES):
+        return None  # one value for all, or a name per model (references, keys): no colouring
+    colors = dict(coloring.legend)
+    return {
+        "kind": "category",
+        "labels": coloring.point_labels,
+        "colors": colors,
+        "order": [label for label, _ in coloring.legend],
+    }
+
+
+def _numeric_order(value) -> tuple:
+    number = _parse_number(value)
+    return (0, number, "") if number is not None else (1, 0.0, str(value))
+
+
+def trajectory_paths(
+    names: Sequence[str], metadata: Sequence[Mapping[str, object]] | None
+) -> list[list[int]]:
+    """The trajectories drawn on the map, as lists of point indices in order.
+
+    Logit-lens rows (metadata ``parent_model`` and ``layer``) make one thread per parent model,
+    ordered by layer and ending at the parent itself when it is on the map. Models whose
+    metadata has a ``trajectory``, ``run`` or ``path`` value and a ``step`` make one path per
+    value, ordered by step. A thread of one point is no path.
+    """
+    if metadata is None:
+        return []
+    index_of = {name: i for i, name in enumerate(names)}
+    groups: dict[tuple[str, str], list[tuple[tuple, int]]] = {}
+    for i, row in enumerate(metadata):
+        if row.get("parent_model") is not None and row.get("layer") is not None:
+            groups.setdefault(("lens", str(row["parent_model"])), []).append(
+                (_numeric_order(row["layer"]), i)
+            )
+            continue
+        run = next((row[k] for k in ("trajectory", "run", "path") if row.get(k) not in (None, "")), None)
+        if run is not None and row.get("step") not in (None, ""):
+            groups.setdefault(("run", str(run)), []).append((_numeric_order(row["step"]), i))
+    paths = []
+    for (kind, group), members in groups.items():
+        path = [i for _, i in sorted(members)]
+        parent = index_of.get(group) if kind == "lens" else None
+        if parent is not None and parent not in path:
+            path.append(parent)
+        if len(path) > 1:
+            paths.append(path)
+    return paths
 
 
 def map_html(
@@ -205,79 +362,73 @@ def map_html(
     names: Sequence[str],
     path: str | Path,
     *,
-    color_values: Sequence | None = None,
-    color_label: str = "",
+    metadata: Sequence[Mapping[str, object]] | None = None,
+    color_by: str | None = None,
+    kl=None,
+    kl_unit: str = "nats per text",
+    neighbors: int = 10,
+    axis_label: str = "t-SNE",
     title: str = "Model map",
 ) -> None:
-    """Save the map as one self-contained HTML file (inline SVG and script, no network),
-    written atomically.
+    """Save the map as one self-contained interactive HTML file (plotly.js embedded, no
+    network), written atomically.
 
-    Hovering a point shows the model's name (and its colour value); the SVG ``<title>`` of
-    each point shows the same where scripts are disabled.
+    Zoom (wheel, box) and pan; hovering a point shows the model's name and every field of its
+    ``metadata`` row (one mapping per model); a menu colours the points by any metadata column
+    that tells models apart (legend for categories, colour bar for numbers; ``color_by`` is the
+    first one shown); a search box highlights models whose name contains the query;
+    trajectories (:func:`trajectory_paths`) are drawn as lines; clicking a model lists its
+    ``neighbors`` nearest models by the K×K matrix ``kl`` (in ``kl_unit``).
     """
+    from plotly.offline import get_plotlyjs
+
+    from ._map_page import PAGE, SCRIPT
+
     coordinates = _check_coordinates(coordinates, names)
-    coloring = _coloring(color_values, len(names))
-    width, height, margin = 900, 700, 30
-    legend_width = 240 if coloring.legend or coloring.norm is not None else 0
-    low, high = coordinates.min(axis=0), coordinates.max(axis=0)
-    span = np.where(high > low, high - low, 1.0)
-    plot_w, plot_h = width - 2 * margin, height - 2 * margin
-    xs = margin + (coordinates[:, 0] - low[0]) / span[0] * plot_w
-    ys = height - margin - (coordinates[:, 1] - low[1]) / span[1] * plot_h
-    radius = float(np.clip(300 / np.sqrt(len(names)), 2.5, 7))
-    points = []
-    for x, y, name, colour, value in zip(
-        xs, ys, names, coloring.point_colors, coloring.point_labels
-    ):
-        label = f"{name} — {color_label or 'value'}: {value}" if color_values is not None else name
-        safe = html.escape(label, quote=True)
-        points.append(
-            f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{radius:.1f}" fill="{colour}" '
-            f'data-name="{safe}">'
-            f"<title>{safe}</title></circle>"
-        )
-    legend = []
-    entries = list(coloring.legend)
-    if coloring.norm is not None:
-        steps = np.linspace(0.0, 1.0, 5)
-        entries = [
-            (
-                f"{color_label or 'value'} {coloring.norm.inverse(f):.3g}",
-                to_hex(colormaps["viridis"](f)),
-            )
-            for f in steps
-        ] + entries
-    if entries:
-        legend.append(
-            f'<text x="{width + 10}" y="{margin}" font-weight="bold">'
-            f"{html.escape(color_label)}</text>"
-        )
-        for row, (label, colour) in enumerate(entries):
-            y = margin + 20 + 18 * row
-            legend.append(
-                f'<circle cx="{width + 16}" cy="{y - 4}" r="5" fill="{colour}"></circle>'
-                f'<text x="{width + 28}" y="{y}">{html.escape(label)}</text>'
-            )
-    document = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>
-body {{ font-family: sans-serif; margin: 16px; }}
-svg {{ font-size: 12px; }}
-circle[data-name] {{ stroke: white; stroke-width: 0.6; opacity: 0.9; }}
-circle[data-name]:hover {{ stroke: black; stroke-width: 1.5; opacity: 1; }}
-#tip {{ position: absolute; display: none; background: #222; color: #fff; padding: 3px 6px;
-        border-radius: 3px; font-size: 12px; pointer-events: none; }}
-</style></head><body>
-<h3>{html.escape(title)}</h3>
-<svg xmlns="http://www.w3.org/2000/svg" width="{width + legend_width}" height="{height}">
-<rect x="0" y="0" width="{width}" height="{height}" fill="white" stroke="#dddddd"></rect>
-{chr(10).join(points)}
-{chr(10).join(legend)}
-</svg>
-<div id="tip"></div>
-<script>{_TOOLTIP_SCRIPT}</script>
-</body></html>
-"""
+    count = len(names)
+    columns = _metadata_columns(metadata, count)
+    if color_by is not None and color_by not in columns:
+        raise AnalysisError(f"cannot colour by {color_by!r}: no such metadata column")
+    rows = metadata or [{} for _ in names]
+    hover = []
+    for name, row in zip(names, rows):
+        fields = [f"<b>{html.escape(str(name))}</b>"] + [
+            f"{html.escape(column)}: {html.escape(_shown(row.get(column)))}"
+            for column in columns
+            if column in row
+        ]
+        hover.append("<br>".join(fields))
+    colorings = {}
+    for column in columns:
+        coloring = _page_coloring([_shown(row.get(column)) or None for row in rows], count)
+        if coloring is not None:
+            colorings[column] = coloring
+    nearest: list[list[list[float]]] = [[] for _ in names]
+    if kl is not None:
+        kl = np.asarray(kl, dtype=np.float64)
+        if kl.shape != (count, count):
+            raise AnalysisError(f"a KL matrix of shape {kl.shape} for {count} models")
+        masked = kl.copy()
+        np.fill_diagonal(masked, np.inf)
+        order = np.argsort(masked, axis=1, kind="stable")[:, : min(neighbors, count - 1)]
+        nearest = [[[int(j), float(kl[i, j])] for j in row] for i, row in enumerate(order)]
+    data = {
+        "names": [str(name) for name in names],
+        "x": coordinates[:, 0].tolist(),
+        "y": coordinates[:, 1].tolist(),
+        "hover": hover,
+        "colorings": colorings,
+        "color_by": color_by if color_by in colorings else None,
+        "paths": trajectory_paths(names, metadata),
+        "neighbors": nearest,
+        "kl_unit": kl_unit,
+        "axis_label": axis_label,
+    }
+    # Inside <script>, "</" would end the element early: escape "<" in the JSON text.
+    embedded = json.dumps(data, allow_nan=False).replace("<", "\\u003c")
+    document = PAGE.format(
+        title=html.escape(title), data=embedded, plotly=get_plotlyjs(), script=SCRIPT
+    )
     with atomic_output(path) as temporary:
         temporary.write_text(document, encoding="utf-8")
 

@@ -180,21 +180,6 @@ def _read_table(path: str | Path, needed: Sequence[str]) -> tuple[str, dict[str,
     return key, by_name
 
 
-def _values_by_model(path: str | Path, column: str, models: Sequence[str]) -> list[str | None]:
-    """``column`` of the CSV for each model, matched by name; None where a model has no row."""
-    key, rows = _read_table(path, [column])
-    values = [rows[model][column] if model in rows else None for model in models]
-    if all(v is None for v in values):
-        raise AnalysisError(
-            f"{path}: none of its {key!r} values names a model of the map "
-            f"(e.g. {next(iter(rows))!r} vs {models[0]!r})"
-        )
-    missing = sum(v is None for v in values)
-    if missing:
-        print(f"note: {missing} of {len(models)} models have no row in {path}", file=sys.stderr)
-    return values
-
-
 # kl ------------------------------------------------------------------------------------------
 
 
@@ -218,17 +203,60 @@ def _run_kl(args: argparse.Namespace) -> int:
 _AXIS_LABELS = {"tsne": "t-SNE", "pca": "PC", "mds": "MDS"}
 
 
+# Store metadata that says how a row was computed, not what the model is; kept out of the
+# hover text of the map so that what tells models apart stays readable.
+_RUN_STATISTICS = (
+    "seconds", "tokens", "tokens_per_second", "padding_fraction", "batch_shapes", "compilations",
+    "compile_seconds", "load_seconds", "jaxmap_version", "tokenizer",
+)
+
+
+def _map_metadata(args: argparse.Namespace, matrix: LoglikMatrix) -> list[dict]:
+    """One metadata row per model: what the store records, then the --meta CSV's columns."""
+    rows: list[dict] = [{} for _ in matrix.models]
+    if matrix.is_store:
+        from ..store import read_model_meta
+
+        rows = [
+            {k: v for k, v in meta.items() if k not in _RUN_STATISTICS}
+            for meta in read_model_meta(matrix.source)
+        ]
+    if args.meta:
+        in_store = any(args.color_by in row for row in rows) if args.color_by else True
+        key, table = _read_table(args.meta, [] if in_store else [args.color_by])
+        found = [table.get(model) for model in matrix.models]
+        if all(row is None for row in found):
+            raise AnalysisError(
+                f"{args.meta}: none of its {key!r} values names a model of the map "
+                f"(e.g. {next(iter(table))!r} vs {matrix.models[0]!r})"
+            )
+        missing = sum(row is None for row in found)
+        if missing:
+            print(f"note: {missing} of {len(matrix.models)} models have no row in {args.meta}", file=sys.stderr)
+        for row, extra in zip(rows, found):
+            row.update({k: v for k, v in (extra or {}).items() if k != key})
+    if args.color_by and not any(args.color_by in row for row in rows):
+        raise AnalysisError(
+            f"--color-by {args.color_by}: no such column in the store's model metadata"
+            + ("" if args.meta else "; give --meta models.csv with that column")
+        )
+    return rows
+
+
 @_checks_outputs
 def _run_map(args: argparse.Namespace) -> int:
     from ..analysis.plots import image_format, map_html, plot_map
     from ..analysis.projection import effective_perplexity, project
 
     image_format(args.out)
-    if args.color_by and not args.meta:
-        raise AnalysisError("--color-by needs --meta models.csv")
     matrix, clipped, tau = _load_clipped(args)
     print(_describe(matrix, tau, args))
-    colors = _values_by_model(args.meta, args.color_by, matrix.models) if args.color_by else None
+    metadata = _map_metadata(args, matrix)
+    colors = (
+        [None if row.get(args.color_by) in (None, "") else str(row[args.color_by]) for row in metadata]
+        if args.color_by
+        else None
+    )
     models, texts = clipped.shape
     perplexity = effective_perplexity(models, args.perplexity)
     if args.method == "tsne" and perplexity < args.perplexity:
@@ -240,6 +268,7 @@ def _run_map(args: argparse.Namespace) -> int:
         coordinates = project(
             double_center(clipped), args.method, seed=args.seed, perplexity=perplexity
         )
+        divergences = kl_matrix(clipped) if args.html else None
     title = f"{_AXIS_LABELS[args.method]} map of {models} models on {texts} texts"
     written = [args.out, args.html, args.coords]
     with atomic_outputs(written, _inputs(args)) as (png, html, coords):
@@ -251,14 +280,18 @@ def _run_map(args: argparse.Namespace) -> int:
             color_label=args.color_by or "",
             axis_label=_AXIS_LABELS[args.method],
             title=title,
+            labels=args.label,
+            label_count=args.label_count,
         )
         if html:
             map_html(
                 coordinates,
                 matrix.models,
                 html,
-                color_values=colors,
-                color_label=args.color_by or "",
+                metadata=metadata,
+                color_by=args.color_by,
+                kl=divergences,
+                axis_label=_AXIS_LABELS[args.method],
                 title=title,
             )
         if coords:
@@ -542,7 +575,11 @@ def register(subparsers) -> None:
     map_ = subparsers.add_parser("map", help="2-D map of the models (PNG, optional offline HTML)")
     _add_input(map_)
     map_.add_argument("--out", required=True, help="PNG file")
-    map_.add_argument("--html", help="also write a self-contained HTML map (name on hover)")
+    map_.add_argument(
+        "--html",
+        help="also write an interactive self-contained HTML map (hover, colour menu, search, "
+        "trajectories, nearest neighbours)",
+    )
     map_.add_argument(
         "--method",
         choices=("tsne", "pca", "mds"),
@@ -553,7 +590,23 @@ def register(subparsers) -> None:
         "--meta", help="CSV with one row per model (column 'model', else the first, holds the name)"
     )
     map_.add_argument(
-        "--color-by", metavar="COLUMN", help="colour the points by this column of --meta"
+        "--color-by",
+        metavar="COLUMN",
+        help="colour the points by this column of --meta or of the store's model metadata",
+    )
+    map_.add_argument(
+        "--label",
+        action="append",
+        metavar="NAME",
+        help="write this model's name on the PNG (repeatable; default: the --label-count most "
+        "distinct models)",
+    )
+    map_.add_argument(
+        "--label-count",
+        type=int_at_least(0),
+        default=30,
+        metavar="K",
+        help="without --label, name this many models spread over the map (default 30)",
     )
     map_.add_argument(
         "--perplexity", type=positive_float, default=30.0, help="t-SNE perplexity (default 30)"
