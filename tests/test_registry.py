@@ -70,3 +70,42 @@ def test_every_registered_gguf_name_is_an_architecture_the_converter_knows():
 def test_unknown_gguf_architecture_is_refused_by_name():
     with pytest.raises(gguf.GGUFConversionError, match=r"synthetic-mamba\.gguf.*'mamba'.*not supported"):
         gguf.hf_config(synthetic_source("mamba"))
+
+
+def test_readme_architecture_table_is_generated_from_the_registry():
+    from jaxmap.models.coverage import TABLE_END, TABLE_START, coverage_table
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert TABLE_START in readme and TABLE_END in readme, "README lost its architecture-table markers"
+    current = readme[readme.index(TABLE_START) + len(TABLE_START) : readme.index(TABLE_END)].strip()
+    assert current == coverage_table(), (
+        "README.md's architecture table is not the one jaxmap.models.ARCHITECTURES gives: "
+        "run `python scripts/coverage_table.py`"
+    )
+
+
+def test_coverage_counts_only_registered_types_with_known_counts():
+    from jaxmap.models.coverage import PAPER_COUNTS, PAPER_MODEL_COUNT, coverage_table, covered_paper_models
+
+    assert sum(PAPER_COUNTS.values()) <= PAPER_MODEL_COUNT
+    only_llama = {"LlamaForCausalLM": ARCHITECTURES["LlamaForCausalLM"]}
+    assert covered_paper_models(only_llama) == PAPER_COUNTS["llama"]
+    assert covered_paper_models({}) == 0
+    # A registered type outside the paper's known counts adds nothing to the lower bound.
+    with_gpt2 = {**only_llama, "GPT2LMHeadModel": ARCHITECTURES["GPT2LMHeadModel"]}
+    assert covered_paper_models(with_gpt2) == PAPER_COUNTS["llama"]
+    table = coverage_table(only_llama)
+    assert "| LlamaForCausalLM | `llama` | yes (`llama`) | 587 |" in table
+    assert f"at least **587 of 1,018 models ({100 * 587 / 1018:.1f}%)**" in table
+    assert "`mistral` (232)" in table  # listed among the known types not covered
+
+
+def test_a_new_architecture_makes_the_readme_table_stale():
+    from dataclasses import replace
+
+    from jaxmap.models.coverage import coverage_table
+
+    llama = ARCHITECTURES["LlamaForCausalLM"]
+    extended = {**ARCHITECTURES, "NewForCausalLM": replace(llama, name="NewForCausalLM", model_type="new")}
+    assert "| NewForCausalLM | `new` | yes (`llama`) | — |" in coverage_table(extended)
+    assert coverage_table(extended) != coverage_table()
