@@ -11,12 +11,13 @@ its reader (``| head``) ends the command quietly with 141.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from typing import Callable
 
 from .._version import __version__
-from . import interrupts
+from . import interrupts, quiet
 
 EXIT_PEOPLE_ERROR = 2
 EXIT_BROKEN_PIPE = 128 + 13  # as if killed by SIGPIPE, the shell's convention
@@ -75,15 +76,20 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``jaxmap`` argument parser with every subcommand."""
     # Imported here, after the signal handlers are in place: they pull in JAX, which takes a
     # while, and an interrupt during that must still exit cleanly.
-    from . import analysis, demo, scoring, stores
+    from . import analysis, demo, scoring, stores, training
 
     parser = _Parser(
         prog="jaxmap",
         description="Map language models by their log-likelihood vectors on a fixed text set.",
     )
     parser.add_argument("--version", action="version", version=f"jaxmap {__version__}")
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also show other libraries' warnings and log messages (hidden by default)",
+    )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (scoring, stores, analysis, demo):
+    for module in (scoring, stores, analysis, demo, training):
         module.register(subparsers)
     parser.commands = subparsers.choices
     return parser
@@ -102,10 +108,13 @@ def main(argv: list[str] | None = None) -> int:
 
     previous = interrupts.install()
     command = "start-up"
+    arguments = sys.argv[1:] if argv is None else argv
+    noise = contextlib.nullcontext() if quiet.wants_verbose(arguments) else quiet.quiet_third_parties()
     try:
-        args = build_parser().parse_args(argv)
-        command = args.command
-        return int(args.func(args) or 0)
+        with noise:
+            args = build_parser().parse_args(arguments)
+            command = args.command
+            return int(args.func(args) or 0)
     except KeyboardInterrupt as interrupt:
         interrupts.leave(command, interrupt)
     except JaxmapError as error:
