@@ -25,6 +25,7 @@ import yaml
 from ..errors import CheckpointError, HubError
 from ..models import UnsupportedModelError, WeightSource
 from .hub import HubSnapshot, delete_downloads, download, downloaded_files, fetch_lock, resolve_snapshot
+from .orbax import OrbaxLayout, expand_checkpoint_sequence, find_layout, resolve_orbax, run_steps
 from .validation import INDEX_FILE, read_json_object, read_shard_index, safetensors_header, validate, validate_weights
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
@@ -50,9 +51,12 @@ class Checkpoint:
     reference: str
     directory: Path
     revision: str
-    source: str  # "local", "gguf" (a .gguf file or a packaged model, converted) or "hub"
+    source: str  # "local", "gguf" (a .gguf file or a packaged model, converted), "hub" or "orbax"
     canonical: str = ""
     hub: HubSnapshot | None = field(default=None, compare=False, repr=False)
+    # An orbax checkpoint's params tree (:mod:`.orbax`); ``directory`` then holds its config.json
+    # and tokenizer files.
+    orbax: "OrbaxLayout | None" = field(default=None, compare=False, repr=False)
 
     def config(self) -> dict:
         """The parsed config.json (a JSON object)."""
@@ -156,6 +160,17 @@ class Checkpoint:
         weights = [n for n in downloaded_files(self.directory) if n.endswith(".safetensors")]
         return delete_downloads(self.directory, weights)
 
+    def load_params(self, architecture: str, config, dtype: str):
+        """The decoder's params as host arrays in their final layout and ``dtype``: converted
+        from the HF-named safetensors, or restored from an orbax checkpoint."""
+        if self.orbax is not None:
+            from .orbax import load_orbax_params
+
+            return load_orbax_params(self, architecture, config, dtype)
+        from ..models import convert_weights
+
+        return convert_weights(architecture, self.open_weights(), config, dtype)
+
     def open_weights(self) -> WeightSource:
         """Lazily readable named tensors (read on first use, straight into device arrays).
 
@@ -210,6 +225,15 @@ def resolve(
     """
     path = Path(reference).expanduser()
     if path.is_dir():
+        layout = find_layout(path)
+        if layout is not None:
+            return resolve_orbax(reference, path, layout)
+        steps = run_steps(path)
+        if steps:
+            raise CheckpointError(
+                f"{reference}: a training run of {len(steps)} checkpoints, not one model; pass it to "
+                "`jaxmap score` (which expands it to its steps) or name one step directory"
+            )
         return _local(reference, path, "local")
     if path.suffix == ".gguf" or _is_packaged(reference):
         from .gguf import convert_gguf
@@ -268,11 +292,16 @@ def read_model_list(path: Path) -> list[str]:
 
 
 def expand_references(references: Iterable[str]) -> list[str]:
-    """Replace list files by the references they hold; keep order, drop repeats."""
+    """Replace list files by the references they hold, a training run's directory by its
+    checkpoints in step order, and a glob pattern that names no file (``'run/step_*'``, quoted
+    so that jaxmap expands it) by its matches in step order; keep order, drop repeats."""
     out: list[str] = []
     for reference in references:
         path = Path(reference)
-        items = read_model_list(path) if path.is_file() and path.suffix in _LIST_SUFFIXES else [reference]
+        if path.is_file() and path.suffix in _LIST_SUFFIXES:
+            items = read_model_list(path)
+        else:
+            items = expand_checkpoint_sequence(reference) or [reference]
         for item in items:
             if item not in out:
                 out.append(item)

@@ -200,6 +200,11 @@ def validate(checkpoint: Checkpoint) -> None:
 
     translate_config(checkpoint.config(), checkpoint.reference)
     _check_tokenizer(checkpoint)
+    if checkpoint.orbax is not None:
+        from .orbax import validate_orbax
+
+        validate_orbax(checkpoint)
+        return
     checkpoint.weight_names()  # the index names its shards; the hub listing has them
     if not checkpoint.weights_pending:
         validate_weights(checkpoint)

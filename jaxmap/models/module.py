@@ -10,6 +10,7 @@ runs the decoder's functions and the engine's jitted scorer on it, so a module a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -71,6 +72,8 @@ class DecoderLM(nnx.Module):
             "btd,vd->btv", hidden.astype(weights.dtype), weights,
             preferred_element_type=jnp.float32,
         )
+        if "unembed_bias" in params:
+            logits = logits + params["unembed_bias"][: self.config.vocab_size]
         if self.config.final_logit_softcap:
             cap = self.config.final_logit_softcap
             logits = cap * jnp.tanh(logits / cap)
@@ -132,8 +135,26 @@ def load(reference: str, dtype: str = "float32", cache_dir=None, mesh=None) -> D
     )
 
 
-def _normal(key: jax.Array, shape: tuple[int, ...], scale: float) -> np.ndarray:
-    return np.asarray(jax.random.normal(key, shape, jnp.float32) * scale)
+# The DecoderConfig fields :func:`init_params` builds params for; any other field must keep its
+# default (a feature such as mixture-of-experts layers has params init_params does not make).
+_INIT_FIELDS = {
+    "vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
+    "intermediate_size", "max_positions", "norm", "norm_eps", "activation", "gated_mlp",
+    "position", "attn_scale", "tie_embeddings", "rotary_dim", "rope_tables", "layer_rope",
+    "layer_window", "parallel_residual", "qk_norm", "sandwich_norm", "embed_scale",
+    "final_logit_softcap", "attn_logit_softcap",
+}
+
+
+def init_unsupported(config: DecoderConfig) -> list[str]:
+    """The config fields that :func:`init_params` cannot build params for (empty: it can)."""
+    out = [
+        item.name for item in dataclasses.fields(config)
+        if item.name not in _INIT_FIELDS and getattr(config, item.name) != item.default
+    ]
+    if config.position not in ("rope", "learned"):
+        out.append(f"position={config.position}")
+    return out
 
 
 def init_params(config: DecoderConfig, seed: int, linear_bias: frozenset[str] = frozenset()) -> Params:
@@ -144,20 +165,36 @@ def init_params(config: DecoderConfig, seed: int, linear_bias: frozenset[str] = 
     names the projections (``q k v o gate up down``) that carry a zero-initialised bias, as the
     architecture's checkpoints do.
     """
-    keys = iter(jax.random.split(jax.random.key(seed), 16))
+    # numpy's generator on the host: no device work (nor a compilation per shape) to initialise.
+    generator = np.random.default_rng(seed)
+
+    def make(kind: str, shape: tuple[int, ...], scale: float = 1.0) -> np.ndarray:
+        if kind == "normal":
+            return (generator.standard_normal(shape, np.float32) * np.float32(scale)).astype(np.float32)
+        return (np.ones if kind == "ones" else np.zeros)(shape, np.float32)
+
+    return _params_layout(config, linear_bias, make)
+
+
+def param_shapes(config: DecoderConfig, linear_bias: frozenset[str] = frozenset()) -> dict:
+    """The params tree :func:`init_params` builds, with each leaf's shape instead of an array."""
+    return _params_layout(config, linear_bias, lambda kind, shape, scale=1.0: tuple(shape))
+
+
+def _params_layout(config: DecoderConfig, linear_bias: frozenset[str], make) -> dict:
     layers, width = config.num_layers, config.hidden_size
     heads, kv_heads, head_dim = config.num_heads, config.num_kv_heads, config.head_dim
 
     def norm(shape: tuple[int, ...]) -> dict:
-        out = {"scale": np.ones(shape, np.float32)}
+        out = {"scale": make("ones", shape)}
         if config.norm == "layer":
-            out["bias"] = np.zeros(shape, np.float32)
+            out["bias"] = make("zeros", shape)
         return out
 
     def linear(name: str, fan_in: int, fan_out: int) -> dict:
-        out = {"kernel": _normal(next(keys), (layers, fan_in, fan_out), fan_in**-0.5)}
+        out = {"kernel": make("normal", (layers, fan_in, fan_out), fan_in**-0.5)}
         if name in linear_bias:
-            out["bias"] = np.zeros((layers, fan_out), np.float32)
+            out["bias"] = make("zeros", (layers, fan_out))
         return out
 
     layer = {
@@ -179,18 +216,18 @@ def init_params(config: DecoderConfig, seed: int, linear_bias: frozenset[str] = 
         layer["q_norm"] = norm((layers, head_dim))
         layer["k_norm"] = norm((layers, head_dim))
     params = {
-        "embed": _normal(next(keys), (config.vocab_size, width), 0.02),
+        "embed": make("normal", (config.vocab_size, width), 0.02),
         "final_norm": norm((width,)),
         "layers": layer,
     }
     if config.position == "learned":
-        params["positions"] = _normal(next(keys), (config.max_positions, width), 0.02)
+        params["positions"] = make("normal", (config.max_positions, width), 0.02)
     if not config.tie_embeddings:
-        params["unembed"] = _normal(next(keys), (config.vocab_size, width), width**-0.5)
+        params["unembed"] = make("normal", (config.vocab_size, width), width**-0.5)
     return params
 
 
 # The name ``jaxmap.load_module`` exports.
 load_module = load
 
-__all__ = ["DecoderLM", "init_params", "load", "load_module"]
+__all__ = ["DecoderLM", "init_params", "init_unsupported", "load", "load_module", "param_shapes"]

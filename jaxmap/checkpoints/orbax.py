@@ -1,0 +1,354 @@
+"""Orbax checkpoints as model references, and the checkpoints ``jaxmap train`` writes.
+
+Two layouts are read (anything else is refused with one line saying what was expected):
+
+* **jaxmap** (what :func:`save_checkpoint` writes): a step directory ``RUN/step_00000100/``
+  holding ``params/`` (an orbax PyTree checkpoint of the decoder's params tree, in the layout
+  :mod:`jaxmap.models.decoder` documents: stacked layers, ``[in, out]`` kernels),
+  ``config.json`` (the HF config it translates from), the tokenizer files and
+  ``jaxmap_checkpoint.json`` (step, architecture, training loss).
+* **flax** (a Flax training run, as ``orbax.checkpoint.CheckpointManager`` or a plain
+  ``PyTreeCheckpointer`` lays it out): a step directory that is itself an orbax PyTree
+  checkpoint, or holds one as its item directory ``params``, ``state``, ``default`` or
+  ``items``; ``config.json`` (HF) and the tokenizer files in the step directory or in the run
+  directory above it. The params tree uses Hugging Face's Flax names, one subtree per layer:
+  ``model/embed_tokens/embedding``, ``model/layers/0/self_attn/q_proj/kernel`` (``[in, out]``),
+  ``model/layers/0/input_layernorm/weight`` (or ``scale``), ``model/norm/weight``,
+  ``lm_head/kernel`` (``[D, V]``), optionally under one or more ``params`` keys (a TrainState;
+  its other entries, such as ``opt_state`` and ``step``, are not read). Every architecture whose
+  torch weights are ``nn.Linear`` is read through its adapter, which refuses tensors it does
+  not use; GPT-2 (``Conv1D``) is refused.
+
+A **run directory** (one holding step directories of either layout) expands to its
+checkpoints in step order (:func:`run_steps`), so ``jaxmap score RUN`` scores a trajectory.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..errors import CheckpointError
+
+if TYPE_CHECKING:
+    from ..models.decoder import DecoderConfig, Params
+    from . import Checkpoint
+
+JAXMAP_FILE = "jaxmap_checkpoint.json"
+PARAMS_DIR = "params"
+STEP_PREFIX = "step_"
+# Item directories a CheckpointManager step holds the params tree in, in order of preference.
+_ITEM_NAMES = ("params", "state", "default", "items")
+_TREE_MARKER = "_METADATA"
+_STEP_NUMBER = re.compile(r"(\d+)$")
+# Architectures whose HF torch weights are nn.Linear ([out, in]), so a Flax kernel [in, out]
+# is their transpose.
+_CONV1D_ARCHITECTURES = {"GPT2LMHeadModel"}
+# Leaves the decoder keeps in the weights' dtype; norms and biases stay float32.
+_WEIGHT_DTYPE_LEAVES = {"kernel", "embed", "unembed", "positions"}
+
+
+@dataclass(frozen=True)
+class OrbaxLayout:
+    """Where an orbax checkpoint's params tree is, and how to read it."""
+
+    params_path: Path
+    kind: str  # "jaxmap" or "flax"
+    step: int | None
+
+
+def _quiet_orbax() -> None:
+    # Orbax logs every save and restore (and missing optional metadata) through absl at INFO
+    # and WARNING level; jaxmap reports what matters itself.
+    logging.getLogger("absl").setLevel(logging.ERROR)
+
+
+def _is_tree(path: Path) -> bool:
+    return (path / _TREE_MARKER).is_file()
+
+
+def step_number(path: Path) -> int | None:
+    """The step a checkpoint directory is named for (its trailing integer), or None."""
+    match = _STEP_NUMBER.search(path.name)
+    return int(match.group(1)) if match else None
+
+
+def find_layout(directory: Path) -> OrbaxLayout | None:
+    """The orbax layout of a step directory, or None when it holds no orbax checkpoint."""
+    if (directory / JAXMAP_FILE).is_file():
+        return OrbaxLayout(directory / PARAMS_DIR, "jaxmap", step_number(directory))
+    if _is_tree(directory):
+        return OrbaxLayout(directory, "flax", step_number(directory))
+    for name in _ITEM_NAMES:
+        if _is_tree(directory / name):
+            return OrbaxLayout(directory / name, "flax", step_number(directory))
+    return None
+
+
+def run_steps(directory: Path) -> list[Path]:
+    """The checkpoint directories of a training run, in step order (empty if it is none)."""
+    if not directory.is_dir() or find_layout(directory) is not None:
+        return []
+    steps = [
+        child for child in directory.iterdir()
+        if child.is_dir() and not child.name.startswith(".") and step_number(child) is not None
+        and find_layout(child) is not None
+    ]
+    return sorted(steps, key=lambda child: (step_number(child), child.name))
+
+
+def expand_checkpoint_sequence(reference: str) -> list[str] | None:
+    """A training run's directory as its step directories, or a glob pattern that names no file
+    as its matches, in step order (then by name); None for any other reference."""
+    path = Path(reference).expanduser()
+    if path.is_dir():
+        steps = run_steps(path)
+        return [str(step) for step in steps] if steps else None
+    if path.exists() or not glob.has_magic(reference):
+        return None
+    matches = [Path(match) for match in glob.glob(str(path))]
+    if not matches:
+        raise CheckpointError(f"{reference}: the pattern matches no file or directory")
+    return [str(match) for match in sorted(matches, key=_step_order)]
+
+
+def _step_order(path: Path) -> tuple:
+    step = step_number(path)
+    return (step is None, step or 0, str(path))
+
+
+def config_directory(reference: str, directory: Path) -> Path:
+    """The directory holding config.json for a step directory: itself, else its run directory."""
+    for candidate in (directory, directory.parent):
+        if (candidate / "config.json").is_file():
+            return candidate
+    raise CheckpointError(
+        f"{reference}: an orbax checkpoint without config.json (looked in {directory} and "
+        f"{directory.parent}); jaxmap needs the model's HF config.json and tokenizer files beside it"
+    )
+
+
+def resolve_orbax(reference: str, directory: Path, layout: OrbaxLayout) -> "Checkpoint":
+    """The :class:`~jaxmap.checkpoints.Checkpoint` of an orbax step directory."""
+    from . import Checkpoint
+
+    if layout.kind == "jaxmap" and not _is_tree(layout.params_path):
+        raise CheckpointError(f"{reference}: {JAXMAP_FILE} but no orbax params tree in {layout.params_path}")
+    home = config_directory(reference, directory)
+    digest = hashlib.sha256((home / "config.json").read_bytes())
+    digest.update((layout.params_path / _TREE_MARKER).read_bytes())
+    if layout.kind == "jaxmap":
+        digest.update((directory / JAXMAP_FILE).read_bytes())
+    return Checkpoint(
+        reference, home, "sha256:" + digest.hexdigest()[:16], "orbax", str(directory.resolve()),
+        orbax=layout,
+    )
+
+
+def _tree_metadata(checkpoint: "Checkpoint") -> dict:
+    """The saved tree with (shape, dtype) leaves; reads no array data."""
+    import jax
+    import orbax.checkpoint as ocp
+
+    _quiet_orbax()
+    path = checkpoint.orbax.params_path
+    try:
+        metadata = ocp.PyTreeCheckpointer().metadata(path)
+    except Exception as error:  # noqa: BLE001 - orbax raises many kinds for a damaged tree
+        raise CheckpointError(f"{checkpoint.reference}: cannot read the orbax checkpoint {path} ({error})") from None
+    tree = metadata.item_metadata.tree if hasattr(metadata, "item_metadata") else metadata.tree
+    if not isinstance(tree, dict):
+        raise CheckpointError(f"{checkpoint.reference}: the orbax checkpoint {path} does not hold a dict of params")
+    return jax.tree.map(lambda leaf: (tuple(leaf.shape), np.dtype(leaf.dtype)), tree)
+
+
+def _restore(checkpoint: "Checkpoint", tree: dict) -> dict:
+    """The saved arrays as host numpy arrays (whatever devices the run saved them from)."""
+    import jax
+    import orbax.checkpoint as ocp
+
+    _quiet_orbax()
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree,
+                                is_leaf=lambda leaf: isinstance(leaf, tuple))
+    try:
+        return ocp.PyTreeCheckpointer().restore(
+            checkpoint.orbax.params_path, args=ocp.args.PyTreeRestore(restore_args=restore_args)
+        )
+    except Exception as error:  # noqa: BLE001 - a damaged array file, named
+        raise CheckpointError(
+            f"{checkpoint.reference}: cannot restore the orbax checkpoint {checkpoint.orbax.params_path} ({error})"
+        ) from None
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for name, value in tree.items():
+        path = f"{prefix}{name}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{path}."))
+        else:
+            out[path] = value
+    return out
+
+
+def _flax_params_root(tree: dict) -> dict:
+    # A TrainState saves {"params": ..., "opt_state": ..., "step": ...}, and Flax linen
+    # variables wrap the params once more in {"params": ...}.
+    while "params" in tree and isinstance(tree["params"], dict) and not {"model", "lm_head"} & set(tree):
+        tree = tree["params"]
+    return tree
+
+
+def _hf_names(checkpoint: "Checkpoint", tree: dict) -> dict[str, Any]:
+    """Flax-named leaves under their HF torch names (``kernel`` → transposed ``weight``)."""
+    out = {}
+    for path, leaf in _flatten(_flax_params_root(tree)).items():
+        stem, _, name = path.rpartition(".")
+        if name == "kernel":
+            if len(_shape(leaf)) != 2:
+                raise CheckpointError(
+                    f"{checkpoint.reference}: {path} has shape {_shape(leaf)}; the flax layout has one "
+                    "[in, out] kernel per layer (stacked or per-head kernels are not read)"
+                )
+            out[f"{stem}.weight"] = leaf.T if isinstance(leaf, np.ndarray) else (leaf[0][::-1], leaf[1])
+        elif name in ("embedding", "scale"):
+            out[f"{stem}.weight"] = leaf
+        else:
+            out[path] = leaf
+    return out
+
+
+def _shape(leaf) -> tuple:
+    """The shape of a restored array or of a metadata leaf ``(shape, dtype)``."""
+    return leaf.shape if isinstance(leaf, np.ndarray) else leaf[0]
+
+
+def _expected_decoder_tree(config: "DecoderConfig") -> dict:
+    from ..models.module import param_shapes
+
+    return param_shapes(config, frozenset("q k v o gate up down".split()))
+
+
+def _check_decoder_tree(checkpoint: "Checkpoint", tree: dict, config: "DecoderConfig") -> None:
+    """A jaxmap-layout tree has every param the config needs, each of its shape, and nothing
+    else (projection and norm biases are optional)."""
+    from ..models.module import init_unsupported
+
+    saved = {path: _shape(leaf) for path, leaf in _flatten(tree).items()}
+    expected = {path: tuple(shape) for path, shape in _flatten(_expected_decoder_tree(config)).items()}
+    where = f"{checkpoint.reference}: {checkpoint.orbax.params_path}"
+    layered = [path for path in saved if path.startswith("layers.") and saved[path][:1] != (config.num_layers,)]
+    if layered:
+        raise CheckpointError(f"{where}: {layered[0]} is not stacked over the config's {config.num_layers} layers")
+    # A fine-tuned model with features beyond those expected here (e.g. experts) has params of
+    # its own; the ones both know are still checked.
+    unknown = sorted(set(saved) - set(expected))
+    if unknown and not init_unsupported(config):
+        raise CheckpointError(f"{where}: params the decoder does not use: {', '.join(unknown[:5])}")
+    optional_bias = {
+        path for path in expected
+        if path.endswith(".bias") and path.startswith("layers.") and not path.split(".")[1].endswith("norm")
+    }
+    missing = sorted(set(expected) - set(saved) - optional_bias)
+    if missing and not init_unsupported(config):
+        raise CheckpointError(f"{where}: params missing for this config: {', '.join(missing[:5])}")
+    for path, shape in saved.items():
+        if path in expected and shape != expected[path]:
+            raise CheckpointError(f"{where}: {path} has shape {shape}, config.json needs {expected[path]}")
+
+
+def validate_orbax(checkpoint: "Checkpoint") -> None:
+    """Check an orbax checkpoint against its config from the saved tree's metadata alone."""
+    from ..models import translate_config
+
+    architecture, config = translate_config(checkpoint.config(), checkpoint.reference)
+    tree = _tree_metadata(checkpoint)
+    if checkpoint.orbax.kind == "jaxmap":
+        _check_decoder_tree(checkpoint, tree, config)
+        return
+    if architecture in _CONV1D_ARCHITECTURES:
+        raise CheckpointError(
+            f"{checkpoint.reference}: a flax-layout orbax checkpoint of {architecture} is not read "
+            "(its torch weights are Conv1D, so the Flax kernel layout is ambiguous)"
+        )
+    names = _hf_names(checkpoint, tree)
+    if not any(name.endswith("embed_tokens.weight") or name.endswith("wte.weight") or name.endswith("embed_in.weight") for name in names):
+        shown = ", ".join(sorted(names)[:4])
+        raise CheckpointError(
+            f"{checkpoint.reference}: {checkpoint.orbax.params_path} is not a params tree in Hugging Face's "
+            f"Flax naming (no model/embed_tokens/embedding; found {shown}, ...)"
+        )
+
+
+def load_orbax_params(checkpoint: "Checkpoint", architecture: str, config: "DecoderConfig", dtype: str) -> "Params":
+    """The decoder's params as host arrays in ``dtype`` (norms and biases float32)."""
+    from ..models import DTYPES, WeightSource, convert_weights
+    from ..models.adapter import host_array
+
+    validate_orbax(checkpoint)
+    restored = _restore(checkpoint, _tree_metadata(checkpoint))
+    if checkpoint.orbax.kind == "flax":
+        tensors = _hf_names(checkpoint, restored)
+        source = WeightSource(tensors=tensors.__getitem__, names=frozenset(tensors), model=checkpoint.reference)
+        return convert_weights(architecture, source, config, dtype)
+
+    def cast(tree: dict) -> dict:
+        return {
+            name: cast(value) if isinstance(value, dict)
+            else host_array(value, DTYPES[dtype] if name in _WEIGHT_DTYPE_LEAVES else np.float32)
+            for name, value in tree.items()
+        }
+
+    return cast(restored)
+
+
+def save_checkpoint(run_dir: str | Path, step: int, params: "Params", hf_config: dict, tokenizer, info: dict | None = None) -> Path:
+    """Write ``RUN/step_<step>/`` in the jaxmap layout (see the module docstring) and return it.
+
+    Written into a hidden temporary directory and renamed, so a step directory is complete or
+    absent; an older checkpoint of the same step is replaced.
+    """
+    import jax
+    import orbax.checkpoint as ocp
+
+    _quiet_orbax()
+    run_dir = Path(run_dir)
+    final = run_dir / f"{STEP_PREFIX}{step:08d}"
+    partial = run_dir / f".{final.name}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    host = jax.tree.map(np.asarray, params)
+    checkpointer = ocp.PyTreeCheckpointer()
+    checkpointer.save((partial / PARAMS_DIR).resolve(), host)
+    (partial / "config.json").write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
+    tokenizer.save_pretrained(str(partial))
+    meta = {"format": 1, "step": step, "architecture": hf_config["architectures"][0], **(info or {})}
+    (partial / JAXMAP_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(partial, final)
+    return final
+
+
+__all__ = [
+    "JAXMAP_FILE",
+    "OrbaxLayout",
+    "expand_checkpoint_sequence",
+    "find_layout",
+    "load_orbax_params",
+    "resolve_orbax",
+    "run_steps",
+    "save_checkpoint",
+    "step_number",
+    "validate_orbax",
+]
