@@ -24,6 +24,7 @@ _EXPORTS = {
     "double_center": "analysis",
     "kl_matrix": "analysis",
     "place_models": "analysis",
+    "ica": "analysis.ica",
     "add_models": "placement",
     "Placement": "placement",
     "resample": "analysis",

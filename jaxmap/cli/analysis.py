@@ -496,6 +496,67 @@ def _run_tree(args: argparse.Namespace) -> int:
     return 0
 
 
+# ica -----------------------------------------------------------------------------------------
+
+
+@_checks_outputs
+def _run_ica(args: argparse.Namespace) -> int:
+    from ..analysis.ica import ica, plot_component_tree
+
+    if args.plot:
+        from ..analysis.plots import image_format
+
+        image_format(args.plot)
+    matrix, clipped, tau = _load_clipped(args)
+    print(_describe(matrix, tau, args))
+    with _about(matrix.source):
+        result = ica(clipped, args.components, seed=args.seed)
+    status = "converged" if result.converged else "did NOT converge (raise --components or check the data)"
+    print(
+        f"{args.components} independent axes of the map, keeping {result.explained:.1%} of Q's "
+        f"variance; FastICA {status} after {result.iterations} iterations"
+    )
+    ids = matrix.text_ids or [str(i) for i in range(clipped.shape[1])]
+    texts = matrix.texts or [""] * len(ids)
+    rows = []
+    for axis in range(args.components):
+        sources, loadings = result.sources[:, axis], result.loadings[:, axis]
+        top_texts = np.argsort(-sources, kind="stable")[: args.top]
+        by_loading = np.argsort(-loadings, kind="stable")
+        high = [matrix.models[i] for i in by_loading[: args.top]]
+        low = [matrix.models[i] for i in by_loading[::-1][: args.top]]
+        print(f"\nIC{axis + 1}  non-Gaussianity {result.non_gaussianity[axis]:.4f}")
+        print("  models loading most:  " + ", ".join(high))
+        print("  models loading least: " + ", ".join(low))
+        for column in top_texts:
+            print(f"  text {ids[column]:<14} {sources[column]:+7.2f}  {_snippet(texts[column])}")
+        rows.append(
+            [f"IC{axis + 1}", f"{result.non_gaussianity[axis]:.6g}", " ".join(ids[c] for c in top_texts),
+             " ".join(high), " ".join(low)]
+        )
+    print("\nmaximum spanning tree (correlation of squared sources):")
+    for i, j, weight in result.tree:
+        print(f"  IC{i + 1} - IC{j + 1}  {weight:+.3f}")
+    with atomic_outputs([args.out, args.loadings, args.plot], _inputs(args)) as (table, loadings_file, plot_file):
+        if table:
+            with open(table, "w", newline="", encoding="utf-8") as handle:
+                writer = csv.writer(handle)
+                writer.writerow(["axis", "non_gaussianity", "top_texts", "models_loading_most", "models_loading_least"])
+                writer.writerows(rows)
+        if loadings_file:
+            with open(loadings_file, "w", newline="", encoding="utf-8") as handle:
+                writer = csv.writer(handle)
+                writer.writerow(["model", *(f"IC{i + 1}" for i in range(args.components))])
+                for name, values in zip(matrix.models, result.loadings):
+                    writer.writerow([name, *(f"{v:.9g}" for v in values)])
+        if plot_file:
+            plot_component_tree(result, plot_file, title=f"{args.components} independent axes of {len(matrix.models)} models")
+    for path in (args.out, args.loadings, args.plot):
+        if path:
+            print(f"wrote {path}")
+    return 0
+
+
 # outliers ------------------------------------------------------------------------------------
 
 
@@ -727,3 +788,15 @@ def register(subparsers) -> None:
         "--bits-per-byte", action="store_true", help="branch lengths in bits per byte, not nats per text"
     )
     tree.set_defaults(func=_run_tree)
+
+    ica_ = subparsers.add_parser(
+        "ica", help="independent axes of the map (FastICA), their extreme texts and models"
+    )
+    _add_input(ica_)
+    ica_.add_argument("--components", type=int_at_least(1), required=True, metavar="K", help="number of axes")
+    ica_.add_argument("--top", type=int_at_least(1), default=5, help="texts and models listed per axis (default 5)")
+    ica_.add_argument("--seed", type=int_at_least(0), default=0, help="seed of FastICA's starting rotation (default 0)")
+    ica_.add_argument("--out", help="CSV table of the axes")
+    ica_.add_argument("--loadings", help="CSV of every model's loading on every axis")
+    ica_.add_argument("--plot", metavar="PNG", help="image of the axes' maximum spanning tree")
+    ica_.set_defaults(func=_run_ica)
