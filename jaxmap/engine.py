@@ -25,6 +25,7 @@ from .checkpoints import Checkpoint, resolve
 from .kernels.fused_logprob import DEFAULT_TILE, sharded_token_logprobs, token_logprobs
 from .models import DTYPES, DecoderConfig, Params, convert_weights, hidden_states, translate_config
 from .models import unembedding as model_unembedding
+from .models import unembedding_bias
 from .sharding import DATA, batch_sharding, describe_mesh, make_mesh, place_params, put, to_host
 from .tokenization import TokenizedTexts, load_tokenizer
 from .errors import JaxmapError
@@ -65,15 +66,17 @@ def token_log_likelihoods(
     rows, length, width = hidden.shape
     hidden, targets = hidden.reshape(rows * length, width), targets.reshape(-1)
     unembedding = model_unembedding(params, config)
+    bias = unembedding_bias(params)
     if mesh is None:
         logprobs = token_logprobs(
             hidden, unembedding[: config.vocab_size], targets,
             tile=tile, softcap=config.final_logit_softcap,
+            bias=None if bias is None else bias[: config.vocab_size],
         )
     else:
         logprobs = sharded_token_logprobs(
             hidden, unembedding, targets, mesh=mesh, vocab_size=config.vocab_size,
-            tile=tile, softcap=config.final_logit_softcap,
+            tile=tile, softcap=config.final_logit_softcap, bias=bias,
         )
     return logprobs.reshape(rows, length)
 

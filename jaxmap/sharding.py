@@ -4,9 +4,9 @@ A mesh has a ``data`` axis (batch rows) and a ``model`` axis (tensor-parallel we
 partitioning is named once per decoder parameter (:data:`TENSOR_PARALLEL`, in the params layout
 of :mod:`jaxmap.models.decoder`), whatever the architecture: attention heads and MLP columns are
 split Megatron-style (q/k/v/gate/up by output column, o/down by input row, so each attention and
-each MLP ends in one all-reduce), and the vocabulary rows of the embedding and unembedding are
-split for the sharded log-prob kernel. Everything else is replicated. Params are replicated over
-the data axis.
+each MLP ends in one all-reduce), and the vocabulary rows of the embedding and unembedding (and
+of the output-projection bias, if any) are split for the sharded log-prob kernel. Everything else
+is replicated. Params are replicated over the data axis.
 
 Host arrays in their final layout and dtype go to the devices with one ``jax.device_put`` per
 parameter, straight into its :class:`~jax.sharding.NamedSharding` (when the mesh spans several
@@ -35,6 +35,7 @@ MODEL = "model"
 TENSOR_PARALLEL: dict[str, tuple[int, str]] = {
     "embed": (0, "vocab"),
     "unembed": (0, "vocab"),
+    "unembed_bias": (0, "vocab"),
     "layers.q.kernel": (2, "heads"),
     "layers.q.bias": (1, "heads"),
     "layers.k.kernel": (2, "kv_heads"),

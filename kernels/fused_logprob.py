@@ -4,8 +4,8 @@ For hidden states h [N, D] and an unembedding W [V, D], ``log p(target) = h·W[t
 logsumexp(h·Wᵀ)``. The vocabulary is walked in tiles of ``tile`` rows; each tile's logits
 ([N, tile], float32) update a running maximum and a rescaled running sum, and the target's logit
 is picked up in whichever tile holds it. Peak memory is O(N · tile), never O(N · V): Gemma's
-262k vocabulary would otherwise need tens of GB at scale. Final-logit soft-capping is applied
-inside each tile.
+262k vocabulary would otherwise need tens of GB at scale. An output-projection bias (GPT-J, Phi)
+and final-logit soft-capping are applied inside each tile, in that order.
 
 :func:`sharded_token_logprobs` splits the vocabulary over a mesh's model axis (and the positions
 over its data axis): every shard walks its own rows with the same tiles, and the shards' running
@@ -24,7 +24,12 @@ DEFAULT_TILE = 8192
 
 
 def _tile_logits(
-    hidden: jax.Array, weights: jax.Array, softcap: float | None, offset, vocab_size: int | None
+    hidden: jax.Array,
+    weights: jax.Array,
+    bias: jax.Array | None,
+    softcap: float | None,
+    offset,
+    vocab_size: int | None,
 ) -> jax.Array:
     logits = jax.lax.dot_general(
         hidden.astype(weights.dtype),
@@ -32,6 +37,8 @@ def _tile_logits(
         (((1,), (1,)), ((), ())),
         preferred_element_type=jnp.float32,
     )
+    if bias is not None:
+        logits = logits + bias.astype(jnp.float32)[None, :]
     if softcap:
         logits = softcap * jnp.tanh(logits / softcap)
     if vocab_size is not None:
@@ -63,6 +70,7 @@ def _update(carry, logits: jax.Array, targets: jax.Array, offset):
 def _walk_vocabulary(
     hidden: jax.Array,
     unembedding: jax.Array,
+    bias: jax.Array | None,
     targets: jax.Array,
     tile: int,
     softcap: float | None,
@@ -70,8 +78,9 @@ def _walk_vocabulary(
     vocab_size: int | None = None,
     varying: tuple[str, ...] = (),
 ):
-    """Running (max, sum, target logit) over ``unembedding``'s rows, which are the vocabulary
-    entries ``base ...``; the target logit stays 0 where the target is not among them.
+    """Running (max, sum, target logit) over ``unembedding``'s rows (plus ``bias``, one entry
+    per row, if any), which are the vocabulary entries ``base ...``; the target logit stays 0
+    where the target is not among them.
 
     Inside ``shard_map``, ``varying`` names the mesh axes the result differs over (the scan's
     carry must be typed that way from the start).
@@ -91,13 +100,17 @@ def _walk_vocabulary(
     def step(carry, index):
         start = index * tile
         weights = jax.lax.dynamic_slice_in_dim(unembedding, start, tile, axis=0)
-        logits = _tile_logits(hidden, weights, softcap, base + start, vocab_size)
+        tile_bias = None if bias is None else jax.lax.dynamic_slice_in_dim(bias, start, tile)
+        logits = _tile_logits(hidden, weights, tile_bias, softcap, base + start, vocab_size)
         return _update(carry, logits, targets, base + start), None
 
     carry, _ = jax.lax.scan(step, carry, jnp.arange(full_tiles))
     if remainder:
         start = full_tiles * tile
-        logits = _tile_logits(hidden, unembedding[start:], softcap, base + start, vocab_size)
+        tail_bias = None if bias is None else bias[start:]
+        logits = _tile_logits(
+            hidden, unembedding[start:], tail_bias, softcap, base + start, vocab_size
+        )
         carry = _update(carry, logits, targets, base + start)
     return carry
 
@@ -109,14 +122,16 @@ def token_logprobs(
     *,
     tile: int = DEFAULT_TILE,
     softcap: float | None = None,
+    bias: jax.Array | None = None,
 ) -> jax.Array:
-    """log p(targets) under softmax(hidden @ unembeddingᵀ), as float32 [N].
+    """log p(targets) under softmax(hidden @ unembeddingᵀ + bias), as float32 [N].
 
     hidden: [N, D] (any float dtype; cast to the unembedding's dtype for the matmul, with
-    float32 accumulation). unembedding: [V, D]. targets: [N] int.
+    float32 accumulation). unembedding: [V, D]. targets: [N] int. bias: optional [V], added in
+    float32 before the soft-cap.
     """
     running_max, running_sum, target_logit = _walk_vocabulary(
-        hidden, unembedding, targets, tile, softcap
+        hidden, unembedding, bias, targets, tile, softcap
     )
     return target_logit - (running_max + jnp.log(running_sum))
 
@@ -130,6 +145,7 @@ def sharded_token_logprobs(
     vocab_size: int,
     tile: int = DEFAULT_TILE,
     softcap: float | None = None,
+    bias: jax.Array | None = None,
     data_axis: str = "data",
     model_axis: str = "model",
 ) -> jax.Array:
@@ -137,8 +153,9 @@ def sharded_token_logprobs(
 
     unembedding: [V', D] with V' ≥ ``vocab_size`` a multiple of the model axis size; rows from
     ``vocab_size`` on are padding and never count. hidden [N, D] and targets [N] are split over
-    the data axis (N must be a multiple of its size). Returns float32 [N], split over the data
-    axis. No shard ever holds more than [N / data, tile] logits.
+    the data axis (N must be a multiple of its size). ``bias`` (optional, [V']) is split over the
+    model axis like the unembedding's rows. Returns float32 [N], split over the data axis. No
+    shard ever holds more than [N / data, tile] logits.
     """
     padded = unembedding.shape[0]
     shards = mesh.shape[model_axis]
@@ -150,10 +167,14 @@ def sharded_token_logprobs(
     local_rows = padded // shards
     mask = vocab_size if padded > vocab_size else None
 
-    def shard(hidden, unembedding, targets):
+    if bias is not None and bias.shape != (padded,):
+        raise ValueError(f"bias has shape {bias.shape}, the unembedding {padded} rows")
+
+    def shard(hidden, unembedding, targets, *bias):
         base = jax.lax.axis_index(model_axis) * local_rows
         local_max, local_sum, local_target = _walk_vocabulary(
-            hidden, unembedding, targets, tile, softcap, base, mask, (data_axis, model_axis)
+            hidden, unembedding, bias[0] if bias else None, targets, tile, softcap, base, mask,
+            (data_axis, model_axis),
         )
         # Every shard holds real rows or padding only (whose maximum is -inf and sum 0); the
         # global maximum is finite because shard 0 always holds real rows.
@@ -163,9 +184,8 @@ def sharded_token_logprobs(
         target_logit = jax.lax.psum(local_target, model_axis)
         return target_logit - (global_max + jnp.log(total))
 
-    return jax.shard_map(
-        shard,
-        mesh=mesh,
-        in_specs=(P(data_axis, None), P(model_axis, None), P(data_axis)),
-        out_specs=P(data_axis),
-    )(hidden, unembedding, targets)
+    operands = (hidden, unembedding, targets)
+    specs = (P(data_axis, None), P(model_axis, None), P(data_axis))
+    if bias is not None:
+        operands, specs = (*operands, bias), (*specs, P(model_axis))
+    return jax.shard_map(shard, mesh=mesh, in_specs=specs, out_specs=P(data_axis))(*operands)

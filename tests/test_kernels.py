@@ -33,6 +33,43 @@ def test_matches_full_softmax(vocab, tile, softcap):
     np.testing.assert_allclose(np.asarray(got), expected, atol=2e-4, rtol=1e-5)
 
 
+@pytest.mark.parametrize("vocab, tile", [(1000, 256), (777, 1), (300, 4096)])
+@pytest.mark.parametrize("softcap", [None, 5.0])
+@pytest.mark.parametrize("sharded", [False, True], ids=["plain", "mesh"])
+def test_output_bias_matches_full_softmax(vocab, tile, softcap, sharded):
+    from jax.sharding import Mesh
+
+    from jaxmap.kernels.fused_logprob import sharded_token_logprobs
+
+    keys = jax.random.split(jax.random.key(vocab * tile), 4)
+    hidden = jax.random.normal(keys[0], (37, 24)) * 2
+    # Three rows past the vocabulary, with random weights and bias: only masking hides them.
+    unembedding = jax.random.normal(keys[1], (vocab + 3, 24))
+    bias = jax.random.normal(keys[2], (vocab + 3,)) * 3
+    targets = jax.random.randint(keys[3], (37,), 0, vocab)
+    if sharded:
+        mesh = Mesh(np.array(jax.devices()[:1]).reshape(1, 1), ("data", "model"))
+        got = sharded_token_logprobs(
+            hidden, unembedding, targets, mesh=mesh, vocab_size=vocab, tile=tile, softcap=softcap,
+            bias=bias,
+        )
+    else:
+        got = token_logprobs(
+            hidden, unembedding[:vocab], targets, tile=tile, softcap=softcap, bias=bias[:vocab]
+        )
+    # h·w + b is [h, 1]·[w, b]: the bias as one more feature of the float64 reference.
+    ones = np.ones((hidden.shape[0], 1))
+    expected = reference_logprobs(
+        np.concatenate([np.asarray(hidden, np.float64), ones], axis=1),
+        np.concatenate([np.asarray(unembedding[:vocab]), np.asarray(bias[:vocab])[:, None]], axis=1),
+        np.asarray(targets),
+        softcap,
+    )
+    np.testing.assert_allclose(np.asarray(got), expected, atol=2e-4, rtol=1e-5)
+    without_bias = reference_logprobs(hidden, unembedding[:vocab], np.asarray(targets), softcap)
+    assert np.abs(expected - without_bias).max() > 0.1, "the bias must change the answer"
+
+
 def test_bfloat16_weights_accumulate_in_float32():
     keys = jax.random.split(jax.random.key(0), 3)
     hidden = jax.random.normal(keys[0], (16, 64))

@@ -49,6 +49,12 @@ def sharded_cases() -> dict:
         make_config, options = CASES[name]
         return make_config, options, vocab
 
+    def parallel_attention(name: str, vocab: int):
+        from test_parity_parallel_attention import CASES as PARALLEL_CASES
+
+        make_config, options = PARALLEL_CASES[name]
+        return make_config, options, vocab
+
     return {
         "llama-mha-untied": parity("llama-mha-untied", 300),
         "llama-gqa-tied": parity("llama-gqa-tied", 301),
@@ -59,6 +65,12 @@ def sharded_cases() -> dict:
         "gpt2": parity("gpt2", 302),
         "gemma3-softcap": (_gemma3_softcap_config, {"norm_center": 0.0}, 301),
         "llama-odd-sizes": (_odd_sizes_config, {}, 302),
+        # An output-projection bias, split over the model axis with the vocabulary.
+        "phi-qk-layernorm-gqa": parallel_attention("phi-qk-layernorm-gqa", 301),
+        # Per-head q/k norm scales [heads, head_dim], replicated while q and k are split.
+        "stablelm-parallel-bias-qk-norm-tied": parallel_attention(
+            "stablelm-parallel-bias-qk-norm-tied", 302
+        ),
     }
 
 

@@ -8,6 +8,7 @@ Params layout (linear weights are ``[in, out]`` so the hot loop multiplies witho
     embed        [V', D]           token embedding
     positions    [P, D]            learned positions (only when config.position == "learned")
     unembed      [V', D]           output projection; absent when config.tie_embeddings
+    unembed_bias [V']              output-projection bias (optional, whether tied or not)
     final_norm   {scale[, bias]}
     layers       every leaf stacked over a leading layer axis [L, ...]:
       attn_norm {scale[, bias]}, mlp_norm {scale[, bias]}
@@ -265,3 +266,9 @@ def hidden_states(
 def unembedding(params: Params, config: DecoderConfig) -> jax.Array:
     """The [V', D] output projection (the embedding when tied), padding rows included."""
     return params["embed"] if config.tie_embeddings else params["unembed"]
+
+
+def unembedding_bias(params: Params) -> jax.Array | None:
+    """The [V'] output-projection bias (GPT-J, CodeGen, Phi), padding rows included; None when
+    the model has none."""
+    return params.get("unembed_bias")
