@@ -25,6 +25,7 @@ _EXPORTS = {
     "kl_matrix": "analysis",
     "place_models": "analysis",
     "ica": "analysis.ica",
+    "bootstrap_map": "analysis.uncertainty",
     "add_models": "placement",
     "Placement": "placement",
     "resample": "analysis",

@@ -557,6 +557,51 @@ def _run_ica(args: argparse.Namespace) -> int:
     return 0
 
 
+# uncertainty ---------------------------------------------------------------------------------
+
+
+@_checks_outputs
+def _run_uncertainty(args: argparse.Namespace) -> int:
+    from ..analysis.plots import image_format
+    from ..analysis.uncertainty import bootstrap_map, plot_uncertainty
+
+    image_format(args.out)
+    matrix, clipped, tau = _load_clipped(args)
+    print(_describe(matrix, tau, args))
+    with _about(matrix.source):
+        result = bootstrap_map(clipped, args.bootstrap, seed=args.seed, level=args.level)
+    names = matrix.models
+    print(
+        f"{args.bootstrap} bootstrap replicates over {clipped.shape[1]} texts; "
+        f"{args.level:.0%} ellipses on the first two principal axes of Q/sqrt(2N)"
+    )
+    print(f"{'model':<40} {'nearest':<40} {'kept':>6} {'ellipse area':>13}")
+    for index in np.argsort(result.neighbor_stability, kind="stable"):
+        print(
+            f"{names[index]:<40} {names[result.neighbor[index]]:<40} "
+            f"{result.neighbor_stability[index]:>6.0%} {result.area[index]:>13.4g}"
+        )
+    with atomic_outputs([args.out, args.csv], _inputs(args)) as (image, table):
+        plot_uncertainty(result, names, image, labels=args.labels)
+        if table:
+            with open(table, "w", newline="", encoding="utf-8") as handle:
+                writer = csv.writer(handle)
+                writer.writerow(
+                    ["model", "x", "y", "semi_major", "semi_minor", "angle_rad", "area",
+                     "nearest", "nearest_kept"]
+                )
+                for index, name in enumerate(names):
+                    writer.writerow(
+                        [name, *(f"{v:.9g}" for v in (*result.center[index], *result.ellipse_axes[index],
+                                                      result.ellipse_angle[index], result.area[index])),
+                         names[result.neighbor[index]], f"{result.neighbor_stability[index]:.4f}"]
+                    )
+    for path in (args.out, args.csv):
+        if path:
+            print(f"wrote {path}")
+    return 0
+
+
 # outliers ------------------------------------------------------------------------------------
 
 
@@ -800,3 +845,19 @@ def register(subparsers) -> None:
     ica_.add_argument("--loadings", help="CSV of every model's loading on every axis")
     ica_.add_argument("--plot", metavar="PNG", help="image of the axes' maximum spanning tree")
     ica_.set_defaults(func=_run_ica)
+
+    uncertainty = subparsers.add_parser(
+        "uncertainty", help="bootstrap over texts: ellipses on the map and how stable neighbours are"
+    )
+    _add_input(uncertainty)
+    uncertainty.add_argument("--out", required=True, metavar="PNG", help="image of the map with ellipses")
+    uncertainty.add_argument("--csv", help="CSV of every model's position, ellipse and neighbour stability")
+    uncertainty.add_argument(
+        "--bootstrap", type=int_at_least(2), default=200, help="bootstrap replicates (default 200)"
+    )
+    uncertainty.add_argument(
+        "--level", type=quantile, default=0.95, help="probability mass inside each ellipse (default 0.95)"
+    )
+    uncertainty.add_argument("--labels", type=int_at_least(0), default=30, help="models labelled, largest ellipses first (default 30)")
+    uncertainty.add_argument("--seed", type=int_at_least(0), default=0, help="random seed (default 0)")
+    uncertainty.set_defaults(func=_run_uncertainty)
