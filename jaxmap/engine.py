@@ -25,6 +25,7 @@ from .checkpoints import Checkpoint, resolve
 from .kernels.fused_logprob import DEFAULT_TILE, sharded_token_logprobs, token_logprobs
 from .models import DTYPES, DecoderConfig, Params, convert_weights, hidden_states, translate_config
 from .models import unembedding as model_unembedding
+from .models.decoder import embed, final_norm
 from .models import unembedding_bias
 from .sharding import DATA, batch_sharding, describe_mesh, make_mesh, place_params, put, to_host
 from .tokenization import TokenizedTexts, load_tokenizer
@@ -63,6 +64,14 @@ def token_log_likelihoods(
     """
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
     hidden, _ = hidden_states(params, inputs, config)
+    return _hidden_log_likelihoods(params, hidden, targets, config, tile, mesh)
+
+
+def _hidden_log_likelihoods(
+    params: Params, hidden: jax.Array, targets: jax.Array, config: DecoderConfig, tile: int,
+    mesh: Mesh | None,
+) -> jax.Array:
+    """log p(targets) [B, T] from final-normed hidden states [B, T, D], through the fused kernel."""
     rows, length, width = hidden.shape
     hidden, targets = hidden.reshape(rows * length, width), targets.reshape(-1)
     unembedding = model_unembedding(params, config)
@@ -81,26 +90,59 @@ def token_log_likelihoods(
     return logprobs.reshape(rows, length)
 
 
+@partial(jax.jit, static_argnames=("config", "tile", "mesh"))
+def layer_log_likelihoods(
+    params: Params,
+    tokens: jax.Array,
+    config: DecoderConfig,
+    tile: int = DEFAULT_TILE,
+    mesh: Mesh | None = None,
+) -> jax.Array:
+    """The logit lens in one forward pass: [L+1, B, T-1] float32 token log-probabilities.
+
+    Entry i < L reads the residual stream after i layers (0: the embeddings, as transformers'
+    ``hidden_states[0]``) through the final norm and the unembedding; entry L is the model's
+    own output, computed exactly as :func:`token_log_likelihoods` does. The layers go through
+    the fused kernel one at a time (``lax.map``), so no [L, B·T, V] tensor exists.
+    """
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]
+    hidden, layers = hidden_states(params, inputs, config, return_layers=True)
+    residuals = jnp.concatenate([embed(params, inputs, config)[None], layers[:-1]], axis=0)
+    lens = jax.lax.map(
+        lambda residual: _hidden_log_likelihoods(
+            params, final_norm(params, residual, config), targets, config, tile, mesh
+        ),
+        residuals,
+    )
+    own = _hidden_log_likelihoods(params, hidden, targets, config, tile, mesh)
+    return jnp.concatenate([lens, own[None]], axis=0)
+
+
 # Compiled scoring functions, keyed by everything XLA specialises on: the decoder config, the
 # batch shape, the mesh and the params' structure, shapes, dtypes and shardings (not their
 # values).
 _COMPILED: dict[tuple, object] = {}
 
 
-def compiled_scorer(params: Params, config: DecoderConfig, rows: int, length: int, mesh: Mesh):
+def compiled_scorer(
+    params: Params, config: DecoderConfig, rows: int, length: int, mesh: Mesh,
+    logit_lens: bool = False,
+):
     """The compiled scorer for this model shape, placement and batch shape, and the seconds
     spent compiling it now (0.0 when it was already compiled, e.g. for an earlier model of the
-    same shape). ``rows`` must be a multiple of the mesh's data axis."""
+    same shape). ``rows`` must be a multiple of the mesh's data axis. ``logit_lens`` compiles
+    :func:`layer_log_likelihoods` instead of :func:`token_log_likelihoods`."""
     leaves, structure = jax.tree.flatten(params)
     key = (
         config, rows, length, mesh, structure,
         tuple((x.shape, x.dtype, x.sharding) for x in leaves),
-    )
+    ) + (("logit_lens",) if logit_lens else ())
     if key in _COMPILED:
         return _COMPILED[key], 0.0
     started = time.perf_counter()
     tokens = jax.ShapeDtypeStruct((rows, length + 1), jnp.int32, sharding=batch_sharding(mesh))
-    compiled = token_log_likelihoods.lower(params, tokens, config, mesh=mesh).compile()
+    function = layer_log_likelihoods if logit_lens else token_log_likelihoods
+    compiled = function.lower(params, tokens, config, mesh=mesh).compile()
     _COMPILED[key] = compiled
     return compiled, time.perf_counter() - started
 
@@ -133,6 +175,9 @@ class ModelScores:
     ntokens: np.ndarray
     truncated: np.ndarray
     stats: dict = field(default_factory=dict)
+    # With the logit lens: [L+1, N], row i read after i layers (0: the embeddings); the last
+    # row is ``loglik`` itself.
+    layer_loglik: np.ndarray | None = None
 
 
 def load_model(
@@ -179,8 +224,13 @@ def score_tokens(
     tokens: TokenizedTexts,
     batch_tokens: int | None = None,
     progress: bool = True,
+    logit_lens: bool = False,
 ) -> ModelScores:
     """Score pre-tokenized texts with a loaded model (truncating to its context).
+
+    ``logit_lens`` also scores every layer's residual stream through the final norm and the
+    unembedding, in the same forward pass (:func:`layer_log_likelihoods`), into
+    ``ModelScores.layer_loglik``.
 
     ``batch_tokens`` (padded tokens per batch, all data shards together) defaults to
     :func:`default_batch_tokens` per data shard. Batch rows are padded with empty rows to a
@@ -193,6 +243,7 @@ def score_tokens(
     scored = np.maximum(lengths - 1, 0)
     plan: BatchPlan = plan_batches(scored, batch_tokens, max_length=n_ctx - 1)
     loglik = np.zeros(len(tokens), np.float64)
+    layer_loglik = np.zeros((model.config.num_layers + 1, len(tokens)), np.float64) if logit_lens else None
     compiled_before = compilation_count()
     # Compile every batch shape first, so that compiling never competes with scoring for the
     # cores and the tokens/s figure measures scoring alone.
@@ -200,7 +251,8 @@ def score_tokens(
     scorers = {}
     for rows, length in sorted(plan.shapes):
         scorers[rows, length], seconds = compiled_scorer(
-            model.params, model.config, -(-rows // shards) * shards, length, model.mesh
+            model.params, model.config, -(-rows // shards) * shards, length, model.mesh,
+            logit_lens,
         )
         compile_seconds += seconds
     bar = tqdm(
@@ -214,6 +266,10 @@ def score_tokens(
         nonlocal done_tokens
         batch, result = pending
         values = to_host(result).astype(np.float64)
+        if logit_lens:
+            for row, index in enumerate(batch.indices):
+                layer_loglik[:-1, index] = values[:-1, row, : scored[index]].sum(axis=1)
+            values = values[-1]
         for row, index in enumerate(batch.indices):
             loglik[index] = values[row, : scored[index]].sum()
         done_tokens += int(scored[batch.indices].sum())
@@ -237,8 +293,11 @@ def score_tokens(
         collect(pending)
     bar.close()
     seconds = time.perf_counter() - started
+    if logit_lens:
+        layer_loglik[-1] = loglik  # the last layer read through the final norm is the model
     return ModelScores(
         loglik=loglik,
+        layer_loglik=layer_loglik,
         ntokens=scored.astype(np.int32),
         truncated=tokens.lengths > n_ctx,
         stats={

@@ -136,6 +136,12 @@ def _check_finite(reference: str, scores: ModelScores, texts: TextSet) -> None:
         )
 
 
+def layer_row_name(model: str, layer: int) -> str:
+    """The store name (and key) of a logit-lens row: ``MODEL@layer{i}``, ``i`` layers read
+    (0: the embeddings; the model's last layer is its own output)."""
+    return f"{model}@layer{layer}"
+
+
 def _failure(reference: str, error: BaseException) -> ModelOutcome:
     if isinstance(error, JaxmapError):
         # The summary names the model already.
@@ -175,6 +181,7 @@ def score_job(
     delete_after: bool = False,
     disk_budget: int | None = None,
     report: Callable[[str], None] | None = None,
+    logit_lens: bool = False,
 ) -> JobSummary:
     """Score every model on every text into the store ``out``; see the module docstring.
 
@@ -187,7 +194,11 @@ def score_job(
     the background ahead of the scoring (:class:`~jaxmap.checkpoints.WeightPrefetcher`).
     ``delete_after`` deletes a hub model's downloaded weights once it is scored; ``disk_budget``
     (bytes) bounds the downloaded weights held at once (default: a few times the largest).
-    ``report`` receives one line per event (default: printed when ``progress``). Failed models
+    ``report`` receives one line per event (default: printed when ``progress``).
+    ``logit_lens`` adds, for every model, one row per layer, ``MODEL@layer{i}`` for i = 0 (the
+    embeddings) … L (the model's output, equal to its own row), from the same forward pass; its
+    metadata names the layer and the parent model. A model is skipped only when all its rows
+    are in the store; otherwise only the missing rows are committed. Failed models
     are in the returned summary; this raises only for errors that stop the whole job (a bad
     text set, a foreign store, a full disk).
 
@@ -222,13 +233,16 @@ def score_job(
         try:
             checkpoint = resolve(reference, cache_dir=cache_dir, progress=progress)
             validate(checkpoint)
-            translate_config(checkpoint.config(), checkpoint.reference)
+            _, config = translate_config(checkpoint.config(), checkpoint.reference)
         except Exception as error:  # noqa: BLE001 - recorded; the other models go on
             summary.outcomes.append(_failure(reference, error))
             say(f"jaxmap: {reference}: cannot be scored: {summary.outcomes[-1].reason}")
             continue
         key = checkpoint.canonical
-        if key in done or key in keys_seen:
+        wanted = [key] + (
+            [layer_row_name(key, i) for i in range(config.num_layers + 1)] if logit_lens else []
+        )
+        if all(k in done for k in wanted) or key in keys_seen:
             summary.outcomes.append(ModelOutcome(reference, "skipped"))
             continue
         keys_seen.add(key)
@@ -258,7 +272,7 @@ def score_job(
             )
             outcome = _score_one(
                 current, checkpoint, text_set, writer, token_cache, dtype, bos_policy,
-                batch_tokens, progress, say,
+                batch_tokens, progress, say, logit_lens, done,
             )
             prefetcher.release(checkpoint)
             summary.outcomes.append(outcome)
@@ -311,14 +325,19 @@ def _score_one(
     batch_tokens: int | None,
     progress: bool,
     say: Callable[[str], None],
+    logit_lens: bool = False,
+    committed: set[str] = frozenset(),
 ) -> ModelOutcome:
-    """Load (already under way), score and commit one model; a failure becomes the outcome."""
+    """Load (already under way), score and commit one model (and with ``logit_lens`` its layer
+    rows, those whose keys are not ``committed`` yet); a failure becomes the outcome."""
     reference = checkpoint.reference
     try:
         model: LoadedModel = loading.result()
         tokens, tokenizer_id = cached_tokenize(text_set, model.tokenizer, bos_policy, token_cache)
-        result = score_tokens(model, tokens, batch_tokens, progress)
+        result = score_tokens(model, tokens, batch_tokens, progress, logit_lens=logit_lens)
         _check_finite(reference, result, text_set)
+        if logit_lens and not np.isfinite(result.layer_loglik).all():
+            raise JaxmapError("non-finite log-likelihood in a logit-lens layer row")
     except Exception as error:  # noqa: BLE001 - one bad model must not stop a 1,000-model job
         outcome = _failure(reference, error)
         say(f"jaxmap: {reference}: failed: {outcome.reason}")
@@ -339,10 +358,27 @@ def _score_one(
     }
     # A store that cannot take the row (full disk, damaged) stops the job: later rows would
     # fail the same way. In a multi-host run the others stop with process 0.
+    rows = [(reference, result.loglik, meta)]
+    if logit_lens:
+        layers = model.config.num_layers
+        rows += [
+            (
+                layer_row_name(reference, layer),
+                values,
+                {
+                    **meta, "key": layer_row_name(checkpoint.canonical, layer), "layer": layer,
+                    "num_layers": layers, "parent_model": reference,
+                    "parent_key": checkpoint.canonical,
+                },
+            )
+            for layer, values in enumerate(result.layer_loglik)
+        ]
     stop = None
     if writer is not None:
         try:
-            writer.append(reference, result.loglik, result.ntokens, result.truncated, meta)
+            for name, values, row_meta in rows:
+                if row_meta["key"] not in committed:
+                    writer.append(name, values, result.ntokens, result.truncated, row_meta)
         except StoreError as error:
             stop = error
     problem = distributed.share_from_first(str(stop) if stop else None)

@@ -74,6 +74,12 @@ def register(subparsers) -> None:
         help="bound the hub weights downloaded and not yet released to SIZE (e.g. 200G; default: "
         "three times the largest model); weights download up to two models ahead",
     )
+    score.add_argument(
+        "--logit-lens", action="store_true",
+        help="also store one row per layer, MODEL@layer{i} (i = 0 the embeddings ... L the "
+        "model's output), each layer's residual stream read through the final norm and the "
+        "unembedding, from the same forward pass",
+    )
     score.add_argument("--quiet", action="store_true", help="no progress bars")
     score.set_defaults(func=run_score)
 
@@ -137,6 +143,7 @@ def run_score(args: argparse.Namespace) -> int:
         batch_tokens=args.batch_tokens, progress=not args.quiet and first, cache_dir=args.cache_dir,
         shard=args.shard, mesh=args.mesh, delete_after=args.delete_after,
         disk_budget=args.disk_budget, report=lambda line: print(line, file=sys.stderr),
+        logit_lens=args.logit_lens,
     )
     if first:
         for line in summary.lines():

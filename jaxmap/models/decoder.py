@@ -263,6 +263,12 @@ def hidden_states(
     return _norm(x, params["final_norm"], config), layers
 
 
+def final_norm(params: Params, residual: jax.Array, config: DecoderConfig) -> jax.Array:
+    """The model's final norm applied to a residual stream [..., D] (float32); the logit lens
+    applies it to every layer's residual."""
+    return _norm(residual, params["final_norm"], config)
+
+
 def unembedding(params: Params, config: DecoderConfig) -> jax.Array:
     """The [V', D] output projection (the embedding when tied), padding rows included."""
     return params["embed"] if config.tie_embeddings else params["unembed"]
