@@ -13,6 +13,7 @@ from typing import Any, Callable
 import jax.numpy as jnp
 
 from . import gemma3, gpt2, gpt_neox, gptj, llama, phi, stablelm
+from . import gpt_bigcode, gpt_neo, opt, starcoder2, xglm
 from .adapter import ConfigReader, UnsupportedModelError, WeightSource
 from .decoder import DecoderConfig, Params, hidden_states, unembedding, unembedding_bias
 
@@ -46,6 +47,11 @@ ARCHITECTURES: dict[str, Architecture] = _registry(
     Architecture("GemmaForCausalLM", "gemma", gemma3.translate, gemma3.convert),
     Architecture("Gemma2ForCausalLM", "gemma2", gemma3.translate, gemma3.convert),
     Architecture("Gemma3ForCausalLM", "gemma3_text", gemma3.translate, gemma3.convert, gguf="gemma3"),
+    Architecture("OPTForCausalLM", "opt", opt.translate, opt.convert),
+    Architecture("XGLMForCausalLM", "xglm", xglm.translate, xglm.convert),
+    Architecture("GPTNeoForCausalLM", "gpt_neo", gpt_neo.translate, gpt_neo.convert),
+    Architecture("GPTBigCodeForCausalLM", "gpt_bigcode", gpt_bigcode.translate, gpt_bigcode.convert),
+    Architecture("Starcoder2ForCausalLM", "starcoder2", starcoder2.translate, starcoder2.convert),
     Architecture("GPTJForCausalLM", "gptj", gptj.translate, gptj.convert),
     Architecture("CodeGenForCausalLM", "codegen", gptj.translate, gptj.convert),
     Architecture("PhiForCausalLM", "phi", phi.translate, phi.convert),

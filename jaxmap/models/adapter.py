@@ -317,27 +317,33 @@ def assemble_params(
     config: DecoderConfig,
     dtype,
     layer: Callable[[int], dict],
-    embed: str,
+    embed: str | np.ndarray,
     final_norm: dict,
-    unembed: str,
+    unembed: str | np.ndarray,
     ignorable: Iterable[str] = (),
     extra: dict | None = None,
 ) -> Params:
     """The decoder's params, as host arrays, from per-layer params ``layer(i)`` and the named
     outer tensors.
 
-    Refuses checkpoint tensors nobody read (besides the ``ignorable`` patterns and a tied
-    ``unembed``) and checks the embedding's shape.
+    ``embed`` and ``unembed`` name checkpoint tensors, or are matrices the adapter assembled
+    itself (OPT folds its projections into them). Refuses checkpoint tensors nobody read
+    (besides the ``ignorable`` patterns and a tied ``unembed``) and checks the embedding's shape.
     """
+
+    def matrix(source: str | np.ndarray) -> np.ndarray:
+        return weights(source, dtype) if isinstance(source, str) else host_array(source, dtype)
+
     params = {
-        "embed": weights(embed, dtype),
+        "embed": matrix(embed),
         "final_norm": final_norm,
         "layers": stack_layers(layer, config.num_layers),
         **(extra or {}),
     }
     if not config.tie_embeddings:
-        params["unembed"] = weights(unembed, dtype)
-    weights.check_all_used((*ignorable, re.escape(unembed)))
+        params["unembed"] = matrix(unembed)
+    tied_name = (re.escape(unembed),) if isinstance(unembed, str) else ()
+    weights.check_all_used((*ignorable, *tied_name))
     return _check_shapes(params, config)
 
 

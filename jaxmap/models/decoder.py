@@ -9,7 +9,7 @@ Params layout (linear weights are ``[in, out]`` so the hot loop multiplies witho
     positions    [P, D]            learned positions (only when config.position == "learned")
     unembed      [V', D]           output projection; absent when config.tie_embeddings
     unembed_bias [V']              output-projection bias (optional, whether tied or not)
-    final_norm   {scale[, bias]}
+    final_norm   {scale[, bias]}   empty when not config.has_final_norm
     layers       every leaf stacked over a leading layer axis [L, ...]:
       attn_norm {scale[, bias]}, mlp_norm {scale[, bias]}
       attn_post_norm, mlp_post_norm   (sandwich norms, optional)
@@ -71,6 +71,10 @@ class DecoderConfig:
     parallel_residual: bool = False
     qk_norm: bool = False
     sandwich_norm: bool = False
+    # Post-norm blocks (OPT-350m): x = norm(x + sublayer(x)) with the attn_norm/mlp_norm params.
+    post_norm: bool = False
+    # False: the last layer's output goes straight to the unembedding (final_norm params empty).
+    has_final_norm: bool = True
     embed_scale: float | None = None
     final_logit_softcap: float | None = None
     attn_logit_softcap: float | None = None
@@ -78,6 +82,8 @@ class DecoderConfig:
     def __post_init__(self) -> None:
         if self.num_heads % self.num_kv_heads:
             raise ValueError("num_heads must be a multiple of num_kv_heads")
+        if self.post_norm and self.parallel_residual:
+            raise ValueError("post_norm blocks are sequential")
         if len(self.layer_window) not in (0, self.num_layers):
             raise ValueError("layer_window needs one entry per layer")
         if self.position == "rope":
@@ -207,19 +213,29 @@ def _mlp(x: jax.Array, layer: dict, config: DecoderConfig) -> jax.Array:
     return _linear(hidden, layer["down"])
 
 
+def _input_norm(x: jax.Array, params: dict, config: DecoderConfig) -> jax.Array:
+    """A sublayer's input: normed, except in post-norm blocks, which norm after the residual add."""
+    return x if config.post_norm else _norm(x, params, config)
+
+
 def _block(
     x: jax.Array, layer: dict, config: DecoderConfig, cos, sin, window
 ) -> jax.Array:
-    attended = _attention(_norm(x, layer["attn_norm"], config), layer, config, cos, sin, window)
+    attended = _attention(_input_norm(x, layer["attn_norm"], config), layer, config, cos, sin, window)
     if config.sandwich_norm:
         attended = _norm(attended, layer["attn_post_norm"], config)
     if config.parallel_residual:
-        return x + attended + _mlp(_norm(x, layer["mlp_norm"], config), layer, config)
+        return x + attended + _mlp(_input_norm(x, layer["mlp_norm"], config), layer, config)
     x = x + attended
-    transformed = _mlp(_norm(x, layer["mlp_norm"], config), layer, config)
+    if config.post_norm:
+        x = _norm(x, layer["attn_norm"], config)
+    transformed = _mlp(_input_norm(x, layer["mlp_norm"], config), layer, config)
     if config.sandwich_norm:
         transformed = _norm(transformed, layer["mlp_post_norm"], config)
-    return x + transformed
+    x = x + transformed
+    if config.post_norm:
+        x = _norm(x, layer["mlp_norm"], config)
+    return x
 
 
 def embed(params: Params, tokens: jax.Array, config: DecoderConfig) -> jax.Array:
@@ -260,13 +276,9 @@ def hidden_states(
         return out, (out if return_layers else None)
 
     x, layers = jax.lax.scan(step, x, (params["layers"], rope_index, windows))
+    if not config.has_final_norm:
+        return x, layers
     return _norm(x, params["final_norm"], config), layers
-
-
-def final_norm(params: Params, residual: jax.Array, config: DecoderConfig) -> jax.Array:
-    """The model's final norm applied to a residual stream [..., D] (float32); the logit lens
-    applies it to every layer's residual."""
-    return _norm(residual, params["final_norm"], config)
 
 
 def unembedding(params: Params, config: DecoderConfig) -> jax.Array:
