@@ -276,9 +276,15 @@ def hidden_states(
         return out, (out if return_layers else None)
 
     x, layers = jax.lax.scan(step, x, (params["layers"], rope_index, windows))
+    return final_norm(params, x, config), layers
+
+
+def final_norm(params: Params, residual: jax.Array, config: DecoderConfig) -> jax.Array:
+    """The model's final norm applied to a residual stream [..., D] (float32); the logit lens
+    applies it to every layer's residual."""
     if not config.has_final_norm:
-        return x, layers
-    return _norm(x, params["final_norm"], config), layers
+        return residual.astype(jnp.float32)
+    return _norm(residual, params["final_norm"], config)
 
 
 def unembedding(params: Params, config: DecoderConfig) -> jax.Array:
