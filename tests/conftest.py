@@ -70,7 +70,8 @@ def randomize(model, seed: int, norm_center: float = 1.0) -> None:
     with torch.no_grad():
         for name, tensor in model.named_parameters():
             noise = torch.randn(tensor.shape, generator=generator)
-            if "norm" in name or name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight")):
+            norm_names = ("ln_1.weight", "ln_2.weight", "ln_f.weight", "ln_attn.weight", "ln_mlp.weight")
+            if "norm" in name or name.endswith(norm_names):
                 center = norm_center if name.endswith("weight") else 0.0
                 tensor.copy_(center + 0.2 * noise)
             elif name.endswith("bias"):
@@ -106,7 +107,15 @@ def reference_loglik(directory: Path, texts: list[str], policy: str) -> tuple[np
 
     tokenizer = AutoTokenizer.from_pretrained(directory)
     model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
-    n_ctx = getattr(model.config, "max_position_embeddings", None) or model.config.n_positions
+    # MPT names its context max_seq_len; Bloom names none (ALiBi): no truncation then.
+    n_ctx = next(
+        (
+            getattr(model.config, name)
+            for name in ("max_position_embeddings", "n_positions", "max_seq_len")
+            if getattr(model.config, name, None)
+        ),
+        None,
+    )
     logliks, counts = [], []
     for text in texts:
         if policy == "paper":

@@ -49,6 +49,12 @@ def sharded_cases() -> dict:
         make_config, options = CASES[name]
         return make_config, options, vocab
 
+    def alibi(name: str, vocab: int):
+        from test_parity_alibi import CASES as ALIBI_CASES
+
+        make_config, options = ALIBI_CASES[name]
+        return make_config, options, vocab
+
     def parallel_attention(name: str, vocab: int):
         from test_parity_parallel_attention import CASES as PARALLEL_CASES
 
@@ -65,6 +71,8 @@ def sharded_cases() -> dict:
         "gpt2": parity("gpt2", 302),
         "gemma3-softcap": (_gemma3_softcap_config, {"norm_center": 0.0}, 301),
         "llama-odd-sizes": (_odd_sizes_config, {}, 302),
+        # ALiBi: 20 heads with distinct slopes, split over the model axis with their heads.
+        "falcon-rw-alibi": alibi("falcon-rw-mha-sequential-alibi-20-heads", 303),
         # An output-projection bias, split over the model axis with the vocabulary.
         "phi-qk-layernorm-gqa": parallel_attention("phi-qk-layernorm-gqa", 301),
         # Per-head q/k norm scales [heads, head_dim], replicated while q and k are split.
@@ -217,7 +225,10 @@ def test_weights_are_split_where_heads_columns_and_vocabulary_allow(sharded_run)
         config = configs[name]
         heads = config.get("num_attention_heads", config.get("n_head"))
         kv_heads = config.get("num_key_value_heads", heads)
-        mlp = config.get("intermediate_size") or config.get("n_inner") or 4 * config["n_embd"]
+        mlp = (
+            config.get("intermediate_size") or config.get("n_inner") or config.get("ffn_hidden_size")
+            or 4 * config["n_embd"]
+        )
         for spec in MESHES:
             shards = 4 if spec.endswith("model=4") else 2
             run = runs[spec]

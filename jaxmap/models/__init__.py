@@ -14,6 +14,7 @@ import jax.numpy as jnp
 
 from . import gemma3, gpt2, gpt_neox, gptj, llama, phi, stablelm
 from . import gpt_bigcode, gpt_neo, opt, starcoder2, xglm
+from . import bloom, falcon, mpt
 from .adapter import ConfigReader, UnsupportedModelError, WeightSource
 from .decoder import DecoderConfig, Params, hidden_states, unembedding, unembedding_bias
 
@@ -57,6 +58,11 @@ ARCHITECTURES: dict[str, Architecture] = _registry(
     Architecture("PhiForCausalLM", "phi", phi.translate, phi.convert),
     Architecture("Phi3ForCausalLM", "phi3", phi.translate, phi.convert),
     Architecture("StableLmForCausalLM", "stablelm", stablelm.translate, stablelm.convert),
+    Architecture("BloomForCausalLM", "bloom", bloom.translate, bloom.convert),
+    Architecture("FalconForCausalLM", "falcon", falcon.translate, falcon.convert),
+    Architecture("MptForCausalLM", "mpt", mpt.translate, mpt.convert),
+    # MosaicML's own checkpoints name their remote-code class.
+    Architecture("MPTForCausalLM", "mpt", mpt.translate, mpt.convert),
 )
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}

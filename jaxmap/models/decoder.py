@@ -7,6 +7,7 @@ Params layout (linear weights are ``[in, out]`` so the hot loop multiplies witho
 
     embed        [V', D]           token embedding
     positions    [P, D]            learned positions (only when config.position == "learned")
+    embed_norm   {scale[, bias]}   norm after the embedding lookup (only when config.embed_norm)
     unembed      [V', D]           output projection; absent when config.tie_embeddings
     unembed_bias [V']              output-projection bias (optional, whether tied or not)
     final_norm   {scale[, bias]}   empty when not config.has_final_norm
@@ -61,7 +62,7 @@ class DecoderConfig:
     norm_eps: float
     activation: Literal["silu", "gelu", "gelu_tanh", "relu"]
     gated_mlp: bool
-    position: Literal["rope", "learned"]
+    position: Literal["rope", "learned", "alibi"]
     attn_scale: float
     tie_embeddings: bool
     rotary_dim: int = 0
@@ -78,6 +79,15 @@ class DecoderConfig:
     embed_scale: float | None = None
     final_logit_softcap: float | None = None
     attn_logit_softcap: float | None = None
+    # ALiBi (position == "alibi"): each score gains alibi_scale * slope[head] * (key - query), one
+    # slope per head. Relative to the query, this equals transformers' slope * key after the
+    # softmax and stays right wherever a text starts in its row. alibi_bfloat16 is Falcon's
+    # form: its slopes (rounded by the adapter), positions and slope * key products are bfloat16.
+    alibi_slopes: tuple[float, ...] = ()
+    alibi_scale: float = 1.0
+    alibi_bfloat16: bool = False
+    # Bloom: a norm (embed_norm params) applied right after the token embedding lookup.
+    embed_norm: bool = False
 
     def __post_init__(self) -> None:
         if self.num_heads % self.num_kv_heads:
@@ -86,6 +96,10 @@ class DecoderConfig:
             raise ValueError("post_norm blocks are sequential")
         if len(self.layer_window) not in (0, self.num_layers):
             raise ValueError("layer_window needs one entry per layer")
+        if (self.position == "alibi") != bool(self.alibi_slopes) or (
+            self.alibi_slopes and len(self.alibi_slopes) != self.num_heads
+        ):
+            raise ValueError("alibi needs one slope per head, and slopes only go with alibi")
         if self.position == "rope":
             if not self.rope_tables or len(self.layer_rope) != self.num_layers:
                 raise ValueError("rope needs rope_tables and one layer_rope entry per layer")
@@ -158,6 +172,30 @@ def _apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array, rotary_dim: int) -
     return jnp.concatenate([rotated, passed], axis=-1) if passed.shape[-1] else rotated
 
 
+def _round_to_bfloat16(x: jax.Array) -> jax.Array:
+    return x.astype(jnp.bfloat16).astype(jnp.float32)
+
+
+def _alibi_bias(config: DecoderConfig, length: int) -> jax.Array:
+    """The ALiBi bias [Hkv, group, T, T] (float32) for scores laid out [B, Hkv, group, Q, K].
+
+    Head h = kv_head * group + g has slope ``alibi_slopes[h]``, the decoder's (and HF's) head
+    order. Built from config constants inside the jitted forward, so on a mesh the partitioner
+    slices it with the heads it belongs to.
+    """
+    group = config.num_heads // config.num_kv_heads
+    slopes = np.asarray(config.alibi_slopes, np.float32).reshape(config.num_kv_heads, group, 1, 1)
+    positions = jnp.arange(length, dtype=jnp.float32)
+    if config.alibi_bfloat16:
+        # Falcon's bias of key k is bfloat16(slope * bfloat16(k)); both factors are bfloat16
+        # numbers, so their float32 product is exact and only the final rounding is left.
+        per_key = _round_to_bfloat16(slopes * _round_to_bfloat16(positions))
+        bias = per_key - jnp.swapaxes(per_key, -1, -2)
+    else:
+        bias = slopes * (positions[None, :] - positions[:, None])
+    return bias * config.alibi_scale
+
+
 def _attention(
     x: jax.Array,
     layer: dict,
@@ -188,6 +226,8 @@ def _attention(
     )
     if config.attn_logit_softcap:
         scores = config.attn_logit_softcap * jnp.tanh(scores / config.attn_logit_softcap)
+    if config.position == "alibi":
+        scores = scores + _alibi_bias(config, length)
     query_pos = jnp.arange(length)[:, None]
     key_pos = jnp.arange(length)[None, :]
     visible = key_pos <= query_pos
@@ -239,13 +279,15 @@ def _block(
 
 
 def embed(params: Params, tokens: jax.Array, config: DecoderConfig) -> jax.Array:
-    """Input embeddings [B, T, D] in float32 (scaled, plus learned positions if any)."""
+    """Input embeddings [B, T, D] in float32 (scaled or normed, plus learned positions if any)."""
     table = params["embed"]
     x = jnp.take(table, tokens, axis=0)
     if config.embed_scale is not None:
         # HF multiplies by the scale cast to the embedding dtype; do the same for parity.
         x = x * jnp.asarray(config.embed_scale, table.dtype)
     x = x.astype(jnp.float32)
+    if config.embed_norm:
+        x = _norm(x, params["embed_norm"], config)
     if config.position == "learned":
         x = x + params["positions"][: tokens.shape[1]].astype(jnp.float32)[None]
     return x
