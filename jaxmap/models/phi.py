@@ -35,10 +35,10 @@ def _rope(reader: ConfigReader, head_dim: int, max_positions: int, default_parti
             # transformers reads Phi-3's old names for LongRoPE as longrope.
             rope.pop("type", None)
             rope["rope_type"] = "longrope"
-        # Phi-3 keeps LongRoPE's pretraining context at the top level; transformers gives it
-        # priority over the rope dict's.
-        original = reader.take("original_max_position_embeddings", None)
-        if original is not None and rope.get("rope_type", rope.get("type", "default")) != "default":
+        # Phi-3 keeps the pretraining context at the top level (Phi3Config's default 4096 when
+        # absent); for these rope types transformers gives it priority over the rope dict's.
+        original = reader.take("original_max_position_embeddings", 4096)
+        if rope.get("rope_type", rope.get("type")) in ("llama3", "yarn", "longrope"):
             rope["original_max_position_embeddings"] = original
     rotary_dim = int(head_dim * rope.pop("partial_rotary_factor"))
     table, max_positions = rope_table(rope, rotary_dim, max_positions, reader.architecture)
