@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from .batching import BatchPlan, plan_batches
 from .checkpoints import Checkpoint, resolve
 from .kernels.fused_logprob import DEFAULT_TILE, sharded_token_logprobs, token_logprobs
-from .models import DTYPES, DecoderConfig, Params, convert_weights, hidden_states, translate_config
+from .models import DTYPES, DecoderConfig, Params, hidden_states, translate_config
 from .models import unembedding as model_unembedding
 from .models.decoder import embed, final_norm
 from .models import unembedding_bias
@@ -201,7 +201,7 @@ def load_model(
     reference = checkpoint.reference
     architecture, config = translate_config(checkpoint.config(), reference)
     params = place_params(
-        convert_weights(architecture, checkpoint.open_weights(), config, dtype), config, mesh
+        checkpoint.load_params(architecture, config, dtype), config, mesh
     )
     tokenizer = load_tokenizer(checkpoint.directory)
     params = jax.block_until_ready(params)
