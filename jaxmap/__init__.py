@@ -32,7 +32,7 @@ _EXPORTS = {
     "resampled_coordinates": "analysis",
     "load_model": "engine",
     "load_module": "models.module",
-    "DecoderLM": "models.module",
+    "train": "training",
     "score": "jobs",
     "score_job": "jobs",
     "JobSummary": "jobs",

@@ -23,7 +23,7 @@ def module(tiny_models) -> DecoderLM:
 
 
 def test_module_holds_params_config_and_tokenizer(module, tiny_models):
-    assert isinstance(module, nnx.Module) and isinstance(module, jaxmap.DecoderLM)
+    assert isinstance(module, nnx.Module) and isinstance(module, DecoderLM)
     state = nnx.state(module, nnx.Param)
     leaves = jax.tree.leaves(state)
     assert leaves and all(isinstance(leaf, jax.Array) for leaf in leaves)
