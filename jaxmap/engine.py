@@ -178,6 +178,9 @@ class ModelScores:
     # With the logit lens: [L+1, N], row i read after i layers (0: the embeddings); the last
     # row is ``loglik`` itself.
     layer_loglik: np.ndarray | None = None
+    # With ``keep_token_logprobs``: every scored token's log-prob, float32, texts in order
+    # (``ntokens[j]`` values for text j); ``loglik`` is their float64 sum per text.
+    token_logprobs: np.ndarray | None = None
 
 
 def load_model(
@@ -225,12 +228,14 @@ def score_tokens(
     batch_tokens: int | None = None,
     progress: bool = True,
     logit_lens: bool = False,
+    keep_token_logprobs: bool = False,
 ) -> ModelScores:
     """Score pre-tokenized texts with a loaded model (truncating to its context).
 
     ``logit_lens`` also scores every layer's residual stream through the final norm and the
     unembedding, in the same forward pass (:func:`layer_log_likelihoods`), into
-    ``ModelScores.layer_loglik``.
+    ``ModelScores.layer_loglik``. ``keep_token_logprobs`` keeps every scored token's log-prob
+    (``ModelScores.token_logprobs``).
 
     ``batch_tokens`` (padded tokens per batch, all data shards together) defaults to
     :func:`default_batch_tokens` per data shard. Batch rows are padded with empty rows to a
@@ -243,6 +248,7 @@ def score_tokens(
     scored = np.maximum(lengths - 1, 0)
     plan: BatchPlan = plan_batches(scored, batch_tokens, max_length=n_ctx - 1)
     loglik = np.zeros(len(tokens), np.float64)
+    per_text = [np.zeros(0, np.float32)] * len(tokens) if keep_token_logprobs else None
     layer_loglik = np.zeros((model.config.num_layers + 1, len(tokens)), np.float64) if logit_lens else None
     compiled_before = compilation_count()
     # Compile every batch shape first, so that compiling never competes with scoring for the
@@ -272,6 +278,8 @@ def score_tokens(
             values = values[-1]
         for row, index in enumerate(batch.indices):
             loglik[index] = values[row, : scored[index]].sum()
+            if per_text is not None:  # float32 on the device: casting back is exact
+                per_text[index] = values[row, : scored[index]].astype(np.float32)
         done_tokens += int(scored[batch.indices].sum())
         bar.update(len(batch.indices))
         bar.set_postfix(tok_s=f"{done_tokens / (time.perf_counter() - started):.0f}")
@@ -298,6 +306,7 @@ def score_tokens(
     return ModelScores(
         loglik=loglik,
         layer_loglik=layer_loglik,
+        token_logprobs=np.concatenate(per_text) if per_text is not None else None,
         ntokens=scored.astype(np.int32),
         truncated=tokens.lengths > n_ctx,
         stats={

@@ -182,6 +182,7 @@ def score_job(
     disk_budget: int | None = None,
     report: Callable[[str], None] | None = None,
     logit_lens: bool = False,
+    save_token_logprobs: bool = False,
 ) -> JobSummary:
     """Score every model on every text into the store ``out``; see the module docstring.
 
@@ -198,7 +199,9 @@ def score_job(
     ``logit_lens`` adds, for every model, one row per layer, ``MODEL@layer{i}`` for i = 0 (the
     embeddings) … L (the model's output, equal to its own row), from the same forward pass; its
     metadata names the layer and the parent model. A model is skipped only when all its rows
-    are in the store; otherwise only the missing rows are committed. Failed models
+    are in the store; otherwise only the missing rows are committed. ``save_token_logprobs``
+    stores every scored token's log-prob with each model's row (not with layer rows; see
+    docs/store.md); a model already in the store keeps the row it has. Failed models
     are in the returned summary; this raises only for errors that stop the whole job (a bad
     text set, a foreign store, a full disk).
 
@@ -272,7 +275,7 @@ def score_job(
             )
             outcome = _score_one(
                 current, checkpoint, text_set, writer, token_cache, dtype, bos_policy,
-                batch_tokens, progress, say, logit_lens, done,
+                batch_tokens, progress, say, logit_lens, done, save_token_logprobs,
             )
             prefetcher.release(checkpoint)
             summary.outcomes.append(outcome)
@@ -327,6 +330,7 @@ def _score_one(
     say: Callable[[str], None],
     logit_lens: bool = False,
     committed: set[str] = frozenset(),
+    save_token_logprobs: bool = False,
 ) -> ModelOutcome:
     """Load (already under way), score and commit one model (and with ``logit_lens`` its layer
     rows, those whose keys are not ``committed`` yet); a failure becomes the outcome."""
@@ -334,7 +338,10 @@ def _score_one(
     try:
         model: LoadedModel = loading.result()
         tokens, tokenizer_id = cached_tokenize(text_set, model.tokenizer, bos_policy, token_cache)
-        result = score_tokens(model, tokens, batch_tokens, progress, logit_lens=logit_lens)
+        result = score_tokens(
+            model, tokens, batch_tokens, progress, logit_lens=logit_lens,
+            keep_token_logprobs=save_token_logprobs,
+        )
         _check_finite(reference, result, text_set)
         if logit_lens and not np.isfinite(result.layer_loglik).all():
             raise JaxmapError("non-finite log-likelihood in a logit-lens layer row")
@@ -378,7 +385,10 @@ def _score_one(
         try:
             for name, values, row_meta in rows:
                 if row_meta["key"] not in committed:
-                    writer.append(name, values, result.ntokens, result.truncated, row_meta)
+                    writer.append(
+                        name, values, result.ntokens, result.truncated, row_meta,
+                        token_logprobs=result.token_logprobs if name == reference else None,
+                    )
         except StoreError as error:
             stop = error
     problem = distributed.share_from_first(str(stop) if stop else None)

@@ -16,7 +16,12 @@ HDF5 layout::
     /truncated    [K, N] bool         text was cut to the model's context
     /models       [K] utf-8 strings   model references as given
     /model_meta   [K] utf-8 strings   JSON per model: key, revision, architecture, dtype, ...
-    /row_checksum [K] utf-8 strings   sha256 of each row (model, meta, loglik, ntokens, truncated)
+    /row_checksum [K] utf-8 strings   sha256 of each row (model, meta, loglik, ntokens, truncated,
+                                      and its token log-probs if it has them)
+    /token_logprob [T] float32        (only if a row has them) every scored token's log-prob,
+                                      rows in order, texts in order within a row
+    /token_offsets [K, N+1] int64     row k's text j is token_logprob[off[k, j]:off[k, j+1]];
+                                      all -1 for a row scored without token log-probs
     attrs: format, format_version, text_fingerprint, n_texts, settings (JSON), created_by,
            journal_sequence (the last journal row folded into the matrix)
 
@@ -45,7 +50,7 @@ import os
 import re
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -76,6 +81,8 @@ class Row:
     ntokens: np.ndarray
     truncated: np.ndarray
     checksum: str | None
+    # Every scored token's log-prob (float32, texts in order, ntokens.sum() values), if kept.
+    token_logprobs: np.ndarray | None = None
 
     @property
     def meta(self) -> dict:
@@ -87,14 +94,21 @@ class Row:
         return self.meta.get("key") or self.model
 
 
-def row_checksum(model: str, meta_json: str, loglik, ntokens, truncated) -> str:
-    """sha256 over a row's name, metadata and values, in a fixed byte order."""
+def row_checksum(model: str, meta_json: str, loglik, ntokens, truncated, token_logprobs=None) -> str:
+    """sha256 over a row's name, metadata and values, in a fixed byte order (a row without
+    token log-probs has the checksum it had before stores could hold them)."""
     digest = hashlib.sha256()
     digest.update(model.encode("utf-8") + b"\0" + meta_json.encode("utf-8") + b"\0")
     digest.update(np.ascontiguousarray(loglik, "<f8").tobytes())
     digest.update(np.ascontiguousarray(ntokens, "<i4").tobytes())
     digest.update(np.ascontiguousarray(truncated, "u1").tobytes())
+    if token_logprobs is not None:
+        digest.update(b"\0token_logprobs\0" + np.ascontiguousarray(token_logprobs, "<f4").tobytes())
     return "sha256:" + digest.hexdigest()
+
+
+def _checksum_of(row: "Row") -> str:
+    return row_checksum(row.model, row.meta_json, row.loglik, row.ntokens, row.truncated, row.token_logprobs)
 
 
 @dataclass(frozen=True)
@@ -113,6 +127,17 @@ class Store:
     text_fingerprint: str
     settings: dict
     row_checksums: list[str | None]
+    # Per row: every scored token's log-prob (float32, texts in order), or None where the row
+    # was scored without them.
+    token_logprobs: list[np.ndarray | None] = field(default_factory=list)
+
+    def text_token_logprobs(self, model: int, text: int) -> np.ndarray:
+        """The scored tokens' log-probs of one text under one model (rows by index)."""
+        values = self.token_logprobs[model] if self.token_logprobs else None
+        if values is None:
+            raise StoreError(f"{self.path}: {self.models[model]} was scored without --save-token-logprobs")
+        start = int(self.ntokens[model, :text].sum())
+        return values[start : start + int(self.ntokens[model, text])]
 
     @property
     def model_keys(self) -> list[str]:
@@ -177,8 +202,15 @@ def _read_matrix(path: Path, handle: h5py.File, values: bool = True) -> tuple[_S
     )
     if not (len(models) == len(metas) == len(loglik) == len(ntokens) == len(truncated) == len(checksums)):
         raise StoreError(f"{path}: datasets disagree on the number of rows; the file is damaged")
+    tokens: list[np.ndarray | None] = [None] * len(models)
+    if values and "token_offsets" in handle:
+        offsets = handle["token_offsets"][...]
+        everything = handle["token_logprob"]
+        if offsets.shape[0] != len(models):
+            raise StoreError(f"{path}: token_offsets disagree on the number of rows; the file is damaged")
+        tokens = [None if row[0] < 0 else everything[row[0] : row[-1]] for row in offsets]
     rows = [
-        Row(m, j, loglik[i], ntokens[i], truncated[i].astype(bool), checksums[i])
+        Row(m, j, loglik[i], ntokens[i], truncated[i].astype(bool), checksums[i], tokens[i])
         for i, (m, j) in enumerate(zip(models, metas))
     ]
     texts = TextSet(
@@ -243,13 +275,14 @@ def _read_row_file(path: Path, n_texts: int, values: bool = True) -> Row:
     try:
         header = json.loads(data[offset : offset + header_length])
         model, meta_json, checksum = header["model"], header["meta"], header["checksum"]
-    except (ValueError, KeyError, TypeError):
+        token_count = header.get("token_count")  # absent: a row without token log-probs
+    except (ValueError, KeyError, TypeError, AttributeError):
         raise StoreError(f"{where}: unreadable row header; delete it and score that model again") from None
     offset += header_length
     if not values:
         empty = np.empty(0)
         return Row(model, meta_json, empty, empty, empty, checksum)
-    expected = n_texts * (8 + 4 + 1)
+    expected = n_texts * (8 + 4 + 1) + 4 * (token_count or 0)
     if len(data) - offset != expected:
         raise StoreError(
             f"{where}: row of {model} holds {len(data) - offset} bytes of values, expected "
@@ -258,7 +291,11 @@ def _read_row_file(path: Path, n_texts: int, values: bool = True) -> Row:
     loglik = np.frombuffer(data, "<f8", n_texts, offset).astype(np.float64)
     ntokens = np.frombuffer(data, "<i4", n_texts, offset + 8 * n_texts).astype(np.int32)
     truncated = np.frombuffer(data, "u1", n_texts, offset + 12 * n_texts).astype(bool)
-    return Row(model, meta_json, loglik, ntokens, truncated, checksum)
+    tokens = (
+        None if token_count is None
+        else np.frombuffer(data, "<f4", token_count, offset + 13 * n_texts).astype(np.float32)
+    )
+    return Row(model, meta_json, loglik, ntokens, truncated, checksum, tokens)
 
 
 def _snapshot(path: Path, values: bool = True) -> _Snapshot:
@@ -305,16 +342,14 @@ def verify_rows(path: str | Path) -> list[tuple[str, str, str]]:
     for where, row in zip(snapshot.row_sources, snapshot.rows):
         if row.checksum is None:
             problems.append((where, row.model, "no checksum (written by store format 1)"))
-        elif row_checksum(row.model, row.meta_json, row.loglik, row.ntokens, row.truncated) != row.checksum:
+        elif _checksum_of(row) != row.checksum:
             problems.append((where, row.model, "checksum mismatch: the stored bytes are damaged"))
     return problems
 
 
 def _verified(path: Path, snapshot: _Snapshot) -> _Snapshot:
     for where, row in zip(snapshot.row_sources, snapshot.rows):
-        if row.checksum is not None and row_checksum(
-            row.model, row.meta_json, row.loglik, row.ntokens, row.truncated
-        ) != row.checksum:
+        if row.checksum is not None and _checksum_of(row) != row.checksum:
             raise StoreError(
                 f"{path}: {where} ({row.model}) fails its checksum: the stored bytes are "
                 f"damaged. Remove it with `jaxmap drop {path} {row.model}` and score it again"
@@ -345,6 +380,7 @@ def open_store(path: str | Path) -> Store:
         text_fingerprint=snapshot.texts.fingerprint,
         settings=dict(snapshot.settings),
         row_checksums=[r.checksum for r in rows],
+        token_logprobs=[r.token_logprobs for r in rows],
     )
 
 
@@ -423,10 +459,19 @@ def _matrix_image(snapshot: _Snapshot, journal_sequence: int) -> bytes:
         ):
             data = np.array(values, dtype).reshape(k, n)
             handle.create_dataset(name, data=data, maxshape=(None, n), chunks=chunks)
-        checksums = [
-            r.checksum or row_checksum(r.model, r.meta_json, r.loglik, r.ntokens, r.truncated)
-            for r in rows
-        ]
+        checksums = [r.checksum or _checksum_of(r) for r in rows]
+        if any(r.token_logprobs is not None for r in rows):
+            offsets = np.full((k, n + 1), -1, np.int64)
+            start = 0
+            for i, r in enumerate(rows):
+                if r.token_logprobs is not None:
+                    offsets[i] = start + np.concatenate([[0], np.cumsum(r.ntokens, dtype=np.int64)])
+                    start = int(offsets[i, -1])
+            kept = [r.token_logprobs for r in rows if r.token_logprobs is not None]
+            handle.create_dataset("token_offsets", data=offsets)
+            handle.create_dataset(
+                "token_logprob", data=np.concatenate(kept).astype(np.float32), chunks=True, maxshape=(None,)
+            )
         for name, values in (
             ("models", [r.model for r in rows]),
             ("model_meta", [r.meta_json for r in rows]),
@@ -437,9 +482,10 @@ def _matrix_image(snapshot: _Snapshot, journal_sequence: int) -> bytes:
 
 
 def _row_file_bytes(row: Row) -> bytes:
-    header = json.dumps(
-        {"model": row.model, "meta": row.meta_json, "checksum": row.checksum}, ensure_ascii=False
-    ).encode("utf-8")
+    fields = {"model": row.model, "meta": row.meta_json, "checksum": row.checksum}
+    if row.token_logprobs is not None:
+        fields["token_count"] = len(row.token_logprobs)
+    header = json.dumps(fields, ensure_ascii=False).encode("utf-8")
     return b"".join(
         [
             _ROW_MAGIC,
@@ -448,6 +494,7 @@ def _row_file_bytes(row: Row) -> bytes:
             np.ascontiguousarray(row.loglik, "<f8").tobytes(),
             np.ascontiguousarray(row.ntokens, "<i4").tobytes(),
             np.ascontiguousarray(row.truncated, "u1").tobytes(),
+            b"" if row.token_logprobs is None else np.ascontiguousarray(row.token_logprobs, "<f4").tobytes(),
         ]
     )
 
@@ -577,8 +624,11 @@ class StoreWriter:
         ntokens: np.ndarray,
         truncated: np.ndarray,
         meta: dict,
+        token_logprobs: np.ndarray | None = None,
     ) -> None:
         """Commit one model's row. ``meta["key"]``, if given, is the model's canonical key.
+        ``token_logprobs`` (float32, every scored token's log-prob, texts in order: ``ntokens``
+        of them per text) is committed with the row, in the same file and checksum.
 
         Refuses a row of the wrong length, with non-finite values, or for a model (key) that
         already has one; the store is then unchanged.
@@ -598,9 +648,19 @@ class StoreWriter:
         meta_json = json.dumps(meta, sort_keys=True, ensure_ascii=False)
         ntokens = np.asarray(ntokens, np.int32)
         truncated = np.asarray(truncated, bool)
+        if token_logprobs is not None:
+            token_logprobs = np.asarray(token_logprobs, np.float32)
+            if token_logprobs.shape != (int(ntokens.sum()),):
+                raise StoreError(
+                    f"{self.path}: row for {model} has {token_logprobs.size} token log-probs for "
+                    f"{int(ntokens.sum())} scored tokens; not committed"
+                )
+            if not np.isfinite(token_logprobs).all():
+                raise StoreError(f"{self.path}: row for {model} has non-finite token log-probs; not committed")
         row = Row(
             model, meta_json, loglik, ntokens, truncated,
-            row_checksum(model, meta_json, loglik, ntokens, truncated),
+            row_checksum(model, meta_json, loglik, ntokens, truncated, token_logprobs),
+            token_logprobs,
         )
         with self._locked():
             snapshot = _snapshot(self.path, values=False)

@@ -80,6 +80,11 @@ def register(subparsers) -> None:
         "model's output), each layer's residual stream read through the final norm and the "
         "unembedding, from the same forward pass",
     )
+    score.add_argument(
+        "--save-token-logprobs", action="store_true",
+        help="also store every scored token's log-prob (float32, ragged with per-text offsets; "
+        "see docs/store.md)",
+    )
     score.add_argument("--quiet", action="store_true", help="no progress bars")
     score.set_defaults(func=run_score)
 
@@ -143,7 +148,7 @@ def run_score(args: argparse.Namespace) -> int:
         batch_tokens=args.batch_tokens, progress=not args.quiet and first, cache_dir=args.cache_dir,
         shard=args.shard, mesh=args.mesh, delete_after=args.delete_after,
         disk_budget=args.disk_budget, report=lambda line: print(line, file=sys.stderr),
-        logit_lens=args.logit_lens,
+        logit_lens=args.logit_lens, save_token_logprobs=args.save_token_logprobs,
     )
     if first:
         for line in summary.lines():
