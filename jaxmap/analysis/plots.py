@@ -461,3 +461,56 @@ def plot_resampling_curve(curve: ResamplingCurve, path: str | Path, *, title: st
     axes.grid(True, which="both", color="#eeeeee", linewidth=0.6)
     axes.legend(frameon=False)
     _save(figure, path)
+
+
+def plot_trajectories(
+    coordinates,
+    names: Sequence[str],
+    paths: Sequence[Sequence[int]],
+    path: str | Path,
+    *,
+    path_labels: Sequence[str] | None = None,
+    threads: Sequence[Sequence[int]] = (),
+    axis_label: str = "PCA",
+    title: str = "Trajectories on the model map",
+) -> None:
+    """The map with paths drawn on it: every model a grey point, each path (row indices in
+    order, e.g. the checkpoints of a run) a coloured line with an arrow per step, its start and
+    end named; ``threads`` (e.g. a model's logit-lens layers, embeddings to output) are drawn
+    as thin dotted lines of small points, their ends named."""
+    coordinates = _check_coordinates(coordinates, names)
+    figure = Figure(figsize=(10, 7.5), dpi=150, layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    axes.scatter(coordinates[:, 0], coordinates[:, 1], s=14, color=_GREY, zorder=1)
+    palette = colormaps["tab10"]
+    labels = list(path_labels) if path_labels is not None else [f"path {i + 1}" for i in range(len(paths))]
+    for number, order in enumerate(paths):
+        points = coordinates[np.asarray(order, dtype=np.int64)]
+        colour = to_hex(palette(number % 10))
+        axes.plot(points[:, 0], points[:, 1], color=colour, linewidth=1.2, alpha=0.6, zorder=2,
+                  label=labels[number])
+        for start, end in zip(points[:-1], points[1:]):
+            axes.annotate(
+                "", xy=end, xytext=start, zorder=3,
+                arrowprops={"arrowstyle": "-|>", "color": colour, "lw": 1.2, "shrinkA": 2, "shrinkB": 2},
+            )
+        axes.scatter(points[:, 0], points[:, 1], s=18, color=colour, zorder=4)
+        for index, where in ((order[0], "start"), (order[-1], "end")):
+            axes.annotate(
+                f"{names[index]} ({where})", coordinates[index], fontsize=7, xytext=(4, 4),
+                textcoords="offset points", color=colour,
+            )
+    for order in threads:
+        points = coordinates[np.asarray(order, dtype=np.int64)]
+        axes.plot(points[:, 0], points[:, 1], ":", color="#555555", linewidth=0.8, zorder=2)
+        axes.scatter(points[:, 0], points[:, 1], s=6, color="#555555", zorder=3)
+        for index in (order[0], order[-1]):
+            axes.annotate(names[index], coordinates[index], fontsize=6, xytext=(3, -8),
+                          textcoords="offset points", color="#555555")
+    if paths:
+        axes.legend(fontsize=8, loc="best")
+    axes.set_xlabel(f"{axis_label} 1")
+    axes.set_ylabel(f"{axis_label} 2")
+    axes.set_title(title)
+    _save(figure, path)

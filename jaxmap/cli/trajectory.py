@@ -1,0 +1,408 @@
+"""``jaxmap trajectory`` (a path of checkpoints or a model's logit-lens layers: KL profile and
+diffusion exponents) and ``jaxmap lineage`` (fine-tuned models against their base models)."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import fnmatch
+import math
+import re
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from . import int_at_least
+
+
+def register(subparsers) -> None:
+    from .analysis import _add_input
+
+    trajectory = subparsers.add_parser(
+        "trajectory",
+        help="KL along a path of checkpoints (or a model's logit-lens layers) and its diffusion exponents",
+        description=(
+            "Follow a path of models through the map: the estimated KL between consecutive "
+            "models and to the last one, and for each start t0 the diffusion exponent c of "
+            "log D(t0, t0+Δ) = c·log Δ + b over the next --window models, with D the estimated "
+            "KL (log-likelihood space) and the squared weight distance (weight space, read from "
+            "the checkpoints)."
+        ),
+    )
+    _add_input(trajectory)
+    chosen = trajectory.add_mutually_exclusive_group(required=True)
+    chosen.add_argument("--path", nargs="+", metavar="MODEL", help="the store's models, in order")
+    chosen.add_argument(
+        "--path-file", metavar="LIST",
+        help="a file with one model per line in order, optionally MODEL,STEP (the training "
+        "step, used as Δ); # starts a comment",
+    )
+    chosen.add_argument(
+        "--path-glob", metavar="PATTERN",
+        help="every store model matching PATTERN (fnmatch, e.g. 'run/step-*'), in natural order "
+        "(numbers compared as numbers); logit-lens rows only if PATTERN contains @layer",
+    )
+    chosen.add_argument(
+        "--layers", metavar="MODEL",
+        help="the logit-lens thread of MODEL (rows MODEL@layer0 ... MODEL@layerL of `jaxmap "
+        "score --logit-lens`); Δ counts layers, and there is no weight space",
+    )
+    trajectory.add_argument(
+        "--window", type=int_at_least(1), default=10,
+        help="fit over the next W models of each start (default: %(default)s; fewer near the end)",
+    )
+    trajectory.add_argument(
+        "--min-points", type=int_at_least(2), default=3,
+        help="starts with fewer usable points get no exponent (default: %(default)s)",
+    )
+    trajectory.add_argument(
+        "--no-weights", action="store_true",
+        help="skip the weight-space exponent (it loads every checkpoint of the path)",
+    )
+    trajectory.add_argument(
+        "--bits-per-byte", action="store_true", help="KL in bits per byte instead of nats per text"
+    )
+    trajectory.add_argument("--out", help="write the table as CSV")
+    trajectory.add_argument("--plot", help="draw the path on the map (PNG, or another image suffix)")
+    trajectory.add_argument(
+        "--method", choices=["pca", "mds", "tsne"], default="pca",
+        help="projection for --plot (default: %(default)s, linear, so steps keep their lengths' order)",
+    )
+    trajectory.add_argument("--cache-dir", help="cache for converted GGUF weights (weight space)")
+    trajectory.set_defaults(func=_run_trajectory)
+
+    lineage = subparsers.add_parser(
+        "lineage",
+        help="each fine-tuned model's KL to its base model and the base's rank among its neighbours",
+        description=(
+            "Read parent,child pairs (a CSV with columns parent and child, or the base_model "
+            "field of the model cards, README.md front matter, of the store's local model "
+            "directories) and report each child's estimated KL to its parent and the parent's "
+            "rank among the child's nearest neighbours (1 = nearest; logit-lens rows are not ranked)."
+        ),
+    )
+    _add_input(lineage)
+    lineage.add_argument(
+        "--parents", metavar="CSV",
+        help="table with columns parent and child (store model names, keys or paths); default: "
+        "the model cards' base_model",
+    )
+    lineage.add_argument(
+        "--bits-per-byte", action="store_true", help="KL in bits per byte instead of nats per text"
+    )
+    lineage.add_argument("--out", help="write the table as CSV")
+    lineage.set_defaults(func=_run_lineage)
+
+
+# ---------------------------------------------------------------------------------------------
+# Which rows
+
+
+def _natural_key(name: str) -> list:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def _read_path_file(path: str) -> tuple[list[str], list[float] | None]:
+    from ..errors import InputError
+
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise InputError(f"{path}: cannot read the path list ({getattr(error, 'strerror', None) or error})") from None
+    models, steps = [], []
+    for number, line in enumerate(lines, 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        name, comma, step = line.rpartition(",")
+        if comma:
+            try:
+                steps.append(float(step))
+            except ValueError:
+                raise InputError(f"{path}, line {number}: step {step.strip()!r} is not a number") from None
+            models.append(name.strip())
+        else:
+            models.append(line)
+    if steps and len(steps) != len(models):
+        raise InputError(f"{path}: give a step on every line or on none")
+    if not models:
+        raise InputError(f"{path}: no models listed")
+    return models, (steps or None)
+
+
+class _Rows:
+    """The store's rows by name, key or path, and their metadata."""
+
+    def __init__(self, matrix, metas: list[dict]) -> None:
+        self.matrix = matrix
+        self.metas = metas
+
+    def index(self, name: str) -> int:
+        from ..errors import InputError
+
+        models = self.matrix.models
+        if name in models:
+            return models.index(name)
+        resolved = str(Path(name).expanduser().resolve()) if Path(name).expanduser().exists() else None
+        found = [
+            i for i, meta in enumerate(self.metas)
+            if meta.get("key") in (name, resolved)
+            or (str(meta.get("key", "")).startswith(f"{name}@") and "layer" not in meta)
+        ]
+        if len(found) == 1:
+            return found[0]
+        if len(found) > 1:
+            shown = ", ".join(models[i] for i in found[:3])
+            raise InputError(f"{self.matrix.source}: {name!r} names several rows ({shown})")
+        return self.matrix.model_index(name)  # the error lists close names
+
+
+def _metas(matrix) -> list[dict]:
+    if not matrix.is_store:
+        return [{} for _ in matrix.models]
+    from ..store import open_store
+
+    return open_store(matrix.source).model_meta
+
+
+def _choose_path(args, rows: _Rows) -> tuple[list[int], list[float] | None, str]:
+    """Row indices of the path, its steps (or None) and a label."""
+    from ..errors import InputError
+
+    models = rows.matrix.models
+    if args.layers:
+        parent = rows.index(args.layers)
+        parent_key = rows.metas[parent].get("key") or models[parent]
+        layers = sorted(
+            (meta["layer"], i) for i, meta in enumerate(rows.metas)
+            if meta.get("parent_key") == parent_key and "layer" in meta
+        )
+        if not layers:
+            raise InputError(
+                f"{rows.matrix.source}: no logit-lens rows of {models[parent]}; score it with "
+                "`jaxmap score --logit-lens`"
+            )
+        return [i for _, i in layers], [float(layer) for layer, _ in layers], f"{models[parent]} layers"
+    if args.path_glob:
+        # Logit-lens rows share their model's name as a prefix; a glob over checkpoints means
+        # the checkpoints, unless it names layers itself.
+        lens_too = "@layer" in args.path_glob
+        matched = sorted(
+            (
+                m for m, meta in zip(models, rows.metas)
+                if fnmatch.fnmatchcase(m, args.path_glob) and (lens_too or "layer" not in meta)
+            ),
+            key=_natural_key,
+        )
+        if not matched:
+            raise InputError(f"{rows.matrix.source}: no model matches {args.path_glob!r}")
+        return [models.index(m) for m in matched], None, args.path_glob
+    if args.path_file:
+        names, steps = _read_path_file(args.path_file)
+        return [rows.index(n) for n in names], steps, Path(args.path_file).stem
+    return [rows.index(n) for n in args.path], None, "path"
+
+
+def _weight_loader(rows: _Rows, path: list[int], cache_dir):
+    """Loads the t-th checkpoint of the path as a flat float32 vector, naming the model on
+    failure."""
+    from ..analysis.trajectory import load_flat_params
+    from ..errors import InputError, JaxmapError
+
+    def load(t: int) -> np.ndarray:
+        index = path[t]
+        model = rows.matrix.models[index]
+        meta = rows.metas[index]
+        if "layer" in meta:
+            raise InputError(f"{model}: a logit-lens row has no weights of its own; give --no-weights")
+        try:
+            return load_flat_params(meta.get("key") or model, cache_dir=cache_dir)
+        except JaxmapError as error:
+            raise InputError(
+                f"{model}: cannot load its weights for the weight-space exponent ({error}); "
+                "give --no-weights to skip it"
+            ) from None
+
+    return load
+
+
+def _number(value: float, digits: int = 6) -> str:
+    return "" if math.isnan(value) else f"{value:.{digits}g}"
+
+
+def _median(values: np.ndarray) -> str:
+    fitted = values[np.isfinite(values)]
+    return f"{np.median(fitted):.4g}" if fitted.size else "none (too few points)"
+
+
+def _print_table(header: Sequence[str], table: list[list[str]]) -> None:
+    widths = [max(len(h), *(len(row[i]) for row in table)) for i, h in enumerate(header)]
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip())
+    for row in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+
+def _write_csv(path: str, header: Sequence[str], table: list[list[str]]) -> None:
+    from ..outputs import atomic_output
+
+    with atomic_output(path) as temporary, open(temporary, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(table)
+
+
+# ---------------------------------------------------------------------------------------------
+# Commands
+
+
+def _run_trajectory(args: argparse.Namespace) -> int:
+    from ..analysis import clip, double_center, load_loglik, project
+    from ..analysis.trajectory import trajectory
+    from ..outputs import check_outputs
+    from .analysis import _about, _text_bytes
+
+    inputs = [args.store] + ([args.path_file] if args.path_file else [])
+    check_outputs([args.out, args.plot], inputs)
+    if args.plot:
+        from ..analysis.plots import image_format
+
+        image_format(args.plot)
+    matrix = load_loglik(args.store)
+    rows = _Rows(matrix, _metas(matrix))
+    path, steps, label = _choose_path(args, rows)
+    weights = None if (args.no_weights or args.layers) else _weight_loader(rows, path, args.cache_dir)
+    text_bytes = _text_bytes(matrix) if args.bits_per_byte else None
+    with _about(matrix.source):
+        report = trajectory(
+            matrix.loglik, path, matrix.models, steps=steps, weights=weights, window=args.window,
+            min_points=args.min_points, text_bytes=text_bytes,
+        )
+    unit = "bpb" if args.bits_per_byte else "nats"
+    header = [
+        "index", "model", "step", f"kl_to_next_{unit}", f"kl_to_final_{unit}",
+        "exponent_loglik", "points_loglik", "exponent_weights", "points_weights",
+    ]
+    table = [
+        [
+            str(row["index"]), row["model"], _number(row["step"]), _number(row["kl_to_next"]),
+            _number(row["kl_to_final"]), _number(row["exponent_loglik"], 4), str(row["points_loglik"]),
+            _number(row["exponent_weights"], 4), str(row["points_weights"]),
+        ]
+        for row in report.rows()
+    ]
+    print(
+        f"{matrix.source}: {len(path)} models along {label}; diffusion exponents fitted over the "
+        f"next {args.window} models of each start (fewer near the end; at least "
+        f"{args.min_points} points, else blank)"
+    )
+    _print_table(header, table)
+    summary = f"median exponent: log-likelihood space {_median(report.loglik_fit.exponents)}"
+    if report.weight_fit is not None:
+        summary += f", weight space {_median(report.weight_fit.exponents)}"
+    print(summary)
+    if args.out:
+        _write_csv(args.out, header, table)
+        print(f"table: {args.out}")
+    if args.plot:
+        from ..analysis.plots import plot_trajectories
+
+        with _about(matrix.source):
+            clipped, _ = clip(matrix.loglik, args.clip_quantile)
+            coordinates = project(double_center(clipped), args.method)
+        threads = _threads(rows)
+        plot_trajectories(
+            coordinates, matrix.models, [path] if not args.layers else [], args.plot,
+            path_labels=[label], threads=threads if not args.layers else [path],
+            axis_label={"pca": "PCA", "mds": "MDS", "tsne": "t-SNE"}[args.method],
+            title=f"{label} on the map of {len(matrix.models)} models",
+        )
+        print(f"map: {args.plot}")
+    return 0
+
+
+def _threads(rows: _Rows) -> list[list[int]]:
+    """Every model's logit-lens rows in layer order."""
+    by_parent: dict[str, list[tuple[int, int]]] = {}
+    for i, meta in enumerate(rows.metas):
+        if "layer" in meta and "parent_key" in meta:
+            by_parent.setdefault(meta["parent_key"], []).append((meta["layer"], i))
+    return [[i for _, i in sorted(layers)] for layers in by_parent.values() if len(layers) > 1]
+
+
+def _read_parents(path: str) -> list[tuple[str, str]]:
+    from ..errors import InputError
+
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            records = list(csv.DictReader(handle))
+    except (OSError, UnicodeDecodeError) as error:
+        raise InputError(f"{path}: cannot read the parents table ({getattr(error, 'strerror', None) or error})") from None
+    if not records or not {"parent", "child"} <= set(records[0]):
+        raise InputError(f"{path}: needs a header with columns parent and child, and at least one row")
+    pairs = []
+    for number, record in enumerate(records, 2):
+        parent, child = (record.get("parent") or "").strip(), (record.get("child") or "").strip()
+        if not parent or not child:
+            raise InputError(f"{path}, line {number}: empty parent or child")
+        pairs.append((parent, child))
+    return pairs
+
+
+def _model_card_pairs(rows: _Rows) -> list[tuple[str, str]]:
+    from ..analysis.trajectory import read_base_model
+
+    pairs = []
+    for model, meta in zip(rows.matrix.models, rows.metas):
+        key = meta.get("key") or model
+        if "layer" not in meta and Path(key).is_dir():
+            base = read_base_model(key)
+            if base:
+                pairs.append((base, model))
+    return pairs
+
+
+def _run_lineage(args: argparse.Namespace) -> int:
+    from ..analysis import load_loglik
+    from ..analysis.trajectory import lineage
+    from ..errors import InputError
+    from ..outputs import check_outputs
+    from .analysis import _about, _text_bytes
+
+    check_outputs([args.out], [args.store] + ([args.parents] if args.parents else []))
+    matrix = load_loglik(args.store)
+    rows = _Rows(matrix, _metas(matrix))
+    if args.parents:
+        named = _read_parents(args.parents)
+        source = args.parents
+    else:
+        named = _model_card_pairs(rows)
+        source = "the model cards"
+        if not named:
+            raise InputError(
+                f"{matrix.source}: no model card (README.md in a local model directory) names a "
+                "base_model; give --parents CSV"
+            )
+    pairs = []
+    for parent, child in named:
+        try:
+            pairs.append((matrix.models[rows.index(parent)], matrix.models[rows.index(child)]))
+        except InputError as error:
+            raise InputError(f"{source}: {error}") from None
+    text_bytes = _text_bytes(matrix) if args.bits_per_byte else None
+    with _about(matrix.source):
+        # Layers read through the logit lens are not candidate parents.
+        models_only = [i for i, meta in enumerate(rows.metas) if "layer" not in meta]
+        results = lineage(matrix.loglik, matrix.models, pairs, text_bytes=text_bytes, among=models_only)
+    unit = "bpb" if args.bits_per_byte else "nats"
+    header = ["child", "parent", f"kl_{unit}", "parent_rank", "candidates", "nearest", f"nearest_kl_{unit}"]
+    table = [
+        [r.child, r.parent, _number(r.kl), str(r.parent_rank), str(r.candidates), r.nearest, _number(r.nearest_kl)]
+        for r in results
+    ]
+    print(f"{matrix.source}: {len(results)} parent/child pair(s) from {source}")
+    _print_table(header, table)
+    if args.out:
+        _write_csv(args.out, header, table)
+        print(f"table: {args.out}")
+    return 0
