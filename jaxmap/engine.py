@@ -25,9 +25,11 @@ from .checkpoints import Checkpoint, resolve
 from .kernels.fused_logprob import DEFAULT_TILE, sharded_token_logprobs, token_logprobs
 from .models import DTYPES, DecoderConfig, Params, hidden_states, translate_config
 from .models import unembedding as model_unembedding
-from .models.decoder import embed, final_norm
 from .models import unembedding_bias
-from .sharding import DATA, batch_sharding, describe_mesh, make_mesh, place_params, put, to_host
+from .models.decoder import embed, final_norm
+from .sharding import (
+    DATA, batch_sharding, describe_mesh, make_mesh, place_params, put, row_sharding, to_host,
+)
 from .tokenization import TokenizedTexts, load_tokenizer
 from .errors import JaxmapError
 
@@ -54,17 +56,27 @@ def token_log_likelihoods(
     config: DecoderConfig,
     tile: int = DEFAULT_TILE,
     mesh: Mesh | None = None,
+    lengths: jax.Array | None = None,
 ) -> jax.Array:
     """log p(tokens[:, t+1] | tokens[:, :t+1]) for every position: [B, T-1] float32.
 
     ``tokens`` is right-padded [B, T]; entries past a row's length are meaningless. With a
     ``mesh``, the vocabulary is split over its model axis (params placed by
     :func:`jaxmap.sharding.place_params`, B a multiple of the data axis); without one, the
-    params are taken as they are.
+    params are taken as they are. ``lengths`` [B] are the rows' token counts (default T), for
+    rope scalings that depend on the sequence's length: transformers runs a text's every token,
+    the last one included, so that is the length it chooses by.
     """
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
-    hidden, _ = hidden_states(params, inputs, config)
+    hidden, _ = hidden_states(params, inputs, config, lengths=_row_lengths(tokens, lengths))
     return _hidden_log_likelihoods(params, hidden, targets, config, tile, mesh)
+
+
+def _row_lengths(tokens: jax.Array, lengths: jax.Array | None) -> jax.Array:
+    """Each row's token count: ``lengths``, or the full width of ``tokens``."""
+    if lengths is None:
+        return jnp.full((tokens.shape[0],), tokens.shape[1], jnp.int32)
+    return lengths
 
 
 def _hidden_log_likelihoods(
@@ -97,6 +109,7 @@ def layer_log_likelihoods(
     config: DecoderConfig,
     tile: int = DEFAULT_TILE,
     mesh: Mesh | None = None,
+    lengths: jax.Array | None = None,
 ) -> jax.Array:
     """The logit lens in one forward pass: [L+1, B, T-1] float32 token log-probabilities.
 
@@ -106,7 +119,9 @@ def layer_log_likelihoods(
     the fused kernel one at a time (``lax.map``), so no [L, B·T, V] tensor exists.
     """
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
-    hidden, layers = hidden_states(params, inputs, config, return_layers=True)
+    hidden, layers = hidden_states(
+        params, inputs, config, return_layers=True, lengths=_row_lengths(tokens, lengths)
+    )
     residuals = jnp.concatenate([embed(params, inputs, config)[None], layers[:-1]], axis=0)
     lens = jax.lax.map(
         lambda residual: _hidden_log_likelihoods(
@@ -141,8 +156,9 @@ def compiled_scorer(
         return _COMPILED[key], 0.0
     started = time.perf_counter()
     tokens = jax.ShapeDtypeStruct((rows, length + 1), jnp.int32, sharding=batch_sharding(mesh))
+    lengths = jax.ShapeDtypeStruct((rows,), jnp.int32, sharding=row_sharding(mesh))
     function = layer_log_likelihoods if logit_lens else token_log_likelihoods
-    compiled = function.lower(params, tokens, config, mesh=mesh).compile()
+    compiled = function.lower(params, tokens, config, mesh=mesh, lengths=lengths).compile()
     _COMPILED[key] = compiled
     return compiled, time.perf_counter() - started
 
@@ -214,12 +230,18 @@ def load_model(
     )
 
 
-def _pad_batch(tokens: TokenizedTexts, indices: np.ndarray, rows: int, length: int, n_ctx: int):
+def _pad_batch(
+    tokens: TokenizedTexts, indices: np.ndarray, rows: int, length: int, n_ctx: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The right-padded token batch [rows, length + 1] and each row's token count [rows]
+    (0 for the padding rows)."""
     batch = np.zeros((rows, length + 1), np.int32)
+    lengths = np.zeros(rows, np.int32)
     for row, index in enumerate(indices):
         sequence = tokens[index][:n_ctx]
         batch[row, : len(sequence)] = sequence
-    return batch
+        lengths[row] = len(sequence)
+    return batch, lengths
 
 
 def score_tokens(
@@ -286,13 +308,14 @@ def score_tokens(
 
     pending = None
     token_sharding = batch_sharding(model.mesh)
+    length_sharding = row_sharding(model.mesh)
     for batch in plan.batches:
         rows = -(-batch.rows // shards) * shards
-        padded = _pad_batch(tokens, batch.indices, rows, batch.length, n_ctx)
+        padded, lengths = _pad_batch(tokens, batch.indices, rows, batch.length, n_ctx)
         # Dispatch this batch before pulling the previous one back, so the host work of
         # padding and summing overlaps device compute.
         result = scorers[batch.rows, batch.length](
-            model.params, put(padded, token_sharding)
+            model.params, put(padded, token_sharding), lengths=put(lengths, length_sharding)
         )
         if pending is not None:
             collect(pending)

@@ -113,6 +113,11 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P(DATA, None))
 
 
+def row_sharding(mesh: Mesh) -> NamedSharding:
+    """One value per batch row [rows] (such as the rows' lengths): split over the data axis."""
+    return NamedSharding(mesh, P(DATA))
+
+
 def padded_vocabulary(vocab_size: int, mesh: Mesh) -> int:
     """The vocabulary rounded up to a multiple of the model axis (the embedding's row count)."""
     shards = mesh.shape[MODEL]
@@ -204,5 +209,6 @@ __all__ = [
     "partition_spec",
     "place_params",
     "put",
+    "row_sharding",
     "to_host",
 ]

@@ -100,15 +100,18 @@ def save_random_model(
     return directory
 
 
-def reference_loglik(directory: Path, texts: list[str], policy: str) -> tuple[np.ndarray, np.ndarray]:
-    """Per-text log-likelihood and scored-token count from transformers, one text at a time."""
+def reference_loglik(
+    directory: Path, texts: list[str], policy: str, n_ctx: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-text log-likelihood and scored-token count from transformers, one text at a time,
+    each cut to ``n_ctx`` tokens (default: the context the config names)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(directory)
     model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
     # MPT names its context max_seq_len; Bloom names none (ALiBi): no truncation then.
-    n_ctx = next(
+    n_ctx = n_ctx or next(
         (
             getattr(model.config, name)
             for name in ("max_position_embeddings", "n_positions", "max_seq_len")

@@ -40,10 +40,35 @@ Params = dict
 
 @dataclass(frozen=True)
 class RopeTable:
-    """Rotary frequencies for one group of layers (inverse frequencies in float32 order)."""
+    """Rotary frequencies for one group of layers (inverse frequencies in float32 order).
+
+    ``attention_factor`` scales cos and sin (YaRN, LongRoPE). Most scalings give every sequence
+    the same ``inv_freq``; two depend on the sequence's length, as transformers'
+    ``dynamic_rope_update`` does, and the decoder picks per row from the row's length:
+
+    * LongRoPE: ``long_inv_freq`` replaces ``inv_freq`` for rows longer than
+      ``original_context``;
+    * dynamic NTK (``ntk_factor``): rows longer than ``original_context`` get frequencies
+      recomputed from base ``theta`` and their own length.
+    """
 
     inv_freq: tuple[float, ...]
     attention_factor: float = 1.0
+    original_context: int = 0
+    long_inv_freq: tuple[float, ...] = ()
+    ntk_factor: float = 0.0
+    theta: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.long_inv_freq and len(self.long_inv_freq) != len(self.inv_freq):
+            raise ValueError("long_inv_freq needs one entry per frequency")
+        if (self.long_inv_freq or self.ntk_factor) and self.original_context <= 0:
+            raise ValueError("a length-dependent rope table needs original_context")
+
+    @property
+    def length_dependent(self) -> bool:
+        """Whether a row's frequencies depend on the row's length."""
+        return bool(self.long_inv_freq) or bool(self.ntk_factor)
 
 
 @dataclass(frozen=True)
@@ -150,25 +175,51 @@ def _activation(x: jax.Array, name: str) -> jax.Array:
     raise ValueError(f"unknown activation {name!r}")
 
 
-def _rope_angles(config: DecoderConfig, length: int) -> tuple[jax.Array, jax.Array]:
-    """cos and sin for every rope table: [tables, T, rotary_dim] in float32."""
+def _row_inv_freq(table: RopeTable, lengths: jax.Array | None) -> jax.Array:
+    """The table's inverse frequencies for each row: [B, rotary_dim / 2], or [1, ...] when they
+    do not depend on the row's length."""
+    fixed = jnp.asarray(np.array(table.inv_freq, np.float32))[None]
+    if not table.length_dependent or lengths is None:
+        return fixed
+    longer = (lengths > table.original_context)[:, None]
+    if table.long_inv_freq:
+        return jnp.where(longer, jnp.asarray(np.array(table.long_inv_freq, np.float32))[None], fixed)
+    # Dynamic NTK as transformers recomputes it for a longer sequence, in float32 like its
+    # tensors: base * (factor * length / context - (factor - 1)) ** (dim / (dim - 2)).
+    dim = 2 * len(table.inv_freq)
+    factor = np.float32(table.ntk_factor)
+    length = jnp.maximum(lengths, table.original_context).astype(jnp.float32)
+    growth = (factor * length / np.float32(table.original_context) - (factor - 1)) ** np.float32(dim / (dim - 2))
+    base = np.float32(table.theta) * growth
+    exponents = jnp.arange(0, dim, 2, dtype=jnp.float32) / np.float32(dim)
+    return jnp.where(longer, 1.0 / base[:, None] ** exponents[None], fixed)
+
+
+def _rope_angles(
+    config: DecoderConfig, length: int, lengths: jax.Array | None = None
+) -> tuple[jax.Array, jax.Array]:
+    """cos and sin for every rope table: [tables, B, T, rotary_dim] in float32, where B is 1
+    unless a table depends on the row ``lengths`` ([B])."""
     positions = jnp.arange(length, dtype=jnp.float32)
-    inv_freq = jnp.asarray(np.array([t.inv_freq for t in config.rope_tables], np.float32))
+    inv_freq = [_row_inv_freq(table, lengths) for table in config.rope_tables]
+    rows = max(f.shape[0] for f in inv_freq)
+    inv_freq = jnp.stack([jnp.broadcast_to(f, (rows, f.shape[1])) for f in inv_freq])
     factor = jnp.asarray(np.array([t.attention_factor for t in config.rope_tables], np.float32))
-    angles = positions[None, :, None] * inv_freq[:, None, :]
+    angles = positions[None, None, :, None] * inv_freq[:, :, None, :]
     angles = jnp.concatenate([angles, angles], axis=-1)
-    return jnp.cos(angles) * factor[:, None, None], jnp.sin(angles) * factor[:, None, None]
+    scale = factor[:, None, None, None]
+    return jnp.cos(angles) * scale, jnp.sin(angles) * scale
 
 
 def _apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array, rotary_dim: int) -> jax.Array:
     """Rotate-half rotary embedding on the first ``rotary_dim`` features of each head.
 
-    x: [B, T, heads, head_dim]; cos, sin: [T, rotary_dim].
+    x: [B, T, heads, head_dim]; cos, sin: [B or 1, T, rotary_dim] (or [T, rotary_dim]).
     """
     rotated, passed = x[..., :rotary_dim], x[..., rotary_dim:]
     half = rotary_dim // 2
     swapped = jnp.concatenate([-rotated[..., half:], rotated[..., :half]], axis=-1)
-    rotated = rotated * cos[None, :, None, :] + swapped * sin[None, :, None, :]
+    rotated = rotated * cos[..., None, :] + swapped * sin[..., None, :]
     return jnp.concatenate([rotated, passed], axis=-1) if passed.shape[-1] else rotated
 
 
@@ -294,21 +345,31 @@ def embed(params: Params, tokens: jax.Array, config: DecoderConfig) -> jax.Array
 
 
 def hidden_states(
-    params: Params, tokens: jax.Array, config: DecoderConfig, return_layers: bool = False
+    params: Params,
+    tokens: jax.Array,
+    config: DecoderConfig,
+    return_layers: bool = False,
+    lengths: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array | None]:
     """Run the decoder on right-padded ``tokens`` [B, T].
 
     Returns the final-normed hidden states [B, T, D] (float32) and, when ``return_layers``,
     the residual stream after every layer [L, B, T, D] (not normed) for the logit lens.
     Right padding needs no mask: causal attention keeps real positions from seeing it.
+
+    ``lengths`` [B] (int) is each row's sequence length as transformers sees it when it runs
+    that sequence alone (its largest position + 1); rope scalings that depend on the length
+    (LongRoPE, dynamic NTK) choose each row's frequencies from it. None: every row is T long.
     """
     length = tokens.shape[1]
     x = embed(params, tokens, config)
     if config.position == "rope":
-        cos, sin = _rope_angles(config, length)
+        if lengths is None and any(t.length_dependent for t in config.rope_tables):
+            lengths = jnp.full((tokens.shape[0],), length, jnp.int32)
+        cos, sin = _rope_angles(config, length, lengths)
         rope_index = jnp.asarray(config.layer_rope, jnp.int32)
     else:
-        cos = sin = jnp.zeros((1, length, 0), jnp.float32)
+        cos = sin = jnp.zeros((1, 1, length, 0), jnp.float32)
         rope_index = jnp.zeros((config.num_layers,), jnp.int32)
     windows = jnp.asarray(config.windows, jnp.int32)
 

@@ -83,12 +83,16 @@ def translate(reader: ConfigReader) -> DecoderConfig:
     max_positions = reader.take("max_position_embeddings")
     layer_types = _layer_types(reader, layers)
     rope_by_type = _rope_by_layer_type(reader)
-    tables = []
+    tables, contexts = [], []
     for kind in _LAYER_TYPES:
-        table, max_positions = rope_table(
+        # Each table from the config's own context (dynamic NTK grows its base from it); the
+        # model is scored as far as every table reaches.
+        table, context = rope_table(
             rope_by_type[kind], head_dim, max_positions, f"{reader.architecture} {kind}"
         )
         tables.append(table)
+        contexts.append(context)
+    max_positions = min(contexts)
     window = 0 if gemma1 else reader.take("sliding_window")
     # Biases are taken from the checkpoint; the flag only says whether to expect them.
     reader.take("attention_bias", False)
