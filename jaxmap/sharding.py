@@ -48,6 +48,12 @@ TENSOR_PARALLEL: dict[str, tuple[int, str]] = {
     "layers.up.kernel": (2, "mlp"),
     "layers.up.bias": (1, "mlp"),
     "layers.down.kernel": (1, "mlp"),
+    # Mixture of experts: every device holds every expert's slice of columns (Megatron-style
+    # within each expert), so routing needs no communication and each MoE MLP ends in one
+    # all-reduce like a dense one. The router and the shared expert's gate stay replicated.
+    "layers.experts.gate": (3, "expert_mlp"),
+    "layers.experts.up": (3, "expert_mlp"),
+    "layers.experts.down": (2, "expert_mlp"),
 }
 
 _MESH_ITEM = re.compile(r"\s*(data|model)\s*=\s*(\d+)\s*")
@@ -146,6 +152,7 @@ def _counts(config: DecoderConfig) -> dict[str, int]:
         "heads": config.num_heads,
         "kv_heads": config.num_kv_heads,
         "mlp": config.intermediate_size,
+        "expert_mlp": config.expert_intermediate_size,
         "vocab": config.vocab_size,
     }
 

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import jax.numpy as jnp
 
-from . import gemma3, gpt2, gpt_neox, gptj, llama, phi, stablelm
+from . import gemma3, gpt2, gpt_neox, gptj, llama, moe, olmo, phi, stablelm
 from . import gpt_bigcode, gpt_neo, opt, starcoder2, xglm
 from . import bloom, falcon, mpt
 from .adapter import ConfigReader, UnsupportedModelError, WeightSource
@@ -58,6 +58,11 @@ ARCHITECTURES: dict[str, Architecture] = _registry(
     Architecture("PhiForCausalLM", "phi", phi.translate, phi.convert),
     Architecture("Phi3ForCausalLM", "phi3", phi.translate, phi.convert),
     Architecture("StableLmForCausalLM", "stablelm", stablelm.translate, stablelm.convert),
+    Architecture("MixtralForCausalLM", "mixtral", moe.translate, moe.convert),
+    Architecture("Qwen2MoeForCausalLM", "qwen2_moe", moe.translate, moe.convert),
+    Architecture("Qwen3MoeForCausalLM", "qwen3_moe", moe.translate, moe.convert),
+    Architecture("OlmoForCausalLM", "olmo", olmo.translate, olmo.convert),
+    Architecture("Olmo2ForCausalLM", "olmo2", olmo.translate, olmo.convert),
     Architecture("BloomForCausalLM", "bloom", bloom.translate, bloom.convert),
     Architecture("FalconForCausalLM", "falcon", falcon.translate, falcon.convert),
     Architecture("MptForCausalLM", "mpt", mpt.translate, mpt.convert),

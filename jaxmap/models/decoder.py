@@ -14,9 +14,12 @@ Params layout (linear weights are ``[in, out]`` so the hot loop multiplies witho
     layers       every leaf stacked over a leading layer axis [L, ...]:
       attn_norm {scale[, bias]}, mlp_norm {scale[, bias]}
       attn_post_norm, mlp_post_norm   (sandwich norms, optional)
-      q_norm, k_norm                  (per-head norms, optional)
+      q_norm, k_norm                  (q/k norms, optional: [hd] per head or [H*hd], [Hkv*hd])
       q, k, v, o {kernel[, bias]}     q: [D, H*hd], k/v: [D, Hkv*hd], o: [H*hd, D]
-      up, down[, gate] {kernel[, bias]}
+      up, down[, gate] {kernel[, bias]}   (with experts: the shared expert, if any)
+      router {kernel [D, E]}          (mixture of experts; float32)
+      experts {gate, up: [E, D, I], down: [E, I, D]}
+      shared_gate {kernel [D, 1]}     (shared expert's sigmoid gate)
 
 V' ≥ V = config.vocab_size: on a mesh the vocabulary rows are padded to a multiple of the model
 axis (:mod:`jaxmap.sharding`). Padding rows are never looked up, and the log-prob kernel leaves
@@ -113,8 +116,33 @@ class DecoderConfig:
     alibi_bfloat16: bool = False
     # Bloom: a norm (embed_norm params) applied right after the token embedding lookup.
     embed_norm: bool = False
+    # False: sublayers read the residual stream un-normed (OLMo2, which norms only their outputs
+    # with sandwich_norm's post norms); attn_norm/mlp_norm params are then absent.
+    pre_norm: bool = True
+    # q/k norms over each head's head_dim ("head": Qwen3, Gemma3) or over the whole projected
+    # width before it is split into heads ("full": OLMo2; q_norm [H*hd], k_norm [Hkv*hd]).
+    qk_norm_scope: Literal["head", "full"] = "head"
+    # OLMo: q, k and v clamped to [-clip_qkv, clip_qkv] right after their projections.
+    clip_qkv: float | None = None
+    # Mixture-of-experts MLP (num_experts > 0): a router picks experts_per_token experts per
+    # token (softmax, top-k, renormalised when normalize_expert_weights); the experts are gated
+    # MLPs expert_intermediate_size wide. shared_expert adds the dense gate/up/down MLP
+    # (intermediate_size wide) scaled by sigmoid(x @ shared_gate) (Qwen2-MoE).
+    num_experts: int = 0
+    experts_per_token: int = 0
+    expert_intermediate_size: int = 0
+    normalize_expert_weights: bool = False
+    shared_expert: bool = False
 
     def __post_init__(self) -> None:
+        if self.num_experts and not (
+            0 < self.experts_per_token <= self.num_experts
+            and self.expert_intermediate_size > 0
+            and self.gated_mlp
+        ):
+            raise ValueError(
+                "experts need 0 < experts_per_token <= num_experts, a width and a gated MLP"
+            )
         if self.num_heads % self.num_kv_heads:
             raise ValueError("num_heads must be a multiple of num_kv_heads")
         if self.post_norm and self.parallel_residual:
@@ -257,10 +285,16 @@ def _attention(
 ) -> jax.Array:
     batch, length, _ = x.shape
     heads, kv_heads, head_dim = config.num_heads, config.num_kv_heads, config.head_dim
-    q = _linear(x, layer["q"]).reshape(batch, length, heads, head_dim)
-    k = _linear(x, layer["k"]).reshape(batch, length, kv_heads, head_dim)
-    v = _linear(x, layer["v"]).reshape(batch, length, kv_heads, head_dim)
-    if config.qk_norm:
+    q, k, v = (_linear(x, layer[name]) for name in "qkv")
+    if config.clip_qkv is not None:
+        q, k, v = (jnp.clip(t, -config.clip_qkv, config.clip_qkv) for t in (q, k, v))
+    if config.qk_norm and config.qk_norm_scope == "full":
+        q = _norm(q, layer["q_norm"], config)
+        k = _norm(k, layer["k_norm"], config)
+    q = q.reshape(batch, length, heads, head_dim)
+    k = k.reshape(batch, length, kv_heads, head_dim)
+    v = v.reshape(batch, length, kv_heads, head_dim)
+    if config.qk_norm and config.qk_norm_scope == "head":
         q = _norm(q, layer["q_norm"], config)
         k = _norm(k, layer["k_norm"], config)
     if config.position == "rope":
@@ -296,6 +330,12 @@ def _attention(
 
 
 def _mlp(x: jax.Array, layer: dict, config: DecoderConfig) -> jax.Array:
+    if config.num_experts:
+        return _mixture_of_experts(x, layer, config)
+    return _dense_mlp(x, layer, config)
+
+
+def _dense_mlp(x: jax.Array, layer: dict, config: DecoderConfig) -> jax.Array:
     up = _linear(x, layer["up"])
     if config.gated_mlp:
         hidden = _activation(_linear(x, layer["gate"]), config.activation) * up
@@ -304,23 +344,73 @@ def _mlp(x: jax.Array, layer: dict, config: DecoderConfig) -> jax.Array:
     return _linear(hidden, layer["down"])
 
 
-def _input_norm(x: jax.Array, params: dict, config: DecoderConfig) -> jax.Array:
-    """A sublayer's input: normed, except in post-norm blocks, which norm after the residual add."""
-    return x if config.post_norm else _norm(x, params, config)
+def expert_weights(x: jax.Array, router: dict, config: DecoderConfig) -> jax.Array:
+    """Each token's weight per expert [..., E] (float32): softmax over the router's logits, the
+    top ``experts_per_token`` kept (renormalised to sum 1 when ``normalize_expert_weights``),
+    zero for every other expert.
+
+    ``lax.top_k`` breaks exact ties by the lower expert index; ``torch.topk``'s order among
+    equal values is unspecified (on CPU it does not pick the lowest index), so a tie may route
+    differently from transformers. Real-valued logits tie only when router rows are equal, which
+    the adapters refuse. The router kernel is float32 whatever the params' dtype: it makes
+    discrete choices, and rounding its logits would route some tokens to other experts than the
+    float32 model does.
+    """
+    logits = jnp.einsum("...d,de->...e", x.astype(jnp.float32), router["kernel"])
+    probabilities = jax.nn.softmax(logits, axis=-1)
+    top, chosen = jax.lax.top_k(probabilities, config.experts_per_token)
+    if config.normalize_expert_weights:
+        top = top / jnp.sum(top, axis=-1, keepdims=True)
+    # Each expert appears at most once among a token's top k, so this sum adds only zeros.
+    one_hot = jax.nn.one_hot(chosen, config.num_experts, dtype=jnp.float32)
+    return jnp.sum(one_hot * top[..., None], axis=-2)
+
+
+def _mixture_of_experts(x: jax.Array, layer: dict, config: DecoderConfig) -> jax.Array:
+    """The routed experts' gated MLPs, weighted by :func:`expert_weights`, plus the gated shared
+    expert if any.
+
+    Dense dispatch: every expert runs on every token and the unselected ones get weight zero,
+    so the result is exact but the expert MLPs cost num_experts / experts_per_token times the
+    FLOPs of a sparse dispatch (4x for Mixtral's 8 experts, top 2; 16x for Qwen3-MoE's 128,
+    top 8), and a [tokens, num_experts * expert_intermediate_size] activation is held. The
+    weighting is applied before the down projection, so that all experts' down projections are
+    one matmul contracting over experts and columns together.
+    """
+    experts = layer["experts"]
+    dtype = experts["gate"].dtype
+    inputs = x.astype(dtype)
+    gate = jnp.einsum("...d,edi->...ei", inputs, experts["gate"], preferred_element_type=jnp.float32)
+    up = jnp.einsum("...d,edi->...ei", inputs, experts["up"], preferred_element_type=jnp.float32)
+    weights = expert_weights(x, layer["router"], config)
+    hidden = _activation(gate, config.activation) * up * weights[..., None]
+    out = jnp.einsum(
+        "...ei,eid->...d", hidden.astype(dtype), experts["down"], preferred_element_type=jnp.float32
+    )
+    if config.shared_expert:
+        shared_gate = jax.nn.sigmoid(_linear(x, layer["shared_gate"]))
+        out = out + shared_gate * _dense_mlp(x, layer, config)
+    return out
+
+
+def _input_norm(x: jax.Array, params: dict | None, config: DecoderConfig) -> jax.Array:
+    """A sublayer's input: normed, except in post-norm blocks, which norm after the residual add,
+    and in blocks without pre-norms (``params`` is then None)."""
+    return x if config.post_norm or not config.pre_norm else _norm(x, params, config)
 
 
 def _block(
     x: jax.Array, layer: dict, config: DecoderConfig, cos, sin, window
 ) -> jax.Array:
-    attended = _attention(_input_norm(x, layer["attn_norm"], config), layer, config, cos, sin, window)
+    attended = _attention(_input_norm(x, layer.get("attn_norm"), config), layer, config, cos, sin, window)
     if config.sandwich_norm:
         attended = _norm(attended, layer["attn_post_norm"], config)
     if config.parallel_residual:
-        return x + attended + _mlp(_input_norm(x, layer["mlp_norm"], config), layer, config)
+        return x + attended + _mlp(_input_norm(x, layer.get("mlp_norm"), config), layer, config)
     x = x + attended
     if config.post_norm:
         x = _norm(x, layer["attn_norm"], config)
-    transformed = _mlp(_input_norm(x, layer["mlp_norm"], config), layer, config)
+    transformed = _mlp(_input_norm(x, layer.get("mlp_norm"), config), layer, config)
     if config.sandwich_norm:
         transformed = _norm(transformed, layer["mlp_post_norm"], config)
     x = x + transformed

@@ -15,13 +15,17 @@ from .adapter import (
     WeightSource,
     assemble_params,
     norm_params,
-    projections,
     read_rope_parameters,
     rope_table,
+    torch_linear,
 )
 from .decoder import DecoderConfig, Params
 
 _QWEN = ("Qwen2ForCausalLM", "Qwen3ForCausalLM")
+# Architectures whose sliding_window, when set, applies to every layer.
+_ALWAYS_SLIDING = ("MistralForCausalLM", "MixtralForCausalLM")
+# Architectures with per-head q/k RMSNorms before rope.
+_QK_NORM = ("Qwen3ForCausalLM", "Qwen3MoeForCausalLM")
 
 
 def _layer_windows(reader: ConfigReader, layers: int, always_sliding: bool) -> tuple[int, ...]:
@@ -52,8 +56,19 @@ def _layer_windows(reader: ConfigReader, layers: int, always_sliding: bool) -> t
     return tuple(windows)
 
 
-def translate(reader: ConfigReader) -> DecoderConfig:
-    """Config translation for the Llama family (Llama, Mistral, Qwen2, Qwen3)."""
+def translate(
+    reader: ConfigReader,
+    *,
+    layer_window: tuple[int, ...] | None = None,
+    norm: str = "rms",
+    norm_eps: float | None = None,
+) -> DecoderConfig:
+    """Config translation for the Llama family (Llama, Mistral, Qwen2, Qwen3).
+
+    Other adapters with this attention and layout reuse it: ``layer_window`` replaces the
+    window fields' reading (nothing about windows is then taken), ``norm``/``norm_eps`` replace
+    the RMSNorm read from ``rms_norm_eps``.
+    """
     hidden = reader.take("hidden_size")
     heads = reader.take("num_attention_heads")
     layers = reader.take("num_hidden_layers")
@@ -74,8 +89,8 @@ def translate(reader: ConfigReader) -> DecoderConfig:
         head_dim=head_dim,
         intermediate_size=reader.take("intermediate_size"),
         max_positions=max_positions,
-        norm="rms",
-        norm_eps=reader.take("rms_norm_eps"),
+        norm=norm,
+        norm_eps=reader.take("rms_norm_eps") if norm_eps is None else norm_eps,
         activation=activation(reader, "hidden_act"),
         gated_mlp=True,
         position="rope",
@@ -84,12 +99,41 @@ def translate(reader: ConfigReader) -> DecoderConfig:
         rotary_dim=rotary_dim,
         rope_tables=(table,),
         layer_rope=(0,) * layers,
-        layer_window=_layer_windows(
-            reader, layers, always_sliding=reader.architecture == "MistralForCausalLM"
-        ),
-        qk_norm=reader.architecture == "Qwen3ForCausalLM",
+        layer_window=layer_window
+        if layer_window is not None
+        else _layer_windows(reader, layers, always_sliding=reader.architecture in _ALWAYS_SLIDING),
+        qk_norm=reader.architecture in _QK_NORM,
     )
     return config
+
+
+def attention_params(weights: WeightSource, prefix: str, config: DecoderConfig, dtype) -> dict:
+    """One Llama-style layer's params but its MLP: the two RMSNorms, q/k/v/o and the q/k norms
+    (``prefix`` is ``model.layers.{i}``)."""
+    out = {
+        "attn_norm": norm_params(weights, f"{prefix}.input_layernorm", False),
+        "mlp_norm": norm_params(weights, f"{prefix}.post_attention_layernorm", False),
+        **{name: torch_linear(weights, f"{prefix}.self_attn.{name}_proj", dtype) for name in "qkvo"},
+    }
+    if config.qk_norm:
+        out["q_norm"] = norm_params(weights, f"{prefix}.self_attn.q_norm", False)
+        out["k_norm"] = norm_params(weights, f"{prefix}.self_attn.k_norm", False)
+    return out
+
+
+def assemble(
+    weights: WeightSource, config: DecoderConfig, dtype, layer, final_norm: dict | None = None
+) -> Params:
+    """The params of a Llama-layout checkpoint from per-layer params ``layer(i)``
+    (``model.embed_tokens``, ``model.norm`` unless ``final_norm`` is given, ``lm_head``)."""
+    return assemble_params(
+        weights, config, dtype, layer,
+        embed="model.embed_tokens.weight",
+        final_norm=norm_params(weights, "model.norm", False) if final_norm is None else final_norm,
+        unembed="lm_head.weight",
+        # Old checkpoints carry rotary frequencies as tensors.
+        ignorable=(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq",),
+    )
 
 
 def convert(weights: WeightSource, config: DecoderConfig, dtype) -> Params:
@@ -97,24 +141,13 @@ def convert(weights: WeightSource, config: DecoderConfig, dtype) -> Params:
 
     def layer(i: int) -> dict:
         prefix = f"model.layers.{i}"
-        out = {
-            "attn_norm": norm_params(weights, f"{prefix}.input_layernorm", False),
-            "mlp_norm": norm_params(weights, f"{prefix}.post_attention_layernorm", False),
-            **projections(weights, prefix, dtype),
+        mlp = {
+            name: torch_linear(weights, f"{prefix}.mlp.{name}_proj", dtype)
+            for name in ("gate", "up", "down")
         }
-        if config.qk_norm:
-            out["q_norm"] = norm_params(weights, f"{prefix}.self_attn.q_norm", False)
-            out["k_norm"] = norm_params(weights, f"{prefix}.self_attn.k_norm", False)
-        return out
+        return {**attention_params(weights, prefix, config, dtype), **mlp}
 
-    return assemble_params(
-        weights, config, dtype, layer,
-        embed="model.embed_tokens.weight",
-        final_norm=norm_params(weights, "model.norm", False),
-        unembed="lm_head.weight",
-        # Old checkpoints carry rotary frequencies as tensors.
-        ignorable=(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq",),
-    )
+    return assemble(weights, config, dtype, layer)
 
 
-__all__ = ["translate", "convert", "UnsupportedModelError"]
+__all__ = ["translate", "convert", "attention_params", "assemble", "UnsupportedModelError"]
