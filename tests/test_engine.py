@@ -85,9 +85,10 @@ def test_unsupported_config_field_is_refused_by_name(tiny_models, text_file, tmp
 
 
 def test_unknown_rope_type_is_refused(tiny_models, text_file, tmp_path):
-    rope = {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0}
+    # Gemma 4's proportional rope: known to transformers, not implemented by jaxmap.
+    rope = {"rope_type": "proportional", "rope_theta": 10000.0, "partial_rotary_factor": 0.5}
     model = _edit_config(tiny_models[0], tmp_path / "m", rope_parameters=rope)
-    with pytest.raises(ModelsFailedError, match="yarn"):
+    with pytest.raises(ModelsFailedError, match="proportional"):
         jaxmap.score([str(model)], text_file, out=tmp_path / "s.h5", progress=False)
 
 
