@@ -143,6 +143,7 @@ REFUSED = {
     ),
     "starcoder2-activation": ("starcoder2-gqa-sliding", "Starcoder2ForCausalLM", "hidden_act", "mish"),
     "starcoder2-unknown": ("starcoder2-gqa-sliding", "Starcoder2ForCausalLM", "qk_norm", True),
+    "starcoder2-norm-type": ("starcoder2-gqa-sliding", "Starcoder2ForCausalLM", "norm_type", "rms_norm"),
 }
 
 
@@ -159,3 +160,31 @@ def test_unsupported_fields_are_refused_by_name(case):
         hf_config[field] = value
     with pytest.raises(jaxmap.errors.UnsupportedModelError, match=repr(field)[1:-1]):
         translate_config(hf_config, "tiny")
+
+
+# Fields that released checkpoints' config.json files carry beyond what transformers 5 writes
+# (opt-125m, xglm-564M, gpt-neo-125m, starcoderbase-1b, starcoder2-3b); transformers' models
+# ignore them or they only matter in training.
+RELEASED_EXTRA_FIELDS = {
+    "opt-pre-ln-untied-short": ("OPTForCausalLM", {"activation_dropout": 0.0, "prefix": "</s>"}),
+    "xglm": ("XGLMForCausalLM", {"activation_dropout": 0.0, "decoder_start_token_id": 2}),
+    "gpt-neo-local-window": ("GPTNeoForCausalLM", {"gradient_checkpointing": False, "summary_type": "cls_index"}),
+    "bigcode-multi-query": (
+        "GPTBigCodeForCausalLM",
+        {"inference_runner": 0, "max_batch_size": None, "max_sequence_length": None,
+         "pad_key_length": True, "pre_allocate_kv_cache": False, "validate_runner_input": True},
+    ),
+    "starcoder2-gqa-sliding": (
+        "Starcoder2ForCausalLM", {"mlp_type": "default", "norm_type": "layer_norm", "layer_norm_epsilon": 1e-5}
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RELEASED_EXTRA_FIELDS))
+def test_released_checkpoint_fields_are_accepted(case):
+    from jaxmap.models import translate_config
+
+    architecture, extra = RELEASED_EXTRA_FIELDS[case]
+    hf_config = {**CASES[case][0]().to_dict(), "architectures": [architecture]}
+    expected = translate_config(hf_config, "tiny")[1]
+    assert translate_config({**hf_config, **extra}, "tiny")[1] == expected

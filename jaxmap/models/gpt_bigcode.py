@@ -35,6 +35,13 @@ def translate(reader: ConfigReader) -> DecoderConfig:
     # Softmax precision flags: jaxmap's softmax is float32 whatever they say.
     reader.take("attention_softmax_in_fp32", True)
     reader.take("scale_attention_softmax_in_fp32", True)
+    # Settings of the pre-release inference runner that early checkpoints saved; transformers'
+    # model never reads them.
+    for runner_setting in (
+        "inference_runner", "max_batch_size", "max_sequence_length", "pad_key_length",
+        "pre_allocate_kv_cache", "validate_runner_input", "gradient_checkpointing",
+    ):
+        reader.take(runner_setting, None)
     head_dim = hidden // heads
     return DecoderConfig(
         vocab_size=reader.take("vocab_size"),

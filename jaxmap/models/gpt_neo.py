@@ -35,7 +35,7 @@ def translate(reader: ConfigReader) -> DecoderConfig:
     hidden = reader.take("hidden_size")
     heads = reader.take_first(("num_heads", "num_attention_heads"))
     layers = reader.take_first(("num_layers", "num_hidden_layers"))
-    for training_only in ("resid_dropout", "embed_dropout"):
+    for training_only in ("resid_dropout", "embed_dropout", "gradient_checkpointing"):
         reader.take(training_only, None)
     return DecoderConfig(
         vocab_size=reader.take("vocab_size"),

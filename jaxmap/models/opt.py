@@ -45,7 +45,7 @@ def translate(reader: ConfigReader) -> DecoderConfig:
     # Biases and norm affines are read from the checkpoint (absent ones are zero / one).
     reader.take("enable_bias", True)
     reader.take("layer_norm_elementwise_affine", True)
-    for training_only in ("dropout", "layerdrop", "init_std"):
+    for training_only in ("dropout", "activation_dropout", "layerdrop", "init_std"):
         reader.take(training_only, None)
     return DecoderConfig(
         vocab_size=reader.take("vocab_size"),

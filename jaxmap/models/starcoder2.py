@@ -36,6 +36,11 @@ def translate(reader: ConfigReader) -> DecoderConfig:
     for training_only in ("residual_dropout", "embedding_dropout"):
         reader.take(training_only, None)
     window = reader.take("sliding_window", 0) or 0
+    # Pre-release fields the released checkpoints still carry; transformers reads norm_epsilon
+    # and always builds a LayerNorm and the c_fc/c_proj MLP, so only those values are accepted.
+    reader.expect("norm_type", ["layer_norm"], "layer_norm")
+    reader.expect("mlp_type", ["default"], "default")
+    reader.take("layer_norm_epsilon", None)
     return DecoderConfig(
         vocab_size=reader.take("vocab_size"),
         hidden_size=hidden,
