@@ -188,3 +188,23 @@ def test_released_checkpoint_fields_are_accepted(case):
     hf_config = {**CASES[case][0]().to_dict(), "architectures": [architecture]}
     expected = translate_config(hf_config, "tiny")[1]
     assert translate_config({**hf_config, **extra}, "tiny")[1] == expected
+
+
+def test_opt_reads_checkpoints_saved_without_the_model_prefix(tmp_path, text_file):
+    """facebook/opt-* checkpoints name their tensors ``decoder.*`` (no ``model.``)."""
+    from safetensors.numpy import load_file, save_file
+
+    make_config, options = CASES["opt-post-ln-projected-tied"]
+    directory = save_random_model(tmp_path / "model", make_config(), seed=3)
+    scores = [
+        jaxmap.score([str(directory)], text_file, out=tmp_path / "prefixed.h5", progress=False).loglik[0]
+    ]
+    weights_file = directory / "model.safetensors"
+    tensors = load_file(weights_file)
+    assert any(name.startswith("model.decoder.") for name in tensors)
+    save_file({name.removeprefix("model."): value for name, value in tensors.items()}, weights_file,
+              metadata={"format": "pt"})
+    scores.append(
+        jaxmap.score([str(directory)], text_file, out=tmp_path / "bare.h5", progress=False).loglik[0]
+    )
+    np.testing.assert_array_equal(scores[0], scores[1])
