@@ -6,6 +6,7 @@ KL table, nearest neighbours, a map (PNG and HTML) and a short markdown report.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from .analysis import clip, kl_matrix, nearest_neighbors
+from .checkpoints.orbax import step_number
 from .checkpoints.packaged import PACKAGED_MODELS, installed_packaged_models
 from .demo_texts import build_demo_texts
 from .engine import DEFAULT_DTYPE
@@ -26,6 +28,10 @@ from .outputs import atomic_outputs, make_directory
 DEFAULT_TEXTS = 120
 # t-SNE needs far more points than a handful of models; below this, metric MDS draws the map.
 MIN_MODELS_FOR_TSNE = 12
+# The demo's training run: a small Llama trained from scratch on the demo texts with the first
+# model's tokenizer, checkpointed four times after step 0 (its checkpoints are a path on the map).
+DEFAULT_TRAIN_STEPS = 60
+_TRAINING_SIZE = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=256)
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,52 @@ def _domain_bits_per_byte(store, domains: list[str]) -> tuple[list[str], np.ndar
     return names, table
 
 
+def _demo_training(
+    run_dir: Path, tokenizer_model: str, texts, steps: int, seed: int, progress: bool, echo
+) -> tuple[list[Path], str]:
+    """Train the demo's small model into ``run_dir``; return its checkpoints in step order and
+    a line for the report. A finished run with the same settings (deterministic by seed) is
+    reused."""
+    from .checkpoints import resolve
+    from .checkpoints.orbax import run_steps
+    from .tokenization import load_tokenizer
+    from .training import TrainingError, scratch_config, train
+
+    record_path = run_dir / "training.json"
+    wanted = {"steps": steps, "seed": seed, "tokenizer": tokenizer_model, "texts": texts.fingerprint}
+    if record_path.is_file():
+        record = json.loads(record_path.read_text())
+        if {key: record.get("demo", {}).get(key) for key in wanted} == wanted:
+            echo(f"demo: reusing the training run in {run_dir}")
+            return run_steps(run_dir), _training_line(record)
+    if run_steps(run_dir):
+        raise TrainingError(f"{run_dir} holds another training run; give another --out, or remove it")
+    tokenizer = load_tokenizer(resolve(tokenizer_model).directory)
+    config = scratch_config("llama", tokenizer, **_TRAINING_SIZE)
+    echo(f"demo: training a {_TRAINING_SIZE['num_hidden_layers']}-layer Llama (width "
+         f"{_TRAINING_SIZE['hidden_size']}) from scratch for {steps} steps, {tokenizer_model}'s tokenizer")
+    result = train(
+        texts, run_dir, hf_config=config, tokenizer=tokenizer, steps=steps, batch_size=8, seq_len=64,
+        learning_rate=3e-3, warmup_steps=max(steps // 10, 1), save_every=max(steps // 4, 1),
+        seed=seed, progress=progress,
+    )
+    record = json.loads(record_path.read_text())
+    record["demo"] = wanted
+    temporary = record_path.with_name(f".{record_path.name}.tmp")
+    temporary.write_text(json.dumps(record, indent=1) + "\n")
+    temporary.replace(record_path)
+    echo(f"demo: {_training_line(record)}")
+    return result.checkpoints, _training_line(record)
+
+
+def _training_line(record: dict) -> str:
+    losses = record["losses"]
+    return (
+        f"training run ({record['steps']} steps, seed {record['seed']}): loss {losses[0]:.2f} → "
+        f"{losses[-1]:.2f} nats per token in {record['seconds']:.1f} s; checkpoints {', '.join(record['checkpoints'])}"
+    )
+
+
 def run_demo(
     out_dir: str | Path = "jaxmap-demo",
     n_texts: int = DEFAULT_TEXTS,
@@ -72,8 +124,13 @@ def run_demo(
     seed: int = 0,
     progress: bool = True,
     echo=print,
+    train_steps: int = DEFAULT_TRAIN_STEPS,
 ) -> DemoResult:
     """Run the demo; ``models`` defaults to every installed packaged model.
+
+    With ``train_steps`` (0: none), a small model is trained from scratch on the demo texts
+    (:func:`_demo_training`, seeded by ``seed``) and its checkpoints are scored too: a run on
+    the map.
 
     The store fills as models are scored (an interrupted demo resumes); the text set, map and
     report are written at the end, atomically, so a demo that fails leaves an earlier run's
@@ -93,6 +150,13 @@ def run_demo(
 
     try:
         store = score(models, texts, out=out_dir / "demo.h5", dtype=dtype, progress=progress)
+        steps, training_line = {}, None
+        if train_steps:
+            checkpoints, training_line = _demo_training(
+                out_dir / "training", models[0], texts, train_steps, seed, progress, echo
+            )
+            steps = {str(path): step_number(path) for path in checkpoints}
+            store = score(list(steps), texts, out=out_dir / "demo.h5", dtype=dtype, progress=progress)
     except StoreMismatchError as error:
         raise StoreMismatchError(
             f"{out_dir} holds an earlier demo with other texts or settings ({error}); give another "
@@ -131,6 +195,8 @@ def run_demo(
             f"{meta.get('tokens', 0)} tokens, {meta.get('tokens_per_second', 0):.0f} tok/s"
         )
     lines += timing
+    if training_line:
+        lines.append(f"  {training_line}")
 
     map_png = map_html = None
     if len(names) >= 3:
@@ -158,7 +224,11 @@ def run_demo(
                 coordinates,
                 names,
                 html_file,
-                metadata=[{k: meta[k] for k in shown if k in meta} for meta in store.model_meta],
+                metadata=[
+                    {k: meta[k] for k in shown if k in meta}
+                    | ({"run": "demo training", "step": steps[name]} if name in steps else {})
+                    for name, meta in zip(names, store.model_meta)
+                ],
                 kl=kl_nats,
                 axis_label=label,
                 title=title,

@@ -8,7 +8,7 @@ from . import int_at_least
 
 
 def register(subparsers) -> None:
-    from ..demo import DEFAULT_TEXTS
+    from ..demo import DEFAULT_TEXTS, DEFAULT_TRAIN_STEPS
 
     demo = subparsers.add_parser(
         "demo",
@@ -21,6 +21,11 @@ def register(subparsers) -> None:
     demo.add_argument("--models", nargs="+", help="model references (default: every installed packaged model)")
     demo.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     demo.add_argument("--seed", type=int_at_least(0), default=0, help="seed of the text sample (default: %(default)s)")
+    demo.add_argument(
+        "--train-steps", type=int_at_least(0), default=DEFAULT_TRAIN_STEPS,
+        help="steps of the demo's small training run, whose checkpoints are scored as a path on "
+        "the map (0: no training; default: %(default)s)",
+    )
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=run)
 
@@ -28,5 +33,6 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..demo import run_demo
 
-    run_demo(args.out, n_texts=args.texts, models=args.models, dtype=args.dtype, seed=args.seed, progress=not args.quiet)
+    run_demo(args.out, n_texts=args.texts, models=args.models, dtype=args.dtype, seed=args.seed, progress=not args.quiet,
+             train_steps=args.train_steps)
     return 0
