@@ -68,6 +68,18 @@ CASES = {
         lambda: phi3(num_key_value_heads=2, rope_parameters=rope(0.5), sliding_window=6), {"policy": "paper"}
     ),
     "phi3-tied-short-context": (lambda: phi3(tie_word_embeddings=True, max_position_embeddings=24), {"adds_bos": False}),
+    # Texts past the 16-token pretraining context switch the whole sequence to the long factors.
+    "phi3-longrope": (
+        lambda: phi3(
+            original_max_position_embeddings=16,
+            rope_parameters={
+                "rope_type": "longrope", "rope_theta": 10000.0, "partial_rotary_factor": 1.0,
+                "short_factor": [1.0, 1.1, 1.3, 1.6, 2.0, 2.5, 3.1, 3.8],
+                "long_factor": [1.0, 1.5, 2.2, 3.0, 4.1, 5.5, 7.2, 9.0],
+            },
+        ),
+        {},
+    ),
     "stablelm-sequential": (lambda: stablelm(), {}),
     "stablelm-sequential-bias-qk-norm-paper": (
         lambda: stablelm(use_qkv_bias=True, qk_layernorm=True, num_key_value_heads=2), {"policy": "paper"}
@@ -135,12 +147,14 @@ REFUSED = {
     "gptj-rotary-dim-too-wide": ("gptj-partial-rotary", "GPTJForCausalLM", "rotary_dim", 32),
     "gptj-activation": ("gptj-partial-rotary", "GPTJForCausalLM", "activation_function", "mish"),
     "codegen-odd-width": ("codegen-partial-rotary", "CodeGenForCausalLM", "n_embd", 66),
-    "codegen-unknown": ("codegen-partial-rotary", "CodeGenForCausalLM", "scale_attn_weights", False),
+    "codegen-unknown": ("codegen-partial-rotary", "CodeGenForCausalLM", "attn_logit_softcapping", 30.0),
+    "codegen-no-rotary": ("codegen-partial-rotary", "CodeGenForCausalLM", "rotary", False),
     "phi-activation": ("phi", "PhiForCausalLM", "hidden_act", "mish"),
     "phi-qk-norm-head-dim": ("phi-qk-layernorm-gqa", "PhiForCausalLM", "head_dim", 8),
     "phi-unknown": ("phi", "PhiForCausalLM", "attention_bias", False),
     "phi3-activation": ("phi3", "Phi3ForCausalLM", "hidden_act", "mish"),
     "phi3-unknown": ("phi3", "Phi3ForCausalLM", "qk_layernorm", True),
+    "phi3-attention-bias": ("phi3", "Phi3ForCausalLM", "attention_bias", True),
     "stablelm-activation": ("stablelm-sequential", "StableLmForCausalLM", "hidden_act", "mish"),
     "stablelm-unknown": ("stablelm-sequential", "StableLmForCausalLM", "mlp_bias", True),
 }
@@ -156,3 +170,18 @@ def test_unsupported_fields_are_refused_by_name(case):
     hf_config[field] = value
     with pytest.raises(jaxmap.errors.UnsupportedModelError, match=repr(field)[1:-1]):
         translate_config(hf_config, "tiny")
+
+
+@pytest.mark.parametrize(
+    "parity_case, architecture, fields",
+    [
+        ("gptj-partial-rotary", "GPTJForCausalLM", {"rotary": True, "scale_attn_weights": True, "gradient_checkpointing": False}),
+        ("codegen-partial-rotary", "CodeGenForCausalLM", {"scale_attn_weights": True, "gradient_checkpointing": False}),
+        ("phi3", "Phi3ForCausalLM", {"attention_bias": False, "mlp_bias": False, "lm_head_bias": False}),
+    ],
+)
+def test_fields_of_released_configs_that_change_nothing_are_accepted(parity_case, architecture, fields):
+    from jaxmap.models import translate_config
+
+    base = {**CASES[parity_case][0]().to_dict(), "architectures": [architecture]}
+    assert translate_config({**base, **fields}, "tiny") == translate_config(base, "tiny")

@@ -44,6 +44,11 @@ def translate(reader: ConfigReader) -> DecoderConfig:
     head_dim = hidden // heads
     if head_dim * heads != hidden:
         raise reader.refuse("n_head", heads, f"must divide n_embd = {hidden}")
+    # Released configs carry these; transformers reads none of them (GPT-J and CodeGen always
+    # apply rotary and scale attention by head_dim ** -0.5).
+    reader.expect("rotary", [True], True)
+    reader.take("scale_attn_weights", True)
+    reader.take("gradient_checkpointing", False)
     # Without rotary_dim transformers builds frequencies for the whole hidden size, which only
     # fit a single head; real checkpoints always set it.
     rotary_dim = reader.take("rotary_dim")

@@ -56,6 +56,9 @@ def translate(reader: ConfigReader) -> DecoderConfig:
         reader, head_dim, reader.take("max_position_embeddings"), 1.0 if phi3 else 0.5
     )
     if phi3:
+        # Phi-4-mini's config spells out that there are no biases (transformers reads none).
+        for name in ("attention_bias", "mlp_bias", "lm_head_bias"):
+            reader.expect(name, [False], False)
         window = reader.take("sliding_window", 0) or 0
         norm, eps, qk_norm = "rms", reader.take("rms_norm_eps"), False
     else:
