@@ -12,6 +12,7 @@ import pytest
 import transformers
 
 import jaxmap
+from jaxmap.models.bloom import NO_CONTEXT_LIMIT
 
 from conftest import TEXTS, reference_loglik, save_random_model
 
@@ -125,20 +126,14 @@ def test_matches_transformers(case, tmp_path, text_file):
     print(f"{case}: max |delta| = {delta:.2e} nats")
     assert delta <= TOLERANCE, (got, expected)
     n_ctx = store.model_meta[0]["n_ctx"]
+    if case.startswith("bloom"):
+        # Bloom's config names no context (ALiBi): no text is cut.
+        assert n_ctx == NO_CONTEXT_LIMIT and not store.truncated[0].any()
     if n_ctx < 50:
         assert store.truncated[0].any(), "short contexts must truncate some texts"
     assert (store.ntokens[0][store.truncated[0]] == n_ctx - 1).all()
     # The texts must exercise the model: most carry real, differing log-likelihoods.
     assert np.count_nonzero(expected) >= len(TEXTS) - 3
-
-
-def test_bloom_scores_texts_of_any_length(tmp_path, text_file):
-    from jaxmap.models.bloom import NO_CONTEXT_LIMIT
-
-    directory = save_random_model(tmp_path / "model", bloom(hidden_size=48, n_head=6))
-    store = jaxmap.score([str(directory)], text_file, out=tmp_path / "store.h5", progress=False)
-    assert store.model_meta[0]["n_ctx"] == NO_CONTEXT_LIMIT
-    assert not store.truncated[0].any()
 
 
 HEAD_COUNTS = [*range(1, 41), 64, 71, 112]
@@ -210,6 +205,10 @@ REFUSED = {
     "falcon-activation": ("falcon-mqa-parallel-alibi-paper", "FalconForCausalLM", "activation", "mish"),
     "falcon-partial-rotary": (
         "falcon-new-gqa-rotary", "FalconForCausalLM", "rope_parameters.partial_rotary_factor", 0.5
+    ),
+    "falcon-post-layernorm-residual": (
+        "falcon-rw-mha-sequential-alibi-20-heads", "FalconForCausalLM",
+        "apply_residual_connection_post_layernorm", True,
     ),
     "falcon-unknown": ("falcon-new-gqa-rotary", "FalconForCausalLM", "rotary_pct", 0.5),
     "mpt-qk-ln": ("mpt-6-heads", "MptForCausalLM", "attn_config.qk_ln", True),

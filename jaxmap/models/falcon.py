@@ -76,6 +76,9 @@ def translate(reader: ConfigReader) -> DecoderConfig:
     # Which linears have biases, and which norms a layer has, convert reads off the checkpoint's
     # tensor names (transformers saves exactly the ones the config asks for).
     reader.take("bias", False)
+    # Falcon's first configs carry this Bloom field; transformers' Falcon ignores it, and the
+    # original code reads the residual from the normed input only when it is true.
+    reader.expect("apply_residual_connection_post_layernorm", [False], False)
     settings: dict = {}
     if reader.take("alibi", False):
         # The rotary settings are unused then (transformers builds the table and never reads it).
