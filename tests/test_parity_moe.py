@@ -11,6 +11,8 @@ import pytest
 import transformers
 
 import jaxmap
+from jaxmap.engine import load_model
+from jaxmap.errors import UnsupportedModelError
 
 from conftest import TEXTS, reference_loglik, save_random_model
 
@@ -160,8 +162,21 @@ def test_equal_router_rows_are_refused(tmp_path):
     name = "model.layers.1.block_sparse_moe.gate.weight"
     tensors[name] = np.zeros_like(tensors[name])
     save_file(tensors, directory / "model.safetensors", metadata={"format": "pt"})
-    with pytest.raises(jaxmap.errors.UnsupportedModelError, match=name.replace(".", r"\.")):
-        jaxmap.engine.load_model(str(directory))
+    with pytest.raises(UnsupportedModelError, match=name.replace(".", r"\.")):
+        load_model(str(directory))
+
+
+def test_router_stays_float32_in_bfloat16_models(tmp_path):
+    import jax.numpy as jnp
+
+    directory = save_random_model(tmp_path / "model", qwen2_moe(), seed=2, adds_bos=False)
+    layers = load_model(str(directory), dtype="bfloat16").params["layers"]
+    assert layers["router"]["kernel"].dtype == jnp.float32
+    assert layers["router"]["kernel"].shape == (2, 64, 4)
+    assert layers["experts"]["gate"].dtype == jnp.bfloat16
+    assert layers["experts"]["gate"].shape == (2, 4, 64, 40)
+    assert layers["experts"]["down"].shape == (2, 4, 40, 64)
+    assert layers["shared_gate"]["kernel"].shape == (2, 64, 1)
 
 
 def test_expert_weights_keep_top_k_and_renormalise():
@@ -208,7 +223,7 @@ def test_refuses_unsupported_fields_by_name(case):
     hf_config = {**CASES[parity_case][0]().to_dict(), "architectures": [architecture]}
     translate_config(hf_config, "tiny")  # the unmodified config is accepted
     hf_config[field] = value
-    with pytest.raises(jaxmap.errors.UnsupportedModelError, match=repr(field)[1:-1]):
+    with pytest.raises(UnsupportedModelError, match=repr(field)[1:-1]):
         translate_config(hf_config, "tiny")
 
 

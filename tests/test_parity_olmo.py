@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import transformers
 
-import jaxmap
+from jaxmap.errors import UnsupportedModelError
 
 from test_parity_moe import check_parity, score
 
@@ -80,5 +80,5 @@ def test_refuses_unsupported_fields_by_name(case):
     hf_config = {**CASES[parity_case][0]().to_dict(), "architectures": [architecture]}
     translate_config(hf_config, "tiny")  # the unmodified config is accepted
     hf_config[field] = value
-    with pytest.raises(jaxmap.errors.UnsupportedModelError, match=repr(field)[1:-1]):
+    with pytest.raises(UnsupportedModelError, match=repr(field)[1:-1]):
         translate_config(hf_config, "tiny")
