@@ -236,6 +236,16 @@ def test_mixtral_sliding_window_applies_to_every_layer():
     assert translate_config(hf_config, "tiny")[1].layer_window == (0, 0)
 
 
+def test_mixtral_rope_base_defaults_to_transformers_one():
+    from jaxmap.models import translate_config
+
+    hf_config = {**mixtral().to_dict(), "architectures": ["MixtralForCausalLM"]}
+    explicit = translate_config(hf_config, "tiny")[1].rope_tables
+    del hf_config["rope_parameters"]
+    assert translate_config(hf_config, "tiny")[1].rope_tables == explicit
+    assert transformers.MixtralConfig().rope_parameters["rope_theta"] == 1e6
+
+
 def test_qwen3_moe_sliding_window_applies_to_every_layer():
     from jaxmap.models import translate_config
 

@@ -26,6 +26,8 @@ _QWEN = ("Qwen2ForCausalLM", "Qwen3ForCausalLM")
 _ALWAYS_SLIDING = ("MistralForCausalLM", "MixtralForCausalLM")
 # Architectures with per-head q/k RMSNorms before rope.
 _QK_NORM = ("Qwen3ForCausalLM", "Qwen3MoeForCausalLM")
+# transformers' rope base where a config gives none (10000 for the others).
+_DEFAULT_ROPE_THETA = {"MixtralForCausalLM": 1_000_000.0}
 
 
 def _layer_windows(reader: ConfigReader, layers: int, always_sliding: bool) -> tuple[int, ...]:
@@ -74,7 +76,7 @@ def translate(
     layers = reader.take("num_hidden_layers")
     head_dim = reader.take("head_dim", hidden // heads)
     max_positions = reader.take("max_position_embeddings")
-    rope = read_rope_parameters(reader)
+    rope = read_rope_parameters(reader, _DEFAULT_ROPE_THETA.get(reader.architecture, 10000.0))
     rotary_dim = int(head_dim * rope.pop("partial_rotary_factor", 1.0))
     table, max_positions = rope_table(rope, rotary_dim, max_positions, reader.architecture)
     # Biases are taken from the checkpoint; these flags only say whether to expect them.
