@@ -262,3 +262,19 @@ def test_mosaicml_checkpoint_config_translates():
     assert architecture == "MPTForCausalLM"
     assert config.position == "alibi" and config.max_positions == 2048
     assert config.intermediate_size == 4 * 48 and config.tie_embeddings
+
+
+def test_mpt_mlp_width_must_match_expansion_ratio(tmp_path):
+    """transformers' MPT ignores expansion_ratio (its MLP is always 4 x d_model); jaxmap reads it
+    and refuses a checkpoint whose MLP has another width."""
+    import json
+
+    from jaxmap.engine import load_model
+
+    directory = save_random_model(tmp_path / "model", mpt(d_model=48, n_heads=6))
+    config_path = directory / "config.json"
+    config = json.loads(config_path.read_text())
+    config["expansion_ratio"] = 2
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(jaxmap.errors.UnsupportedModelError, match=r"up_proj has 192 outputs, .* is 96"):
+        load_model(str(directory))
