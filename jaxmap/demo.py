@@ -28,6 +28,11 @@ from .outputs import atomic_outputs, make_directory
 DEFAULT_TEXTS = 120
 # t-SNE needs far more points than a handful of models; below this, metric MDS draws the map.
 MIN_MODELS_FOR_TSNE = 12
+# The logit lens reads every layer through the unembedding: for SmolLM2 (30 layers, 49k vocab)
+# that is about 6 times the forward pass, for Gemma 3 and Qwen2.5 (262k and 152k vocab) over 10
+# times; so the demo runs it for the smallest model, on a small text set of its own.
+DEFAULT_LENS_MODELS = ("smollm2-135m-instruct",)
+DEFAULT_LENS_TEXTS = 24
 # The demo's training run: a small Llama trained from scratch on the demo texts with the first
 # model's tokenizer, checkpointed four times after step 0 (its checkpoints are a path on the map).
 DEFAULT_TRAIN_STEPS = 60
@@ -116,6 +121,54 @@ def _training_line(record: dict) -> str:
     )
 
 
+def _demo_logit_lens(
+    out_dir: Path, models: list[str], n_texts: int, dtype: str, seed: int, progress: bool, echo
+) -> list[str]:
+    """Score ``models`` with the logit lens on a demo text set of ``n_texts`` into
+    ``lens.h5``, draw their layer threads (``lens.png``) and return the report's lines: each
+    layer's KL to the model's output and the diffusion exponent along the layers."""
+    from .analysis import double_center, project
+    from .analysis.plots import plot_trajectories
+    from .analysis.trajectory import trajectory
+
+    texts = build_demo_texts(n_texts, seed=seed)
+    echo(f"demo: logit lens of {', '.join(models)} on {len(texts)} texts → {out_dir / 'lens.h5'}")
+    try:
+        store = score(models, texts, out=out_dir / "lens.h5", dtype=dtype, progress=progress, logit_lens=True)
+    except StoreMismatchError as error:
+        raise StoreMismatchError(
+            f"{out_dir} holds an earlier demo with other texts or settings ({error}); give another "
+            "--out, or remove that one"
+        ) from None
+    threads: dict[str, list[tuple[int, int]]] = {}
+    for index, meta in enumerate(store.model_meta):
+        if "layer" in meta:
+            threads.setdefault(meta["parent_model"], []).append((meta["layer"], index))
+    lines = [
+        f"Logit lens ({len(texts)} texts, lens.h5, lens.png): KL from each layer's reading to the",
+        "model's output (nats per text; layer 0 = the embeddings), and the diffusion exponent c of",
+        "log KL(layer t0, t0 + Δ) = c·log Δ + b over the next 10 layers (median over starts):",
+    ]
+    paths = []
+    for parent, layers in threads.items():
+        path = [index for _, index in sorted(layers)]
+        paths.append(path)
+        report = trajectory(store.loglik, path, store.models, steps=[layer for layer, _ in sorted(layers)])
+        fitted = report.loglik_fit.exponents[np.isfinite(report.loglik_fit.exponents)]
+        exponent = f"{np.median(fitted):.2f}" if fitted.size else "n/a"
+        lines.append(f"  {parent} ({len(path) - 1} layers): c = {exponent}")
+        readings = [f"{layer:>2}: {kl:8.2f}" for layer, kl in enumerate(report.kl_to_final)]
+        lines += ["    " + "   ".join(readings[i : i + 6]) for i in range(0, len(readings), 6)]
+    lines.append("")
+    if len(store.models) >= 3:
+        clipped, _ = clip(store.loglik)
+        plot_trajectories(
+            project(double_center(clipped), "pca"), store.models, [], out_dir / "lens.png",
+            threads=paths, title=f"Logit-lens threads, embeddings to output ({len(texts)} texts)",
+        )
+    return lines
+
+
 def run_demo(
     out_dir: str | Path = "jaxmap-demo",
     n_texts: int = DEFAULT_TEXTS,
@@ -124,9 +177,14 @@ def run_demo(
     seed: int = 0,
     progress: bool = True,
     echo=print,
+    logit_lens: Sequence[str] | None = None,
+    lens_texts: int = DEFAULT_LENS_TEXTS,
     train_steps: int = DEFAULT_TRAIN_STEPS,
 ) -> DemoResult:
     """Run the demo; ``models`` defaults to every installed packaged model.
+
+    ``logit_lens`` (default: SmolLM2 if among ``models``; empty for none) are also scored with
+    the logit lens on ``lens_texts`` demo texts into ``lens.h5`` (:func:`_demo_logit_lens`).
 
     With ``train_steps`` (0: none), a small model is trained from scratch on the demo texts
     (:func:`_demo_training`, seeded by ``seed``) and its checkpoints are scored too: a run on
@@ -162,6 +220,12 @@ def run_demo(
             f"{out_dir} holds an earlier demo with other texts or settings ({error}); give another "
             "--out, or remove that one"
         ) from None
+    if logit_lens is None:
+        logit_lens = [m for m in DEFAULT_LENS_MODELS if m in models]
+    lens_lines = (
+        _demo_logit_lens(out_dir, list(logit_lens), lens_texts, dtype, seed, progress, echo)
+        if logit_lens and lens_texts else []
+    )
     clipped, tau = clip(store.loglik)
     kl_nats = kl_matrix(clipped)
     kl_bpb = kl_matrix(clipped, text_bytes=store.text_bytes)
@@ -188,6 +252,7 @@ def run_demo(
         *_table(names, domain_names, domain_table, 3),
     ]
     lines.append("")
+    lines += lens_lines
     timing = ["Timing:"]
     for name, meta in zip(names, store.model_meta):
         timing.append(

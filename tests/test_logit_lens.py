@@ -228,3 +228,20 @@ def test_logit_lens_on_a_vocab_sharded_mesh(lens_models, lens_stores, lens_text_
     assert sorted(sharded["models"]) == sorted(single.models)
     for name, row in zip(sharded["models"], sharded["loglik"]):
         np.testing.assert_allclose(row, single.loglik[single.models.index(name)], rtol=0, atol=1e-4)
+
+
+def test_demo_adds_logit_lens_threads(lens_models, tmp_path):
+    from jaxmap.demo import run_demo
+
+    model = str(lens_models["llama"])
+    printed = []
+    run_demo(
+        tmp_path / "demo", n_texts=4, models=[model], progress=False, echo=printed.append,
+        train_steps=0, logit_lens=[model], lens_texts=3,
+    )
+    lens = jaxmap.open_store(tmp_path / "demo" / "lens.h5")
+    assert len(lens.text_ids) == 3
+    assert sorted(lens.models) == sorted([model, *(layer_row_name(model, i) for i in range(4))])
+    report = (tmp_path / "demo" / "report.md").read_text("utf-8")
+    assert "Logit lens (3 texts" in report and f"{model} (3 layers): c = " in report
+    assert (tmp_path / "demo" / "lens.png").stat().st_size > 10_000

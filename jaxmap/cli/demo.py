@@ -8,7 +8,7 @@ from . import int_at_least
 
 
 def register(subparsers) -> None:
-    from ..demo import DEFAULT_TEXTS, DEFAULT_TRAIN_STEPS
+    from ..demo import DEFAULT_LENS_TEXTS, DEFAULT_TEXTS, DEFAULT_TRAIN_STEPS
 
     demo = subparsers.add_parser(
         "demo",
@@ -26,6 +26,15 @@ def register(subparsers) -> None:
         help="steps of the demo's small training run, whose checkpoints are scored as a path on "
         "the map (0: no training; default: %(default)s)",
     )
+    demo.add_argument(
+        "--logit-lens", nargs="*", metavar="MODEL",
+        help="models also scored with the logit lens into lens.h5 (default: SmolLM2 if it is "
+        "mapped; give the option alone for none)",
+    )
+    demo.add_argument(
+        "--lens-texts", type=int_at_least(0), default=DEFAULT_LENS_TEXTS,
+        help="demo texts of the logit-lens store (0: no logit lens; default: %(default)s)",
+    )
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=run)
 
@@ -34,5 +43,6 @@ def run(args: argparse.Namespace) -> int:
     from ..demo import run_demo
 
     run_demo(args.out, n_texts=args.texts, models=args.models, dtype=args.dtype, seed=args.seed, progress=not args.quiet,
+             logit_lens=args.logit_lens, lens_texts=args.lens_texts,
              train_steps=args.train_steps)
     return 0
