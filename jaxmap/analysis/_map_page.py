@@ -104,12 +104,12 @@ SCRIPT = r"""
             visible: showPaths.checked, meta: 'paths'};
   }
 
-  function ringTrace(indices, name, color, labelled) {
+  function ringTrace(indices, name, color, labelled, size) {
     return {type: 'scatter', mode: labelled ? 'markers+text' : 'markers', name: name,
             x: indices.map(i => data.x[i]), y: indices.map(i => data.y[i]),
             text: indices.map(i => data.names[i]), textposition: 'top center',
             customdata: indices, hovertext: indices.map(i => data.hover[i]), hoverinfo: 'text',
-            marker: {size: 16, color: 'rgba(0,0,0,0)', line: {color: color, width: 2.5}},
+            marker: {size: size, color: 'rgba(0,0,0,0)', line: {color: color, width: 2.5}},
             showlegend: true, meta: 'ring'};
   }
 
@@ -131,11 +131,15 @@ SCRIPT = r"""
       }
     }
     out.push(...points);
-    if (found !== null && found.length) out.push(ringTrace(found, 'search: ' + search.value.trim(), '#d62728', found.length <= 40));
+    // Neighbours first and unlabelled (the side panel names them), so that the picked model
+    // and the search matches, drawn larger, stay visible on top of their rings.
     if (picked !== null) {
       const near = data.neighbors[picked].map(([j]) => j);
-      out.push(ringTrace([picked], data.names[picked], '#000000', true));
-      if (near.length) out.push(ringTrace(near, 'nearest to ' + data.names[picked], '#ff7f0e', near.length <= 15));
+      if (near.length) out.push(ringTrace(near, 'nearest to ' + data.names[picked], '#ff7f0e', false, 14));
+      out.push(ringTrace([picked], data.names[picked], '#000000', true, 18));
+    }
+    if (found !== null && found.length) {
+      out.push(ringTrace(found, 'search: ' + search.value.trim(), '#d62728', found.length <= 20, 22));
     }
     document.getElementById('matches').textContent =
       found === null ? '' : `${found.length} of ${K} models match`;
@@ -143,7 +147,8 @@ SCRIPT = r"""
   }
 
   const layout = {
-    hovermode: 'closest', dragmode: 'pan', margin: {l: 60, r: 20, t: 10, b: 50},
+    // The top margin keeps plotly's tool bar off the legend.
+    hovermode: 'closest', dragmode: 'pan', margin: {l: 60, r: 20, t: 40, b: 50},
     xaxis: {title: {text: data.axis_label + ' 1'}, zeroline: false},
     yaxis: {title: {text: data.axis_label + ' 2'}, zeroline: false, scaleanchor: 'x', scaleratio: 1},
     legend: {itemsizing: 'constant'}, uirevision: 'keep',
