@@ -145,10 +145,13 @@ def _demo_logit_lens(
         if "layer" in meta:
             threads.setdefault(meta["parent_model"], []).append((meta["layer"], index))
     lines = [
-        f"Logit lens ({len(texts)} texts, lens.h5, lens.png): KL from each layer's reading to the",
-        "model's output (nats per text; layer 0 = the embeddings), and the diffusion exponent c of",
-        "log KL(layer t0, t0 + Δ) = c·log Δ + b over the next 10 layers (median over starts):",
+        f"Logit lens ({len(texts)} texts, lens.h5, lens.png): per layer (0 = the embeddings), the",
+        "cross-entropy of its reading (bits per byte) and its estimated KL to the model's output",
+        "(nats per text; far from the output the second-order estimate only orders the layers),",
+        "and the diffusion exponent c of log KL(t0, t0 + Δ) = c·log Δ + b over the next 10 layers",
+        "(median over starts):",
     ]
+    bits_per_byte = -store.loglik.sum(axis=1) / (store.text_bytes.sum() * np.log(2))
     paths = []
     for parent, layers in threads.items():
         path = [index for _, index in sorted(layers)]
@@ -157,8 +160,11 @@ def _demo_logit_lens(
         fitted = report.loglik_fit.exponents[np.isfinite(report.loglik_fit.exponents)]
         exponent = f"{np.median(fitted):.2f}" if fitted.size else "n/a"
         lines.append(f"  {parent} ({len(path) - 1} layers): c = {exponent}")
-        readings = [f"{layer:>2}: {kl:8.2f}" for layer, kl in enumerate(report.kl_to_final)]
-        lines += ["    " + "   ".join(readings[i : i + 6]) for i in range(0, len(readings), 6)]
+        readings = [
+            f"{layer:>2}: {bits_per_byte[index]:6.2f} bpb, KL {kl:9.3g}"
+            for layer, index, kl in zip(range(len(path)), path, report.kl_to_final)
+        ]
+        lines += ["    " + "   ".join(readings[i : i + 3]) for i in range(0, len(readings), 3)]
     lines.append("")
     if len(store.models) >= 3:
         clipped, _ = clip(store.loglik)
