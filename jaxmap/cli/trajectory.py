@@ -310,10 +310,10 @@ def _run_trajectory(args: argparse.Namespace) -> int:
         with _about(matrix.source):
             clipped, _ = clip(matrix.loglik, args.clip_quantile)
             coordinates = project(double_center(clipped), args.method)
-        threads = _threads(rows)
+        # The chosen path gets arrows; the other logit-lens threads are drawn for context.
+        threads = [thread for thread in _threads(rows) if thread != path]
         plot_trajectories(
-            coordinates, matrix.models, [path] if not args.layers else [], args.plot,
-            path_labels=[label], threads=threads if not args.layers else [path],
+            coordinates, matrix.models, [path], args.plot, path_labels=[label], threads=threads,
             axis_label={"pca": "PCA", "mds": "MDS", "tsne": "t-SNE"}[args.method],
             title=f"{label} on the map of {len(matrix.models)} models",
         )
