@@ -64,7 +64,6 @@ class OrbaxLayout:
 
     params_path: Path
     kind: str  # "jaxmap" or "flax"
-    step: int | None
 
 
 def _quiet_orbax() -> None:
@@ -86,12 +85,12 @@ def step_number(path: Path) -> int | None:
 def find_layout(directory: Path) -> OrbaxLayout | None:
     """The orbax layout of a step directory, or None when it holds no orbax checkpoint."""
     if (directory / JAXMAP_FILE).is_file():
-        return OrbaxLayout(directory / PARAMS_DIR, "jaxmap", step_number(directory))
+        return OrbaxLayout(directory / PARAMS_DIR, "jaxmap")
     if _is_tree(directory):
-        return OrbaxLayout(directory, "flax", step_number(directory))
+        return OrbaxLayout(directory, "flax")
     for name in _ITEM_NAMES:
         if _is_tree(directory / name):
-            return OrbaxLayout(directory / name, "flax", step_number(directory))
+            return OrbaxLayout(directory / name, "flax")
     return None
 
 
@@ -104,7 +103,7 @@ def run_steps(directory: Path) -> list[Path]:
         if child.is_dir() and not child.name.startswith(".") and step_number(child) is not None
         and find_layout(child) is not None
     ]
-    return sorted(steps, key=lambda child: (step_number(child), child.name))
+    return sorted(steps, key=_step_order)
 
 
 def expand_checkpoint_sequence(reference: str) -> list[str] | None:
