@@ -55,6 +55,19 @@ def sharded_cases() -> dict:
         make_config, options = ALIBI_CASES[name]
         return make_config, options, vocab
 
+    def mixture_of_experts(vocab: int):
+        from test_parity_moe import qwen2_moe
+
+        # The dense (shared-expert) MLP as wide as the HF intermediate_size the checks expect;
+        # the experts' 40 columns split over both model axes.
+        return (lambda: qwen2_moe(intermediate_size=56)), {"adds_bos": False}, vocab
+
+    def olmo(name: str, vocab: int):
+        from test_parity_olmo import CASES as OLMO_CASES
+
+        make_config, options = OLMO_CASES[name]
+        return make_config, options, vocab
+
     def parallel_attention(name: str, vocab: int):
         from test_parity_parallel_attention import CASES as PARALLEL_CASES
 
@@ -79,6 +92,10 @@ def sharded_cases() -> dict:
         "stablelm-parallel-bias-qk-norm-tied": parallel_attention(
             "stablelm-parallel-bias-qk-norm-tied", 302
         ),
+        # Router replicated, experts split by column within each expert, a shared expert.
+        "qwen2-moe-shared-expert": mixture_of_experts(303),
+        # Full-width q/k norms reduce over the heads that the model axis splits.
+        "olmo2": olmo("olmo2", 301),
     }
 
 
@@ -132,6 +149,10 @@ def _worker(request_path: str, result_path: str) -> None:
                     part: [layers[part]["kernel"].shape[-2], _local_size(layers[part]["kernel"], -2)]
                     for part in ("o", "down")
                 },
+                # Mixture of experts: [L, E, D, I] gate kernels, split by column.
+                "expert_columns": [
+                    layers["experts"]["gate"].shape[-1], _local_size(layers["experts"]["gate"], -1)
+                ] if "experts" in layers else None,
             }
         # The same placement on an equal mesh built anew reuses the compiled scorers.
         before = compilation_count()
@@ -239,6 +260,10 @@ def test_weights_are_split_where_heads_columns_and_vocabulary_allow(sharded_run)
             for part, (width, local) in {**run["columns"], **run["rows"]}.items():
                 divides = expected[part] % shards == 0
                 assert local == (width // shards if divides else width), (name, spec, part)
+            if run["expert_columns"]:
+                width, local = run["expert_columns"]
+                assert local * shards == width, (name, spec, "experts")
+    assert any(runs["data=1,model=4"]["expert_columns"] for runs in result["models"].values())
     # The cases do exercise both: replicated kv heads (MQA, GQA 2 on 4) and split ones.
     model4 = [runs["data=1,model=4"]["columns"]["k"] for runs in result["models"].values()]
     assert any(local == width for width, local in model4)
