@@ -179,6 +179,7 @@ _INVOCATIONS = {
     "resample": ["{store}", "--n", "5", "--out", "{tmp}/subset.jsonl"],
     "add": ["{store}", "{tmp}/no-model", "--subset", "{subset}", "--out", "{tmp}/added.h5"],
     "outliers": ["{store}", "--model", "m1"],
+    "tree": ["{store}", "--out", "{tmp}/tree.nwk", "--plot", "{tmp}/tree.png"],
     "demo": ["--out", "{demo}"],
 }
 

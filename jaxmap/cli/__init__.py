@@ -11,13 +11,12 @@ its reader (``| head``) ends the command quietly with 141.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 from typing import Callable
 
 from .._version import __version__
-from . import interrupts, quiet
+from . import interrupts
 
 EXIT_PEOPLE_ERROR = 2
 EXIT_BROKEN_PIPE = 128 + 13  # as if killed by SIGPIPE, the shell's convention
@@ -109,8 +108,14 @@ def main(argv: list[str] | None = None) -> int:
     previous = interrupts.install()
     command = "start-up"
     arguments = sys.argv[1:] if argv is None else argv
-    noise = contextlib.nullcontext() if quiet.wants_verbose(arguments) else quiet.quiet_third_parties()
     try:
+        # Imported once the signal handlers are in place: an interrupt during these imports
+        # (logging, re) must exit cleanly too.
+        import contextlib
+
+        from . import quiet
+
+        noise = contextlib.nullcontext() if quiet.wants_verbose(arguments) else quiet.quiet_third_parties()
         with noise:
             args = build_parser().parse_args(arguments)
             command = args.command
