@@ -73,3 +73,62 @@ def test_xla_fused_matches_reference(window):
     q, k, v = _inputs(40, seed=3)
     got = xla_fused_attention(q, k, v, window=window)
     np.testing.assert_allclose(np.asarray(got), reference(q, k, v, window, None), atol=3e-5, rtol=1e-4)
+
+
+def test_choose_path_per_backend_and_variant():
+    from jaxmap.models.attention import CPU_BLOCKWISE_FROM, choose_path
+
+    common = dict(windows=(0, 0), softcap=None, has_bias=False)
+    assert choose_path("auto", CPU_BLOCKWISE_FROM - 1, compute_dtype=jnp.float32, backend="cpu", **common) == "dense"
+    assert choose_path("auto", CPU_BLOCKWISE_FROM, compute_dtype=jnp.float32, backend="cpu", **common) == "blockwise"
+    assert choose_path("auto", 512, compute_dtype=jnp.bfloat16, backend="gpu", **common) == "xla_fused"
+    # cuDNN's fused kernel needs 16-bit inputs; soft-capping, ALiBi and mixed windows it lacks.
+    assert choose_path("auto", 512, compute_dtype=jnp.float32, backend="gpu", **common) == "blockwise"
+    assert choose_path("auto", 512, (0, 0), 50.0, False, jnp.bfloat16, backend="gpu") == "blockwise"
+    assert choose_path("auto", 512, (0, 0), None, True, jnp.bfloat16, backend="gpu") == "blockwise"
+    assert choose_path("auto", 512, (4, 0), None, False, jnp.bfloat16, backend="gpu") == "blockwise"
+    assert choose_path("dense", 4096, compute_dtype=jnp.float32, backend="cpu", **common) == "dense"
+    with pytest.raises(ValueError, match="soft-capping"):
+        choose_path("xla_fused", 64, (0,), 50.0, False, jnp.bfloat16)
+    with pytest.raises(ValueError, match="unknown attention path"):
+        choose_path("flash", 64, (0,), None, False, jnp.float32)
+
+
+PATH_CASES = {
+    "mistral-window": lambda t: t.MistralConfig(
+        hidden_size=64, intermediate_size=96, num_hidden_layers=2, vocab_size=300,
+        num_attention_heads=4, num_key_value_heads=2, sliding_window=7, max_position_embeddings=256,
+    ),
+    "gemma2-softcap": lambda t: t.Gemma2Config(
+        hidden_size=64, intermediate_size=96, num_hidden_layers=2, vocab_size=300,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, sliding_window=5,
+        attn_logit_softcapping=2.0, final_logit_softcapping=3.0, max_position_embeddings=256,
+    ),
+    "bloom-alibi": lambda t: t.BloomConfig(hidden_size=64, n_layer=2, n_head=4, vocab_size=300),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PATH_CASES))
+def test_every_attention_path_matches_transformers(case, tmp_path):
+    """One model scored with the attention path forced to dense, then blockwise: both within
+    1e-3 nats of transformers on every text (the texts' rows span several blocks)."""
+    import dataclasses
+
+    import transformers
+
+    from conftest import TEXTS, reference_loglik, save_random_model
+    from jaxmap.engine import load_model, score_tokens
+    from jaxmap.texts import TextSet
+    from jaxmap.tokenization import tokenize
+
+    directory = save_random_model(
+        tmp_path / "model", PATH_CASES[case](transformers), seed=7,
+        adds_bos=case != "bloom-alibi", norm_center=0.0 if case.startswith("gemma") else 1.0,
+    )
+    expected, _ = reference_loglik(directory, TEXTS, "full")
+    model = load_model(str(directory))
+    tokens = tokenize(TextSet.from_texts(TEXTS), model.tokenizer, "full")
+    for path in ("dense", "blockwise"):
+        model.config = dataclasses.replace(model.config, attention=path)
+        got = score_tokens(model, tokens, batch_tokens=256, progress=False).loglik
+        assert np.abs(got - expected).max() <= 1e-3, (path, np.abs(got - expected).max())

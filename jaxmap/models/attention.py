@@ -12,7 +12,9 @@
 
 All take q [B, T, Hkv, G, hd] (G query heads per key/value head), already multiplied by the
 attention scale, and k, v [B, T, Hkv, hd], and return the context [B, T, Hkv, G, hd] in
-float32. Scores accumulate in float32 whatever ``compute_dtype`` the matmul inputs have.
+float32. Scores accumulate in float32 whatever ``compute_dtype`` the matmul inputs have. An
+additive score ``bias(query_pos, key_pos) -> [Hkv, G, Q, K]`` (ALiBi) is added after the
+soft-cap, from positions, so the blockwise path builds it one block at a time.
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ def _visible(query_pos, key_pos, window):
     return visible & ((window == 0) | (key_pos > query_pos - window))
 
 
-def dense_attention(q, k, v, *, window, softcap=None, compute_dtype=jnp.float32):
-    """The reference path: every score of the causal square, masked, softmaxed."""
+def dense_attention(q, k, v, *, window, softcap=None, bias=None, compute_dtype=jnp.float32):
+    """Every score of the causal square, masked, softmaxed."""
     length = q.shape[1]
     scores = jnp.einsum(
         "bqhgd,bkhd->bhgqk", q.astype(compute_dtype), k.astype(compute_dtype),
@@ -36,7 +38,10 @@ def dense_attention(q, k, v, *, window, softcap=None, compute_dtype=jnp.float32)
     )
     if softcap:
         scores = softcap * jnp.tanh(scores / softcap)
-    visible = _visible(jnp.arange(length)[:, None], jnp.arange(length)[None, :], window)
+    query_pos, key_pos = jnp.arange(length)[:, None], jnp.arange(length)[None, :]
+    if bias is not None:
+        scores = scores + bias(query_pos, key_pos)
+    visible = _visible(query_pos, key_pos, window)
     scores = jnp.where(visible, scores, jnp.finfo(jnp.float32).min)
     weights = jax.nn.softmax(scores, axis=-1)
     return jnp.einsum(
@@ -45,7 +50,9 @@ def dense_attention(q, k, v, *, window, softcap=None, compute_dtype=jnp.float32)
     )
 
 
-def blockwise_attention(q, k, v, *, window, softcap=None, compute_dtype=jnp.float32, block=256):
+def blockwise_attention(
+    q, k, v, *, window, softcap=None, bias=None, compute_dtype=jnp.float32, block=256
+):
     """Flash-style attention in pure JAX: O(T · block) score memory per head, masked key blocks
     skipped. ``window`` may be a traced per-layer value (0 = full causal)."""
     batch, length, kv_heads, group, head_dim = q.shape
@@ -74,6 +81,8 @@ def blockwise_attention(q, k, v, *, window, softcap=None, compute_dtype=jnp.floa
             if softcap:
                 scores = softcap * jnp.tanh(scores / softcap)
             key_pos = key_index * block + offsets[None, :]
+            if bias is not None:
+                scores = scores + bias(query_pos, key_pos)
             scores = jnp.where(_visible(query_pos, key_pos, window), scores, -jnp.inf)
             new_max = jnp.maximum(running_max, scores.max(axis=-1))
             shift = jnp.where(jnp.isneginf(new_max), 0.0, new_max)
@@ -102,8 +111,9 @@ def blockwise_attention(q, k, v, *, window, softcap=None, compute_dtype=jnp.floa
 
 
 def xla_fused_attention(q, k, v, *, window, compute_dtype=jnp.float32, implementation=None):
-    """:func:`jax.nn.dot_product_attention` (cuDNN where available). ``window`` must be a
-    Python int here: the library takes it as a static local window."""
+    """:func:`jax.nn.dot_product_attention` (cuDNN where available), for the variants it
+    expresses (no soft-cap, no bias). ``window`` must be a Python int here: the library takes
+    it as a static local window."""
     batch, length, kv_heads, group, head_dim = q.shape
     query = q.reshape(batch, length, kv_heads * group, head_dim).astype(compute_dtype)
     local = (window - 1, 0) if window else None
@@ -112,3 +122,63 @@ def xla_fused_attention(q, k, v, *, window, compute_dtype=jnp.float32, implement
         scale=1.0, is_causal=True, local_window_size=local, implementation=implementation,
     )
     return out.astype(jnp.float32).reshape(batch, length, kv_heads, group, head_dim)
+
+
+PATHS = ("dense", "blockwise", "xla_fused")
+
+# Rows at least this long take the blockwise path on CPU. Measured on the 2-core CPU machine
+# (benchmarks/bench_attention.py, SmolLM2-135M's 9 query / 3 key-value heads of 64, 2,048
+# positions per batch): blockwise was faster than dense from 64 positions up, by 1.5x at 64 and
+# more with length (the dense path writes and reads the whole float32 score square).
+CPU_BLOCKWISE_FROM = 64
+
+
+def block_size(length: int) -> int:
+    """Key/query block of the blockwise path: 64 for rows up to 512, 128 beyond (measured
+    fastest on CPU, benchmarks/bench_attention.py)."""
+    return 64 if length <= 512 else 128
+
+
+def choose_path(
+    setting: str,
+    length: int,
+    windows: tuple[int, ...],
+    softcap: float | None,
+    has_bias: bool,
+    compute_dtype,
+    backend: str | None = None,
+) -> str:
+    """The attention path for a row length: ``setting`` if not ``"auto"`` (checked against the
+    variant), else per backend: on CPU dense for short rows and blockwise from
+    :data:`CPU_BLOCKWISE_FROM`; on accelerators the library's fused kernel where it expresses
+    the variant (no soft-cap, no ALiBi, one window for every layer, 16-bit inputs, which cuDNN
+    needs), else blockwise."""
+    if setting not in ("auto", *PATHS):
+        raise ValueError(f"unknown attention path {setting!r}; choose auto or one of {PATHS}")
+    fused_ok = not softcap and not has_bias and len(set(windows)) <= 1
+    if setting == "xla_fused" and not fused_ok:
+        raise ValueError(
+            "the xla_fused attention path takes no soft-capping, no ALiBi and one window for all layers"
+        )
+    if setting != "auto":
+        return setting
+    backend = backend or jax.default_backend()
+    if backend == "cpu":
+        return "blockwise" if length >= CPU_BLOCKWISE_FROM else "dense"
+    if fused_ok and jnp.dtype(compute_dtype).itemsize == 2:
+        return "xla_fused"
+    return "blockwise"
+
+
+def attend(q, k, v, *, window, softcap, bias, compute_dtype, path: str, static_window: int = 0):
+    """Run attention on ``path`` (see :func:`choose_path`). ``window`` may be traced;
+    ``static_window`` is the one window every layer shares, which the fused path needs as a
+    Python int."""
+    if path == "dense":
+        return dense_attention(q, k, v, window=window, softcap=softcap, bias=bias, compute_dtype=compute_dtype)
+    if path == "blockwise":
+        return blockwise_attention(
+            q, k, v, window=window, softcap=softcap, bias=bias, compute_dtype=compute_dtype,
+            block=block_size(q.shape[1]),
+        )
+    return xla_fused_attention(q, k, v, window=static_window, compute_dtype=compute_dtype)

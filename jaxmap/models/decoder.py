@@ -38,6 +38,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .attention import attend, choose_path
+
 Params = dict
 
 
@@ -133,6 +135,9 @@ class DecoderConfig:
     expert_intermediate_size: int = 0
     normalize_expert_weights: bool = False
     shared_expert: bool = False
+    # How attention is computed, not what (every path gives the same scores up to float32
+    # rounding): "auto" picks per backend and row length (jaxmap.models.attention.choose_path).
+    attention: Literal["auto", "dense", "blockwise", "xla_fused"] = "auto"
 
     def __post_init__(self) -> None:
         if self.num_experts and not (
@@ -255,24 +260,36 @@ def _round_to_bfloat16(x: jax.Array) -> jax.Array:
     return x.astype(jnp.bfloat16).astype(jnp.float32)
 
 
-def _alibi_bias(config: DecoderConfig, length: int) -> jax.Array:
-    """The ALiBi bias [Hkv, group, T, T] (float32) for scores laid out [B, Hkv, group, Q, K].
+def _alibi_bias(config: DecoderConfig):
+    """The ALiBi score bias as a function of query and key positions (int arrays that
+    broadcast to [Q, K]), returning [Hkv, group, Q, K] float32 for scores laid out
+    [B, Hkv, group, Q, K]; None without ALiBi.
 
     Head h = kv_head * group + g has slope ``alibi_slopes[h]``, the decoder's (and HF's) head
     order. Built from config constants inside the jitted forward, so on a mesh the partitioner
-    slices it with the heads it belongs to.
+    slices it with the heads it belongs to; built from positions, so the blockwise attention
+    path makes it one block at a time.
     """
+    if config.position != "alibi":
+        return None
     group = config.num_heads // config.num_kv_heads
     slopes = np.asarray(config.alibi_slopes, np.float32).reshape(config.num_kv_heads, group, 1, 1)
-    positions = jnp.arange(length, dtype=jnp.float32)
-    if config.alibi_bfloat16:
-        # Falcon's bias of key k is bfloat16(slope * bfloat16(k)); both factors are bfloat16
-        # numbers, so their float32 product is exact and only the final rounding is left.
-        per_key = _round_to_bfloat16(slopes * _round_to_bfloat16(positions))
-        bias = per_key - jnp.swapaxes(per_key, -1, -2)
-    else:
-        bias = slopes * (positions[None, :] - positions[:, None])
-    return bias * config.alibi_scale
+
+    def bias(query_pos: jax.Array, key_pos: jax.Array) -> jax.Array:
+        query_pos, key_pos = query_pos.astype(jnp.float32), key_pos.astype(jnp.float32)
+        if config.alibi_bfloat16:
+            # Falcon's bias of key k is bfloat16(slope * bfloat16(k)); both factors are
+            # bfloat16 numbers, so their float32 product is exact and only the final rounding
+            # is left.
+            def per_position(position):
+                return _round_to_bfloat16(slopes * _round_to_bfloat16(position))
+
+            out = per_position(key_pos) - per_position(query_pos)
+        else:
+            out = slopes * (key_pos - query_pos)
+        return out * config.alibi_scale
+
+    return bias
 
 
 def _attention(
@@ -303,28 +320,11 @@ def _attention(
     group = heads // kv_heads
     compute_dtype = layer["q"]["kernel"].dtype
     q = q.reshape(batch, length, kv_heads, group, head_dim) * config.attn_scale
-    scores = jnp.einsum(
-        "bqhgd,bkhd->bhgqk",
-        q.astype(compute_dtype),
-        k.astype(compute_dtype),
-        preferred_element_type=jnp.float32,
-    )
-    if config.attn_logit_softcap:
-        scores = config.attn_logit_softcap * jnp.tanh(scores / config.attn_logit_softcap)
-    if config.position == "alibi":
-        scores = scores + _alibi_bias(config, length)
-    query_pos = jnp.arange(length)[:, None]
-    key_pos = jnp.arange(length)[None, :]
-    visible = key_pos <= query_pos
-    # A window of w lets each query see itself and the w - 1 keys before it (HF's convention).
-    visible &= (window == 0) | (key_pos > query_pos - window)
-    scores = jnp.where(visible, scores, jnp.finfo(jnp.float32).min)
-    weights = jax.nn.softmax(scores, axis=-1)
-    context = jnp.einsum(
-        "bhgqk,bkhd->bqhgd",
-        weights.astype(compute_dtype),
-        v.astype(compute_dtype),
-        preferred_element_type=jnp.float32,
+    context = attend(
+        q, k, v, window=window, softcap=config.attn_logit_softcap, bias=_alibi_bias(config),
+        compute_dtype=compute_dtype, static_window=config.windows[0],
+        path=choose_path(config.attention, length, config.windows, config.attn_logit_softcap,
+                         config.position == "alibi", compute_dtype),
     )
     return _linear(context.reshape(batch, length, heads * head_dim), layer["o"])
 
