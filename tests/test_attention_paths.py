@@ -58,9 +58,10 @@ def test_blockwise_holds_no_square_score_matrix():
         for equation in jaxpr.eqns:
             shapes.extend(tuple(getattr(out.aval, "shape", ())) for out in equation.outvars)
             for param in equation.params.values():
-                inner = getattr(param, "jaxpr", None)
-                if inner is not None:
-                    walk(getattr(inner, "jaxpr", inner))
+                for value in param if isinstance(param, (tuple, list)) else (param,):
+                    inner = getattr(value, "jaxpr", None)
+                    if inner is not None:
+                        walk(getattr(inner, "jaxpr", inner))
 
     walk(jaxpr.jaxpr)
     assert shapes, "no equations seen"

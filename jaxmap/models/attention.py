@@ -96,12 +96,19 @@ def blockwise_attention(
             return new_max, running_sum, accumulated
 
         first = jnp.where(window > 0, jnp.maximum(index * block - window + 1, 0) // block, 0)
+
+        def maybe_key_block(carry, key_index):
+            # A scan over every key block with the masked ones skipped by cond: unlike a loop
+            # with traced bounds, this is reverse-differentiable (training runs through it).
+            visible = (key_index >= first) & (key_index <= index)
+            return jax.lax.cond(visible, key_block, lambda _, c: c, key_index, carry), None
+
         initial = (
             jnp.full((batch, kv_heads, group, block), -jnp.inf, jnp.float32),
             jnp.zeros((batch, kv_heads, group, block), jnp.float32),
             jnp.zeros((batch, kv_heads, group, block, head_dim), jnp.float32),
         )
-        _, running_sum, accumulated = jax.lax.fori_loop(first, index + 1, key_block, initial)
+        (_, running_sum, accumulated), _ = jax.lax.scan(maybe_key_block, initial, jnp.arange(blocks))
         out = accumulated / jnp.where(running_sum > 0, running_sum, 1.0)[..., None]
         return jnp.moveaxis(out, 3, 1)  # [B, block, Hkv, G, hd]
 
