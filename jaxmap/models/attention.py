@@ -134,15 +134,16 @@ def xla_fused_attention(q, k, v, *, window, compute_dtype=jnp.float32, implement
 PATHS = ("dense", "blockwise", "xla_fused")
 
 # Rows at least this long take the blockwise path on CPU. Measured on the 2-core CPU machine
-# (benchmarks/bench_attention.py, SmolLM2-135M's 9 query / 3 key-value heads of 64, 2,048
-# positions per batch): blockwise was faster than dense from 64 positions up, by 1.5x at 64 and
-# more with length (the dense path writes and reads the whole float32 score square).
+# (benchmarks/bench_attention.py, results/attention-cpu-2core-2026-12-02.md: SmolLM2-135M's
+# heads, 2,048 padded positions per batch): dense was faster at 32 positions (0.36x), blockwise
+# from 64 on (1.23x at 64, 2.0x at 512, 3.6x at 2,048): the dense path writes and reads the
+# whole float32 score square.
 CPU_BLOCKWISE_FROM = 64
 
 
 def block_size(length: int) -> int:
-    """Key/query block of the blockwise path: 64 for rows up to 512, 128 beyond (measured
-    fastest on CPU, benchmarks/bench_attention.py)."""
+    """Key/query block of the blockwise path: 64 for rows up to 512, 128 beyond (the faster
+    of the two at those lengths on CPU, benchmarks/bench_attention.py)."""
     return 64 if length <= 512 else 128
 
 
