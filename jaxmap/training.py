@@ -238,7 +238,11 @@ def train(
     for name, value in (("steps", steps), ("batch_size", batch_size), ("seq_len", seq_len), ("save_every", save_every)):
         if value < 1:
             raise TrainingError(f"{name} must be at least 1, got {value}")
+    from .jobs import _as_text_set
+
     started = time.perf_counter()
+    # The texts first: a bad text file is named before any model is loaded.
+    texts = _as_text_set(texts)
     if model is not None:
         module = model if isinstance(model, DecoderLM) else load(str(model), dtype="float32")
     else:

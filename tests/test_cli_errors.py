@@ -181,6 +181,11 @@ _INVOCATIONS = {
     "outliers": ["{store}", "--model", "m1"],
     "tree": ["{store}", "--out", "{tmp}/tree.nwk", "--plot", "{tmp}/tree.png"],
     "demo": ["--out", "{demo}"],
+    "ica": ["{store}", "--components", "2", "--out", "{tmp}/axes.csv"],
+    "uncertainty": ["{store}", "--out", "{tmp}/u.png", "--bootstrap", "3"],
+    "trajectory": ["{store}", "--path", "m0", "m1", "m2", "--no-weights"],
+    "lineage": ["{store}", "--parents", "{parents}"],
+    "train": ["--model", "{tmp}/no-model", "--texts", "{texts}", "--out", "{tmp}/run"],
 }
 
 
@@ -210,8 +215,10 @@ def test_bad_files_are_one_line_with_exit_2(command, small_store, subset_file, t
     good = {
         "store": small_store, "subset": subset_file, "texts": subset_file,
         "document": tmp_path / "doc.txt", "meta": tmp_path / "meta.csv",
-        "scores": tmp_path / "scores.csv", "demo": None, "tmp": tmp_path,
+        "scores": tmp_path / "scores.csv", "parents": tmp_path / "parents.csv", "demo": None,
+        "tmp": tmp_path,
     }
+    good["parents"].write_text("parent,child\nm0,m1\n")
     good["document"].write_text("word " * 400)
     good["meta"].write_text("model,family\n" + "".join(f"m{k},f{k % 2}\n" for k in range(6)))
     good["scores"].write_text("model,score\n" + "".join(f"m{k},{10 * k}\n" for k in range(6)))
