@@ -174,14 +174,14 @@ def test_falcon_bias_rounds_like_transformers_far_into_the_context():
     from transformers.models.falcon.modeling_falcon import build_alibi_tensor
 
     from jaxmap.models import translate_config
-    from jaxmap.models.decoder import _alibi_bias
+    from jaxmap.models.decoder import alibi_bias
 
     length, heads, head_dim = 700, 20, 4
     hf_config = {**CASES["falcon-rw-mha-sequential-alibi-20-heads"][0]().to_dict(), "architectures": ["FalconForCausalLM"]}
     config = translate_config(hf_config, "tiny")[1]
     assert config.num_heads == heads
     positions = np.arange(length)
-    got = np.asarray(_alibi_bias(config)(positions[:, None], positions[None, :])).reshape(heads, length, length)
+    got = np.asarray(alibi_bias(config)(positions[:, None], positions[None, :])).reshape(heads, length, length)
     per_key = build_alibi_tensor(torch.ones(1, length, dtype=torch.long), heads, torch.float32)
     per_key = per_key[:, 0, :].numpy() / math.sqrt(head_dim)
     expected = per_key[:, None, :] - per_key[:, :, None]

@@ -156,12 +156,13 @@ def test_rope_tables_match_transformers(case):
 
 
 def test_dynamic_frequencies_per_row_match_transformers():
-    from jaxmap.models.decoder import _row_inv_freq
+    from jaxmap.models.decoder import _token_inv_freq
 
     config = llama(ORIGINAL, DYNAMIC)
     table = translate_config({**config.to_dict(), "architectures": ["LlamaForCausalLM"]}, "dynamic")[1].rope_tables[0]
     lengths = [3, ORIGINAL, ORIGINAL + 1, 40, 128]
-    got = np.asarray(_row_inv_freq(table, np.array(lengths, np.int32)))
+    # Per token: one row whose tokens belong to sequences of these lengths (a packed row).
+    got = np.asarray(_token_inv_freq(table, np.array([lengths], np.int32)))[0]
     for row, length in enumerate(lengths):
         expected, _ = _hf_rope(config, seq_len=torch.tensor(length))
         np.testing.assert_allclose(got[row], expected, rtol=2e-6)

@@ -6,15 +6,21 @@
   sliding window) leave visible, with an online softmax. Never holds more than
   [block, block] scores per head, and skips the masked half of the square: the path for long
   rows.
-* ``xla_fused``: :func:`jax.nn.dot_product_attention`, which uses cuDNN's fused kernel on GPUs
-  that support the variant and XLA elsewhere. Only for variants it expresses: no soft-capping,
-  no ALiBi, no segment ids.
+* ``xla_fused``: :func:`jax.nn.dot_product_attention`, asked for cuDNN's fused kernel on GPUs
+  and XLA's implementation elsewhere. Only for variants it expresses: no soft-capping, no
+  ALiBi, and (on GPU) no packed rows.
 
 All take q [B, T, Hkv, G, hd] (G query heads per key/value head), already multiplied by the
 attention scale, and k, v [B, T, Hkv, hd], and return the context [B, T, Hkv, G, hd] in
 float32. Scores accumulate in float32 whatever ``compute_dtype`` the matmul inputs have. An
 additive score ``bias(query_pos, key_pos) -> [Hkv, G, Q, K]`` (ALiBi) is added after the
 soft-cap, from positions, so the blockwise path builds it one block at a time.
+
+Packed rows (several texts one after another in a row, :mod:`jaxmap.batching`) pass
+``segment_ids`` [B, T]: a query sees only keys of its own segment. Segment ids must not decrease
+along a row; the blockwise path relies on that to skip key blocks that hold only earlier
+segments. Within a segment, row offsets and the text's own positions differ by a constant, so
+causality, windows and ALiBi read the row offsets unchanged.
 """
 
 from __future__ import annotations
@@ -23,25 +29,37 @@ import jax
 import jax.numpy as jnp
 
 
-def _visible(query_pos, key_pos, window):
+def _visible(query_pos, key_pos, window, query_segment=None, key_segment=None):
+    """Which keys each query sees: [Q, K], or [B, 1, 1, Q, K] with segments [B, Q], [B, K]."""
     visible = key_pos <= query_pos
     # A window of w lets each query see itself and the w - 1 keys before it (HF's convention).
-    return visible & ((window == 0) | (key_pos > query_pos - window))
+    visible = visible & ((window == 0) | (key_pos > query_pos - window))
+    if query_segment is None:
+        return visible
+    same = query_segment[:, :, None] == key_segment[:, None, :]
+    return (visible[None] & same)[:, None, None]
 
 
-def dense_attention(q, k, v, *, window, softcap=None, bias=None, compute_dtype=jnp.float32):
-    """Every score of the causal square, masked, softmaxed."""
-    length = q.shape[1]
+def dense_attention(
+    q, k, v, *, window, softcap=None, bias=None, compute_dtype=jnp.float32, segment_ids=None,
+    query_offset=0,
+):
+    """Every score of the causal square, masked, softmaxed.
+
+    ``query_offset`` (may be traced) is the row offset of the first query when the queries are
+    the last few positions of the keys' row, as in a decoding step over a key/value cache; keys
+    past the last query are then masked by causality."""
     scores = jnp.einsum(
         "bqhgd,bkhd->bhgqk", q.astype(compute_dtype), k.astype(compute_dtype),
         preferred_element_type=jnp.float32,
     )
     if softcap:
         scores = softcap * jnp.tanh(scores / softcap)
-    query_pos, key_pos = jnp.arange(length)[:, None], jnp.arange(length)[None, :]
+    query_pos = query_offset + jnp.arange(q.shape[1])[:, None]
+    key_pos = jnp.arange(k.shape[1])[None, :]
     if bias is not None:
         scores = scores + bias(query_pos, key_pos)
-    visible = _visible(query_pos, key_pos, window)
+    visible = _visible(query_pos, key_pos, window, segment_ids, segment_ids)
     scores = jnp.where(visible, scores, jnp.finfo(jnp.float32).min)
     weights = jax.nn.softmax(scores, axis=-1)
     return jnp.einsum(
@@ -51,10 +69,12 @@ def dense_attention(q, k, v, *, window, softcap=None, bias=None, compute_dtype=j
 
 
 def blockwise_attention(
-    q, k, v, *, window, softcap=None, bias=None, compute_dtype=jnp.float32, block=256
+    q, k, v, *, window, softcap=None, bias=None, compute_dtype=jnp.float32, block=256,
+    segment_ids=None,
 ):
     """Flash-style attention in pure JAX: O(T · block) score memory per head, masked key blocks
-    skipped. ``window`` may be a traced per-layer value (0 = full causal)."""
+    skipped (causal, outside the window, or holding only earlier segments). ``window`` may be a
+    traced per-layer value (0 = full causal)."""
     batch, length, kv_heads, group, head_dim = q.shape
     blocks = -(-length // block)
     padded = blocks * block
@@ -66,10 +86,19 @@ def blockwise_attention(
     k = k.reshape(batch, blocks, block, kv_heads, head_dim)
     v = v.reshape(batch, blocks, block, kv_heads, head_dim)
     offsets = jnp.arange(block)
+    if segment_ids is not None:
+        # Padding repeats the last id, which keeps the ids non-decreasing; padded queries are
+        # dropped and padded keys lie after every real query.
+        segments = jnp.pad(segment_ids, ((0, 0), (0, padded - length)), mode="edge")
+        segments = segments.reshape(batch, blocks, block)
+        # Key block j can matter to query block i only if some row's last key there belongs to
+        # the segment of that row's first query in block i or a later one.
+        overlaps = jnp.any(segments[:, None, :, -1] >= segments[:, :, None, 0], axis=0)
 
     def query_block(index):
         queries = q[:, index]
         query_pos = index * block + offsets[:, None]
+        query_segment = None if segment_ids is None else segments[:, index]
 
         def key_block(key_index, carry):
             running_max, running_sum, accumulated = carry
@@ -83,7 +112,9 @@ def blockwise_attention(
             key_pos = key_index * block + offsets[None, :]
             if bias is not None:
                 scores = scores + bias(query_pos, key_pos)
-            scores = jnp.where(_visible(query_pos, key_pos, window), scores, -jnp.inf)
+            key_segment = None if segment_ids is None else segments[:, key_index]
+            visible = _visible(query_pos, key_pos, window, query_segment, key_segment)
+            scores = jnp.where(visible, scores, -jnp.inf)
             new_max = jnp.maximum(running_max, scores.max(axis=-1))
             shift = jnp.where(jnp.isneginf(new_max), 0.0, new_max)
             weights = jnp.exp(scores - shift[..., None])
@@ -101,6 +132,8 @@ def blockwise_attention(
             # A scan over every key block with the masked ones skipped by cond: unlike a loop
             # with traced bounds, this is reverse-differentiable (training runs through it).
             visible = (key_index >= first) & (key_index <= index)
+            if segment_ids is not None:
+                visible = visible & overlaps[index, key_index]
             return jax.lax.cond(visible, key_block, lambda _, c: c, key_index, carry), None
 
         initial = (
@@ -117,15 +150,21 @@ def blockwise_attention(
     return out[:, :length]
 
 
-def xla_fused_attention(q, k, v, *, window, compute_dtype=jnp.float32, implementation=None):
-    """:func:`jax.nn.dot_product_attention` (cuDNN where available), for the variants it
-    expresses (no soft-cap, no bias). ``window`` must be a Python int here: the library takes
-    it as a static local window."""
+def xla_fused_attention(
+    q, k, v, *, window, compute_dtype=jnp.float32, implementation=None, segment_ids=None
+):
+    """:func:`jax.nn.dot_product_attention` for the variants it expresses (no soft-cap, no
+    bias). ``window`` must be a Python int here: the library takes it as a static local
+    window. ``implementation``: ``"cudnn"`` for the fused GPU kernel, None for XLA's.
+    ``segment_ids`` become a boolean mask, which only XLA's implementation takes."""
     batch, length, kv_heads, group, head_dim = q.shape
     query = q.reshape(batch, length, kv_heads * group, head_dim).astype(compute_dtype)
     local = (window - 1, 0) if window else None
+    mask = None
+    if segment_ids is not None:
+        mask = (segment_ids[:, :, None] == segment_ids[:, None, :])[:, None]
     out = jax.nn.dot_product_attention(
-        query, k.astype(compute_dtype), v.astype(compute_dtype),
+        query, k.astype(compute_dtype), v.astype(compute_dtype), mask=mask,
         scale=1.0, is_causal=True, local_window_size=local, implementation=implementation,
     )
     return out.astype(jnp.float32).reshape(batch, length, kv_heads, group, head_dim)
@@ -155,12 +194,13 @@ def choose_path(
     has_bias: bool,
     compute_dtype,
     backend: str | None = None,
+    packed: bool = False,
 ) -> str:
     """The attention path for a row length: ``setting`` if not ``"auto"`` (checked against the
     variant), else per backend: on CPU dense for short rows and blockwise from
     :data:`CPU_BLOCKWISE_FROM`; on accelerators the library's fused kernel where it expresses
     the variant (no soft-cap, no ALiBi, one window for every layer, 16-bit inputs, which cuDNN
-    needs), else blockwise."""
+    needs, and rows that are not packed, since cuDNN takes no segment mask), else blockwise."""
     if setting not in ("auto", *PATHS):
         raise ValueError(f"unknown attention path {setting!r}; choose auto or one of {PATHS}")
     fused_ok = not softcap and not has_bias and len(set(windows)) <= 1
@@ -173,20 +213,37 @@ def choose_path(
     backend = backend or jax.default_backend()
     if backend == "cpu":
         return "blockwise" if length >= CPU_BLOCKWISE_FROM else "dense"
-    if fused_ok and jnp.dtype(compute_dtype).itemsize == 2:
+    if fused_ok and not packed and jnp.dtype(compute_dtype).itemsize == 2:
         return "xla_fused"
     return "blockwise"
 
 
-def attend(q, k, v, *, window, softcap, bias, compute_dtype, path: str, static_window: int = 0):
+def attend(
+    q, k, v, *, window, softcap, bias, compute_dtype, path: str, static_window: int = 0,
+    segment_ids=None,
+):
     """Run attention on ``path`` (see :func:`choose_path`). ``window`` may be traced;
     ``static_window`` is the one window every layer shares, which the fused path needs as a
     Python int."""
     if path == "dense":
-        return dense_attention(q, k, v, window=window, softcap=softcap, bias=bias, compute_dtype=compute_dtype)
+        return dense_attention(
+            q, k, v, window=window, softcap=softcap, bias=bias, compute_dtype=compute_dtype,
+            segment_ids=segment_ids,
+        )
     if path == "blockwise":
         return blockwise_attention(
             q, k, v, window=window, softcap=softcap, bias=bias, compute_dtype=compute_dtype,
-            block=block_size(q.shape[1]),
+            block=block_size(q.shape[1]), segment_ids=segment_ids,
         )
-    return xla_fused_attention(q, k, v, window=static_window, compute_dtype=compute_dtype)
+    if jax.default_backend() == "gpu" and segment_ids is None:
+        try:
+            return xla_fused_attention(
+                q, k, v, window=static_window, compute_dtype=compute_dtype, implementation="cudnn"
+            )
+        except (ValueError, NotImplementedError, RuntimeError):
+            # cuDNN refuses some head sizes and GPU generations while tracing; XLA's
+            # implementation takes every shape.
+            pass
+    return xla_fused_attention(
+        q, k, v, window=static_window, compute_dtype=compute_dtype, segment_ids=segment_ids
+    )

@@ -208,15 +208,16 @@ def _activation(x: jax.Array, name: str) -> jax.Array:
     raise ValueError(f"unknown activation {name!r}")
 
 
-def _row_inv_freq(table: RopeTable, lengths: jax.Array | None) -> jax.Array:
-    """The table's inverse frequencies for each row: [B, rotary_dim / 2], or [1, ...] when they
-    do not depend on the row's length."""
-    fixed = jnp.asarray(np.array(table.inv_freq, np.float32))[None]
+def _token_inv_freq(table: RopeTable, lengths: jax.Array | None) -> jax.Array:
+    """The table's inverse frequencies per token: [B, T, rotary_dim / 2] from per-token sequence
+    ``lengths`` [B, T], or [1, 1, ...] when they do not depend on the length."""
+    fixed = jnp.asarray(np.array(table.inv_freq, np.float32))[None, None]
     if not table.length_dependent or lengths is None:
         return fixed
-    longer = (lengths > table.original_context)[:, None]
+    longer = (lengths > table.original_context)[..., None]
     if table.long_inv_freq:
-        return jnp.where(longer, jnp.asarray(np.array(table.long_inv_freq, np.float32))[None], fixed)
+        long_inv_freq = jnp.asarray(np.array(table.long_inv_freq, np.float32))[None, None]
+        return jnp.where(longer, long_inv_freq, fixed)
     # Dynamic NTK as transformers recomputes it for a longer sequence, in float32 like its
     # tensors: base * (factor * length / context - (factor - 1)) ** (dim / (dim - 2)).
     dim = 2 * len(table.inv_freq)
@@ -225,20 +226,20 @@ def _row_inv_freq(table: RopeTable, lengths: jax.Array | None) -> jax.Array:
     growth = (factor * length / np.float32(table.original_context) - (factor - 1)) ** np.float32(dim / (dim - 2))
     base = np.float32(table.theta) * growth
     exponents = jnp.arange(0, dim, 2, dtype=jnp.float32) / np.float32(dim)
-    return jnp.where(longer, 1.0 / base[:, None] ** exponents[None], fixed)
+    return jnp.where(longer, 1.0 / base[..., None] ** exponents, fixed)
 
 
 def _rope_angles(
-    config: DecoderConfig, length: int, lengths: jax.Array | None = None
+    config: DecoderConfig, positions: jax.Array, lengths: jax.Array | None = None
 ) -> tuple[jax.Array, jax.Array]:
-    """cos and sin for every rope table: [tables, B, T, rotary_dim] in float32, where B is 1
-    unless a table depends on the row ``lengths`` ([B])."""
-    positions = jnp.arange(length, dtype=jnp.float32)
-    inv_freq = [_row_inv_freq(table, lengths) for table in config.rope_tables]
-    rows = max(f.shape[0] for f in inv_freq)
-    inv_freq = jnp.stack([jnp.broadcast_to(f, (rows, f.shape[1])) for f in inv_freq])
+    """cos and sin for every rope table at ``positions`` ([B or 1, T]): [tables, B or 1, T,
+    rotary_dim] in float32. ``lengths`` [B, T] is the length of the sequence each token
+    belongs to, for tables that depend on it."""
+    inv_freq = [_token_inv_freq(table, lengths) for table in config.rope_tables]
+    angles = [positions.astype(jnp.float32)[..., None] * f for f in inv_freq]
+    shape = jnp.broadcast_shapes(*(a.shape for a in angles))
+    angles = jnp.stack([jnp.broadcast_to(a, shape) for a in angles])
     factor = jnp.asarray(np.array([t.attention_factor for t in config.rope_tables], np.float32))
-    angles = positions[None, None, :, None] * inv_freq[:, :, None, :]
     angles = jnp.concatenate([angles, angles], axis=-1)
     scale = factor[:, None, None, None]
     return jnp.cos(angles) * scale, jnp.sin(angles) * scale
@@ -260,7 +261,7 @@ def _round_to_bfloat16(x: jax.Array) -> jax.Array:
     return x.astype(jnp.bfloat16).astype(jnp.float32)
 
 
-def _alibi_bias(config: DecoderConfig):
+def alibi_bias(config: DecoderConfig):
     """The ALiBi score bias as a function of query and key positions (int arrays that
     broadcast to [Q, K]), returning [Hkv, group, Q, K] float32 for scores laid out
     [B, Hkv, group, Q, K]; None without ALiBi.
@@ -292,14 +293,12 @@ def _alibi_bias(config: DecoderConfig):
     return bias
 
 
-def _attention(
-    x: jax.Array,
-    layer: dict,
-    config: DecoderConfig,
-    cos: jax.Array,
-    sin: jax.Array,
-    window: jax.Array,
-) -> jax.Array:
+def project_qkv(
+    x: jax.Array, layer: dict, config: DecoderConfig, cos: jax.Array, sin: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """A layer's queries [B, T, Hkv, G, hd] (times the attention scale), keys and values
+    [B, T, Hkv, hd], float32, with q/k norms and rotary embeddings applied (``cos``, ``sin``:
+    [B or 1, T, rotary_dim], unused without rope)."""
     batch, length, _ = x.shape
     heads, kv_heads, head_dim = config.num_heads, config.num_kv_heads, config.head_dim
     q, k, v = (_linear(x, layer[name]) for name in "qkv")
@@ -317,16 +316,35 @@ def _attention(
     if config.position == "rope":
         q = _apply_rope(q, cos, sin, config.rotary_dim)
         k = _apply_rope(k, cos, sin, config.rotary_dim)
-    group = heads // kv_heads
+    q = q.reshape(batch, length, kv_heads, heads // kv_heads, head_dim) * config.attn_scale
+    return q, k, v
+
+
+def attention_output(context: jax.Array, layer: dict) -> jax.Array:
+    """The output projection of an attention context [B, T, Hkv, G, hd]: [B, T, D]."""
+    batch, length = context.shape[:2]
+    return _linear(context.reshape(batch, length, -1), layer["o"])
+
+
+def _self_attention(
+    x: jax.Array,
+    layer: dict,
+    config: DecoderConfig,
+    cos: jax.Array,
+    sin: jax.Array,
+    window: jax.Array,
+    segment_ids: jax.Array | None,
+) -> jax.Array:
+    q, k, v = project_qkv(x, layer, config, cos, sin)
     compute_dtype = layer["q"]["kernel"].dtype
-    q = q.reshape(batch, length, kv_heads, group, head_dim) * config.attn_scale
     context = attend(
-        q, k, v, window=window, softcap=config.attn_logit_softcap, bias=_alibi_bias(config),
-        compute_dtype=compute_dtype, static_window=config.windows[0],
-        path=choose_path(config.attention, length, config.windows, config.attn_logit_softcap,
-                         config.position == "alibi", compute_dtype),
+        q, k, v, window=window, softcap=config.attn_logit_softcap, bias=alibi_bias(config),
+        compute_dtype=compute_dtype, static_window=config.windows[0], segment_ids=segment_ids,
+        path=choose_path(config.attention, x.shape[1], config.windows, config.attn_logit_softcap,
+                         config.position == "alibi", compute_dtype,
+                         packed=segment_ids is not None),
     )
-    return _linear(context.reshape(batch, length, heads * head_dim), layer["o"])
+    return attention_output(context, layer)
 
 
 def _mlp(x: jax.Array, layer: dict, config: DecoderConfig) -> jax.Array:
@@ -399,14 +417,18 @@ def _input_norm(x: jax.Array, params: dict | None, config: DecoderConfig) -> jax
     return x if config.post_norm or not config.pre_norm else _norm(x, params, config)
 
 
-def _block(
-    x: jax.Array, layer: dict, config: DecoderConfig, cos, sin, window
-) -> jax.Array:
-    attended = _attention(_input_norm(x, layer.get("attn_norm"), config), layer, config, cos, sin, window)
+def block(x: jax.Array, layer: dict, config: DecoderConfig, attention) -> tuple[jax.Array, object]:
+    """One decoder layer on the residual stream ``x`` [B, T, D]: the new stream and whatever
+    ``attention`` returned beside its output.
+
+    ``attention(normed_x, layer) -> (out [B, T, D], extra)`` is the layer's attention, so that
+    scoring (self-attention over the row) and decoding (attention over a key/value cache, whose
+    updated entries are the extra) share every other part of the block."""
+    attended, extra = attention(_input_norm(x, layer.get("attn_norm"), config), layer)
     if config.sandwich_norm:
         attended = _norm(attended, layer["attn_post_norm"], config)
     if config.parallel_residual:
-        return x + attended + _mlp(_input_norm(x, layer.get("mlp_norm"), config), layer, config)
+        return x + attended + _mlp(_input_norm(x, layer.get("mlp_norm"), config), layer, config), extra
     x = x + attended
     if config.post_norm:
         x = _norm(x, layer["attn_norm"], config)
@@ -416,11 +438,14 @@ def _block(
     x = x + transformed
     if config.post_norm:
         x = _norm(x, layer["mlp_norm"], config)
-    return x
+    return x, extra
 
 
-def embed(params: Params, tokens: jax.Array, config: DecoderConfig) -> jax.Array:
-    """Input embeddings [B, T, D] in float32 (scaled or normed, plus learned positions if any)."""
+def embed(
+    params: Params, tokens: jax.Array, config: DecoderConfig, positions: jax.Array | None = None
+) -> jax.Array:
+    """Input embeddings [B, T, D] in float32 (scaled or normed, plus learned positions if any,
+    looked up at ``positions`` [B or 1, T], default 0 … T-1)."""
     table = params["embed"]
     x = jnp.take(table, tokens, axis=0)
     if config.embed_scale is not None:
@@ -430,7 +455,10 @@ def embed(params: Params, tokens: jax.Array, config: DecoderConfig) -> jax.Array
     if config.embed_norm:
         x = _norm(x, params["embed_norm"], config)
     if config.position == "learned":
-        x = x + params["positions"][: tokens.shape[1]].astype(jnp.float32)[None]
+        if positions is None:
+            x = x + params["positions"][: tokens.shape[1]].astype(jnp.float32)[None]
+        else:
+            x = x + jnp.take(params["positions"], positions, axis=0).astype(jnp.float32)
     return x
 
 
@@ -440,6 +468,8 @@ def hidden_states(
     config: DecoderConfig,
     return_layers: bool = False,
     lengths: jax.Array | None = None,
+    positions: jax.Array | None = None,
+    segment_ids: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array | None]:
     """Run the decoder on right-padded ``tokens`` [B, T].
 
@@ -447,16 +477,25 @@ def hidden_states(
     the residual stream after every layer [L, B, T, D] (not normed) for the logit lens.
     Right padding needs no mask: causal attention keeps real positions from seeing it.
 
-    ``lengths`` [B] (int) is each row's sequence length as transformers sees it when it runs
-    that sequence alone (its largest position + 1); rope scalings that depend on the length
-    (LongRoPE, dynamic NTK) choose each row's frequencies from it. None: every row is T long.
+    Packed rows (several texts one after another) pass ``segment_ids`` [B, T] (non-decreasing
+    along a row; a token attends only within its segment) and ``positions`` [B, T] (each
+    token's position within its text). Without them a row is one sequence at 0 … T-1.
+
+    ``lengths`` is the sequence length transformers sees when it runs a sequence alone (its
+    largest position + 1): [B] per row, or [B, T] per token for packed rows. Rope scalings that
+    depend on the length (LongRoPE, dynamic NTK) choose frequencies from it. None: T.
     """
     length = tokens.shape[1]
-    x = embed(params, tokens, config)
+    x = embed(params, tokens, config, positions)
     if config.position == "rope":
-        if lengths is None and any(t.length_dependent for t in config.rope_tables):
-            lengths = jnp.full((tokens.shape[0],), length, jnp.int32)
-        cos, sin = _rope_angles(config, length, lengths)
+        if positions is None:
+            positions = jnp.arange(length, dtype=jnp.int32)[None]
+        if any(t.length_dependent for t in config.rope_tables):
+            if lengths is None:
+                lengths = jnp.full((tokens.shape[0],), length, jnp.int32)
+            if lengths.ndim == 1:
+                lengths = jnp.broadcast_to(lengths[:, None], tokens.shape)
+        cos, sin = _rope_angles(config, positions, lengths)
         rope_index = jnp.asarray(config.layer_rope, jnp.int32)
     else:
         cos = sin = jnp.zeros((1, 1, length, 0), jnp.float32)
@@ -465,7 +504,14 @@ def hidden_states(
 
     def step(carry, scanned):
         layer, table, window = scanned
-        out = _block(carry, layer, config, cos[table], sin[table], window)
+
+        def attention(normed, layer):
+            out = _self_attention(
+                normed, layer, config, cos[table], sin[table], window, segment_ids
+            )
+            return out, None
+
+        out, _ = block(carry, layer, config, attention)
         return out, (out if return_layers else None)
 
     x, layers = jax.lax.scan(step, x, (params["layers"], rope_index, windows))
