@@ -229,7 +229,7 @@ def _token_inv_freq(table: RopeTable, lengths: jax.Array | None) -> jax.Array:
     return jnp.where(longer, 1.0 / base[..., None] ** exponents, fixed)
 
 
-def _rope_angles(
+def rope_angles(
     config: DecoderConfig, positions: jax.Array, lengths: jax.Array | None = None
 ) -> tuple[jax.Array, jax.Array]:
     """cos and sin for every rope table at ``positions`` ([B or 1, T]): [tables, B or 1, T,
@@ -495,7 +495,7 @@ def hidden_states(
                 lengths = jnp.full((tokens.shape[0],), length, jnp.int32)
             if lengths.ndim == 1:
                 lengths = jnp.broadcast_to(lengths[:, None], tokens.shape)
-        cos, sin = _rope_angles(config, positions, lengths)
+        cos, sin = rope_angles(config, positions, lengths)
         rope_index = jnp.asarray(config.layer_rope, jnp.int32)
     else:
         cos = sin = jnp.zeros((1, 1, length, 0), jnp.float32)
