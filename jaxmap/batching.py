@@ -1,15 +1,30 @@
-"""Length-bucketed batches under a token budget.
+"""Batches under a token budget: length buckets, or packed rows; and windows for long texts.
 
-Texts are sorted by length and padded up to a bucket length from a fixed ladder (four steps
+A text is scored as one or more *pieces* (:func:`split_texts`): the text itself, cut to the
+model's context (``truncate``), or overlapping windows of the context's length that together
+score every token (``rolling``). Pieces go into batches one of two ways.
+
+**Buckets** (:func:`plan_batches`): one piece per row. Pieces are sorted by length and padded up to a bucket length from a fixed ladder (four steps
 per octave). A batch of bucket length L has ``batch_tokens // L`` rows; texts are added in
 length order, and a batch moves up one bucket length while its texts still fit the budget
 there, so a bucket's leftovers join the next bucket's texts. A batch left partly full is cut to
 the next power of two rows. That gives at most two shapes per bucket length; shapes depend only
 on the token lengths, so models sharing a tokenizer and architecture reuse every compilation.
+
+**Packing** (:func:`plan_packed`): pieces laid one after another in rows of a fixed width
+(best fit, longest first), each with its own segment id and positions restarting at 0, so the
+decoder attends within a piece only. Padding falls to the rows' last gaps, and a model compiles
+one or two shapes. The attention still costs per piece (the blockwise path skips key blocks of
+earlier pieces), but rows are as wide as the longest piece or wider.
+
+:func:`choose_plan` estimates the FLOPs of each candidate (buckets, packing at a few row widths)
+and keeps the cheapest: packing wins on most text sets; buckets where a few long pieces would
+leave wide rows half empty.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass
 
@@ -30,13 +45,98 @@ def bucket_length(length: int) -> int:
     return -(-length // step) * step
 
 
+LONG_TEXT_POLICIES = ("truncate", "rolling")
+PACKINGS = ("auto", "pack", "buckets")
+
+
+@dataclass(frozen=True)
+class Pieces:
+    """The scoring units of a text set: piece p is tokens ``start[p]:stop[p]`` of text
+    ``text[p]``, and its targets (tokens it scores) are piece offsets ``first_target[p]`` …
+    end; the tokens before them are context only."""
+
+    text: np.ndarray
+    start: np.ndarray
+    stop: np.ndarray
+    first_target: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.text)
+
+    @property
+    def sizes(self) -> np.ndarray:
+        """Tokens per piece."""
+        return self.stop - self.start
+
+    @property
+    def scored(self) -> np.ndarray:
+        """Targets per piece."""
+        return self.sizes - self.first_target
+
+
+def default_stride(context: int) -> int:
+    """Rolling windows advance by half the context: every token after the first window is
+    scored with at least half the context before it, for about twice the compute."""
+    return max(1, context // 2)
+
+
+def split_texts(
+    lengths: np.ndarray, context: int, policy: str = "truncate", stride: int | None = None
+) -> Pieces:
+    """The pieces that score texts of ``lengths`` tokens (start token included) under a model
+    of ``context`` positions.
+
+    ``truncate``: one piece per text, its first ``context`` tokens. ``rolling``: texts longer
+    than the context become windows of ``context`` tokens, ``stride`` apart (default
+    :func:`default_stride`), the last one ending at the text's end; each window scores the
+    tokens no earlier window scored, with the rest of the window as their context. Every token
+    after the first is then scored exactly once. Texts of fewer than two tokens have no piece.
+    """
+    if policy not in LONG_TEXT_POLICIES:
+        raise JaxmapError(
+            f"unknown long-text policy {policy!r}; choose one of {', '.join(LONG_TEXT_POLICIES)}"
+        )
+    if context < 2:
+        raise JaxmapError(f"a model context of {context} positions cannot score a token")
+    stride = default_stride(context) if stride is None else stride
+    if not 0 < stride < context:
+        raise JaxmapError(
+            f"stride must be between 1 and {context - 1} (the context less one), got {stride}"
+        )
+    pieces: list[tuple[int, int, int, int]] = []
+    for text, length in enumerate(int(n) for n in lengths):
+        if length < 2:
+            continue
+        if length <= context or policy == "truncate":
+            pieces.append((text, 0, min(length, context), 1))
+            continue
+        begin, scored_until = 0, 1
+        while True:
+            end = min(begin + context, length)
+            pieces.append((text, begin, end, max(scored_until - begin, 1)))
+            if end == length:
+                break
+            scored_until = end
+            begin = min(begin + stride, length - context)
+    columns = np.array(pieces, np.int64).reshape(-1, 4).T
+    return Pieces(*columns)
+
+
 @dataclass(frozen=True)
 class Batch:
-    """Positions of the texts in one batch, and its padded shape (rows × length)."""
+    """The units (texts or pieces) in one batch, and its padded shape: ``rows`` × ``length``
+    computed positions (the token batch is one wider). Packed batches also give each unit's
+    row and the row offset of its first token; bucketed ones hold unit i in row i at 0."""
 
     indices: np.ndarray
     rows: int
     length: int
+    row_of: np.ndarray | None = None
+    offsets: np.ndarray | None = None
+
+    @property
+    def packed(self) -> bool:
+        return self.row_of is not None
 
 
 @dataclass(frozen=True)
@@ -45,6 +145,7 @@ class BatchPlan:
 
     batches: list[Batch]
     real_positions: int
+    packed: bool = False
 
     @property
     def padded_positions(self) -> int:
@@ -104,3 +205,119 @@ def plan_batches(lengths: np.ndarray, batch_tokens: int, max_length: int | None 
     if members:
         close()
     return BatchPlan(batches, int(lengths[lengths > 0].sum()))
+
+
+def plan_packed(sizes: np.ndarray, length: int, batch_tokens: int) -> BatchPlan:
+    """Pack units of ``sizes`` tokens (each at least 2 and at most ``length + 1``) into rows of
+    ``length`` computed positions (``length + 1`` tokens), best fit, longest first.
+
+    Rows fill batches of ``batch_tokens // length`` rows (at least one); the last batch is cut
+    to the next power of two rows, so a plan has at most two shapes.
+    """
+    sizes = np.asarray(sizes, np.int64)
+    if len(sizes) and (sizes.min() < 2 or sizes.max() > length + 1):
+        raise JaxmapError(f"packed units need 2 to {length + 1} tokens")
+    row_of = np.zeros(len(sizes), np.int64)
+    offsets = np.zeros(len(sizes), np.int64)
+    fill: list[int] = []
+    free: list[tuple[int, int]] = []  # (tokens left, row), sorted: the best fit is a bisect away
+    for unit in np.argsort(-sizes, kind="stable"):
+        size = int(sizes[unit])
+        slot = bisect.bisect_left(free, (size, -1))
+        if slot == len(free):
+            row, left = len(fill), length + 1
+            fill.append(0)
+        else:
+            left, row = free.pop(slot)
+        row_of[unit], offsets[unit] = row, fill[row]
+        fill[row] += size
+        if left - size >= 2:
+            bisect.insort(free, (left - size, row))
+    per_batch = max(1, batch_tokens // length)
+    batches = []
+    for first in range(0, len(fill), per_batch):
+        rows = min(per_batch, len(fill) - first)
+        units = np.flatnonzero((row_of >= first) & (row_of < first + rows))
+        # Units in row order, each row's units left to right, as the engine lays them out.
+        units = units[np.lexsort((offsets[units], row_of[units]))]
+        batches.append(Batch(
+            units, min(per_batch, 1 << (rows - 1).bit_length()), length,
+            row_of[units] - first, offsets[units],
+        ))
+    return BatchPlan(batches, int((sizes - 1).sum()), packed=True)
+
+
+def attention_blocks(batch: Batch, sizes: np.ndarray, block: int) -> int:
+    """Score blocks (``block`` × ``block``) the blockwise attention path computes for a batch:
+    per query block, the key blocks from the one holding the start of the earliest piece
+    any row has there, up to the diagonal."""
+    blocks = -(-batch.length // block)
+    if not batch.packed:
+        return blocks * (blocks + 1) // 2
+    first_needed = np.arange(blocks)
+    for row in range(batch.rows):
+        in_row = batch.row_of == row
+        starts = batch.offsets[in_row]
+        if not len(starts):
+            continue
+        ends = starts + sizes[batch.indices[in_row]]
+        query_starts = np.arange(blocks) * block
+        # The piece holding each query block's first position (the row's padding counts as
+        # starting where the last piece ends).
+        holder = np.searchsorted(ends, query_starts, side="right")
+        piece_start = np.where(holder < len(starts), starts[np.minimum(holder, len(starts) - 1)],
+                               ends[-1])
+        first_needed = np.minimum(first_needed, np.minimum(piece_start, query_starts) // block)
+    return int((np.arange(blocks) - first_needed + 1).sum())
+
+
+@dataclass(frozen=True)
+class PlanChoice:
+    """The plan :func:`choose_plan` kept, and the estimated FLOPs of every candidate."""
+
+    plan: BatchPlan
+    name: str
+    estimates: dict[str, float]
+
+
+def choose_plan(
+    sizes: np.ndarray,
+    batch_tokens: int,
+    max_length: int,
+    position_flops: float,
+    score_flops: float,
+    block_for,
+    packing: str = "auto",
+) -> PlanChoice:
+    """The cheapest of bucketed and packed plans for units of ``sizes`` tokens, by estimated
+    FLOPs: every computed position costs ``position_flops`` (its matmuls, padding included),
+    every computed attention score ``score_flops``, counted in the blockwise path's blocks
+    (``block_for(length)``). ``packing``: ``"auto"`` (the cheapest), ``"pack"`` (the cheapest
+    packed plan) or ``"buckets"``. ``max_length`` bounds bucket lengths (the model's context
+    less one); packed rows may be wider, since positions restart in every piece.
+    """
+    if packing not in PACKINGS:
+        raise JaxmapError(f"unknown packing {packing!r}; choose one of {', '.join(PACKINGS)}")
+    sizes = np.asarray(sizes, np.int64)
+    candidates: dict[str, BatchPlan] = {}
+    if packing != "pack":
+        candidates["buckets"] = plan_batches(sizes - 1, batch_tokens, max_length=max_length)
+    if packing != "buckets" and len(sizes):
+        narrowest = bucket_length(int(sizes.max()) - 1)
+        for widening in (1, 2, 4):
+            length = narrowest * widening
+            if widening > 1 and length > batch_tokens:
+                break
+            candidates[f"packed rows of {length}"] = plan_packed(sizes, length, batch_tokens)
+
+    def flops(plan: BatchPlan) -> float:
+        attention = sum(
+            b.rows * attention_blocks(b, sizes, block_for(b.length)) * block_for(b.length) ** 2
+            for b in plan.batches
+        )
+        return plan.padded_positions * position_flops + attention * score_flops
+
+    estimates = {name: flops(plan) for name, plan in candidates.items()}
+    name = min(estimates, key=estimates.get) if estimates else "buckets"
+    plan = candidates.get(name) or plan_batches(sizes - 1, batch_tokens, max_length=max_length)
+    return PlanChoice(plan, name, estimates)

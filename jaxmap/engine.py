@@ -1,8 +1,10 @@
 """The scoring engine: one model's per-text log-likelihoods on pre-tokenized texts.
 
 Load a model (translate its config, assemble its weights on the host in their final layout and
-dtype, place each on a device mesh with one transfer), run jitted forward passes over
-length-bucketed batches and reduce token log-probabilities with the fused vocab-tiled kernel.
+dtype, place each on a device mesh with one transfer), run jitted forward passes over packed or
+length-bucketed batches (:mod:`jaxmap.batching`, whichever costs less) and reduce token
+log-probabilities with the fused vocab-tiled kernel. Texts longer than the context are cut or
+scored in rolling windows.
 Batches are split over the mesh's data axis, weights and the vocabulary over its model axis
 (:mod:`jaxmap.sharding`). Params are jit arguments, so models of one shape (and placement) share
 compilations. Running many models into a store is :mod:`jaxmap.jobs`.
@@ -20,12 +22,15 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from .batching import BatchPlan, plan_batches
+from .batching import (
+    LONG_TEXT_POLICIES, Batch, Pieces, PlanChoice, choose_plan, default_stride, split_texts,
+)
 from .checkpoints import Checkpoint, resolve
 from .kernels.fused_logprob import DEFAULT_TILE, sharded_token_logprobs, token_logprobs
 from .models import DTYPES, DecoderConfig, Params, hidden_states, translate_config
 from .models import unembedding as model_unembedding
 from .models import unembedding_bias
+from .models.attention import block_size
 from .models.decoder import embed, final_norm
 from .sharding import (
     DATA, batch_sharding, describe_mesh, make_mesh, place_params, put, row_sharding, to_host,
@@ -57,6 +62,8 @@ def token_log_likelihoods(
     tile: int = DEFAULT_TILE,
     mesh: Mesh | None = None,
     lengths: jax.Array | None = None,
+    positions: jax.Array | None = None,
+    segment_ids: jax.Array | None = None,
 ) -> jax.Array:
     """log p(tokens[:, t+1] | tokens[:, :t+1]) for every position: [B, T-1] float32.
 
@@ -66,9 +73,16 @@ def token_log_likelihoods(
     params are taken as they are. ``lengths`` [B] are the rows' token counts (default T), for
     rope scalings that depend on the sequence's length: transformers runs a text's every token,
     the last one included, so that is the length it chooses by.
+
+    Packed rows pass ``positions`` and ``segment_ids`` [B, T-1] for the input positions (see
+    :func:`jaxmap.models.hidden_states`) and ``lengths`` [B, T-1] per token; a position whose
+    next token starts another segment gives a meaningless value.
     """
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
-    hidden, _ = hidden_states(params, inputs, config, lengths=_row_lengths(tokens, lengths))
+    hidden, _ = hidden_states(
+        params, inputs, config, lengths=_row_lengths(tokens, lengths), positions=positions,
+        segment_ids=segment_ids,
+    )
     return _hidden_log_likelihoods(params, hidden, targets, config, tile, mesh)
 
 
@@ -110,6 +124,8 @@ def layer_log_likelihoods(
     tile: int = DEFAULT_TILE,
     mesh: Mesh | None = None,
     lengths: jax.Array | None = None,
+    positions: jax.Array | None = None,
+    segment_ids: jax.Array | None = None,
 ) -> jax.Array:
     """The logit lens in one forward pass: [L+1, B, T-1] float32 token log-probabilities.
 
@@ -120,9 +136,12 @@ def layer_log_likelihoods(
     """
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
     hidden, layers = hidden_states(
-        params, inputs, config, return_layers=True, lengths=_row_lengths(tokens, lengths)
+        params, inputs, config, return_layers=True, lengths=_row_lengths(tokens, lengths),
+        positions=positions, segment_ids=segment_ids,
     )
-    residuals = jnp.concatenate([embed(params, inputs, config)[None], layers[:-1]], axis=0)
+    residuals = jnp.concatenate(
+        [embed(params, inputs, config, positions)[None], layers[:-1]], axis=0
+    )
     lens = jax.lax.map(
         lambda residual: _hidden_log_likelihoods(
             params, final_norm(params, residual, config), targets, config, tile, mesh
@@ -141,24 +160,29 @@ _COMPILED: dict[tuple, object] = {}
 
 def compiled_scorer(
     params: Params, config: DecoderConfig, rows: int, length: int, mesh: Mesh,
-    logit_lens: bool = False,
+    logit_lens: bool = False, packed: bool = False,
 ):
     """The compiled scorer for this model shape, placement and batch shape, and the seconds
     spent compiling it now (0.0 when it was already compiled, e.g. for an earlier model of the
     same shape). ``rows`` must be a multiple of the mesh's data axis. ``logit_lens`` compiles
-    :func:`layer_log_likelihoods` instead of :func:`token_log_likelihoods`."""
+    :func:`layer_log_likelihoods` instead of :func:`token_log_likelihoods`; ``packed`` takes
+    per-token positions, segment ids and lengths."""
     leaves, structure = jax.tree.flatten(params)
     key = (
         config, rows, length, mesh, structure,
         tuple((x.shape, x.dtype, x.sharding) for x in leaves),
-    ) + (("logit_lens",) if logit_lens else ())
+    ) + (("logit_lens",) if logit_lens else ()) + (("packed",) if packed else ())
     if key in _COMPILED:
         return _COMPILED[key], 0.0
     started = time.perf_counter()
     tokens = jax.ShapeDtypeStruct((rows, length + 1), jnp.int32, sharding=batch_sharding(mesh))
-    lengths = jax.ShapeDtypeStruct((rows,), jnp.int32, sharding=row_sharding(mesh))
     function = layer_log_likelihoods if logit_lens else token_log_likelihoods
-    compiled = function.lower(params, tokens, config, mesh=mesh, lengths=lengths).compile()
+    if packed:
+        per_token = jax.ShapeDtypeStruct((rows, length), jnp.int32, sharding=batch_sharding(mesh))
+        extra = {"lengths": per_token, "positions": per_token, "segment_ids": per_token}
+    else:
+        extra = {"lengths": jax.ShapeDtypeStruct((rows,), jnp.int32, sharding=row_sharding(mesh))}
+    compiled = function.lower(params, tokens, config, mesh=mesh, **extra).compile()
     _COMPILED[key] = compiled
     return compiled, time.perf_counter() - started
 
@@ -230,18 +254,76 @@ def load_model(
     )
 
 
-def _pad_batch(
-    tokens: TokenizedTexts, indices: np.ndarray, rows: int, length: int, n_ctx: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """The right-padded token batch [rows, length + 1] and each row's token count [rows]
-    (0 for the padding rows)."""
-    batch = np.zeros((rows, length + 1), np.int32)
-    lengths = np.zeros(rows, np.int32)
-    for row, index in enumerate(indices):
-        sequence = tokens[index][:n_ctx]
-        batch[row, : len(sequence)] = sequence
-        lengths[row] = len(sequence)
-    return batch, lengths
+def _layout_batch(
+    tokens: TokenizedTexts, pieces: Pieces, batch: Batch, rows: int
+) -> dict[str, np.ndarray]:
+    """The batch's host arrays: right-padded tokens [rows, length + 1] and, per row, its token
+    count [rows]; packed batches give per-token positions, segment ids and lengths (the
+    piece's token count) [rows, length] instead. Padding rows and gaps are zeros, in segments
+    of their own."""
+    width = batch.length + 1
+    batch_tokens = np.zeros((rows, width), np.int32)
+    row_of = batch.row_of if batch.packed else np.arange(len(batch.indices))
+    offsets = batch.offsets if batch.packed else np.zeros(len(batch.indices), np.int64)
+    if batch.packed:
+        positions = np.zeros((rows, width), np.int32)
+        lengths = np.zeros((rows, width), np.int32)
+        # Every position starts as padding, one segment past any piece's; pieces are numbered
+        # left to right in their rows, so the ids never decrease along a row.
+        segments = np.full((rows, width), len(batch.indices), np.int32)
+    else:
+        lengths = np.zeros(rows, np.int32)
+    for number, (piece, row, offset) in enumerate(zip(batch.indices, row_of, offsets)):
+        text, start, stop = pieces.text[piece], pieces.start[piece], pieces.stop[piece]
+        size = stop - start
+        batch_tokens[row, offset : offset + size] = tokens[text][start:stop]
+        if batch.packed:
+            positions[row, offset : offset + size] = np.arange(size)
+            lengths[row, offset : offset + size] = size
+            segments[row, offset : offset + size] = number
+        else:
+            lengths[row] = size
+    if not batch.packed:
+        return {"tokens": batch_tokens, "lengths": lengths}
+    return {
+        "tokens": batch_tokens, "lengths": lengths[:, :-1], "positions": positions[:, :-1],
+        "segment_ids": segments[:, :-1],
+    }
+
+
+def position_flops(config: DecoderConfig) -> float:
+    """Matmul FLOPs of one computed position: every weight it passes through, the unembedding
+    included (experts as dispatched: all of them)."""
+    width, heads, kv_heads, head_dim = (
+        config.hidden_size, config.num_heads, config.num_kv_heads, config.head_dim
+    )
+    attention = 2 * width * heads * head_dim + 2 * width * kv_heads * head_dim
+    matrices = 3 if config.gated_mlp else 2
+    mlp = matrices * width * config.intermediate_size if not config.num_experts or config.shared_expert else 0
+    if config.num_experts:
+        mlp += 3 * width * config.expert_intermediate_size * config.num_experts
+    return 2.0 * (config.num_layers * (attention + mlp) + config.vocab_size * width)
+
+
+def score_flops(config: DecoderConfig) -> float:
+    """FLOPs of one computed attention score (one query-key pair, every head and layer): the
+    product with the key and the weighting of the value."""
+    return 4.0 * config.num_layers * config.num_heads * config.head_dim
+
+
+def plan_scoring(
+    config: DecoderConfig, lengths: np.ndarray, batch_tokens: int, long_texts: str = "truncate",
+    stride: int | None = None, packing: str = "auto",
+) -> tuple[Pieces, PlanChoice]:
+    """The pieces texts of ``lengths`` tokens become under ``long_texts``
+    (:func:`jaxmap.batching.split_texts`) and the batch plan that scores them at the least
+    estimated cost (:func:`jaxmap.batching.choose_plan`)."""
+    pieces = split_texts(lengths, config.max_positions, long_texts, stride)
+    choice = choose_plan(
+        pieces.sizes, batch_tokens, config.max_positions - 1, position_flops(config),
+        score_flops(config), block_size, packing,
+    )
+    return pieces, choice
 
 
 def score_tokens(
@@ -251,8 +333,17 @@ def score_tokens(
     progress: bool = True,
     logit_lens: bool = False,
     keep_token_logprobs: bool = False,
+    long_texts: str = "truncate",
+    stride: int | None = None,
+    packing: str = "auto",
 ) -> ModelScores:
-    """Score pre-tokenized texts with a loaded model (truncating to its context).
+    """Score pre-tokenized texts with a loaded model.
+
+    ``long_texts``: texts longer than the model's context are cut to it (``"truncate"``) or
+    scored in windows ``stride`` tokens apart (``"rolling"``, default stride half the context),
+    so that every token is scored (:func:`jaxmap.batching.split_texts`). ``packing``:
+    ``"auto"`` packs texts into rows or buckets them by length, whichever the cost estimate
+    prefers; ``"pack"`` or ``"buckets"`` force one (``stats["batching"]`` says which ran).
 
     ``logit_lens`` also scores every layer's residual stream through the final norm and the
     unembedding, in the same forward pass (:func:`layer_log_likelihoods`), into
@@ -263,14 +354,20 @@ def score_tokens(
     :func:`default_batch_tokens` per data shard. Batch rows are padded with empty rows to a
     multiple of the mesh's data axis.
     """
+    if long_texts not in LONG_TEXT_POLICIES:
+        raise JaxmapError(
+            f"unknown long-text policy {long_texts!r}; choose one of {', '.join(LONG_TEXT_POLICIES)}"
+        )
     shards = model.mesh.shape[DATA]
     batch_tokens = batch_tokens or default_batch_tokens() * shards
     n_ctx = model.config.max_positions
-    lengths = np.minimum(tokens.lengths, n_ctx)
-    scored = np.maximum(lengths - 1, 0)
-    plan: BatchPlan = plan_batches(scored, batch_tokens, max_length=n_ctx - 1)
+    pieces, choice = plan_scoring(
+        model.config, tokens.lengths, batch_tokens, long_texts, stride, packing
+    )
+    plan = choice.plan
+    scored = np.bincount(pieces.text, weights=pieces.scored, minlength=len(tokens)).astype(np.int64)
     loglik = np.zeros(len(tokens), np.float64)
-    per_text = [np.zeros(0, np.float32)] * len(tokens) if keep_token_logprobs else None
+    piece_logprobs: list[np.ndarray | None] = [None] * len(pieces) if keep_token_logprobs else []
     layer_loglik = np.zeros((model.config.num_layers + 1, len(tokens)), np.float64) if logit_lens else None
     compiled_before = compilation_count()
     # Compile every batch shape first, so that compiling never competes with scoring for the
@@ -280,13 +377,15 @@ def score_tokens(
     for rows, length in sorted(plan.shapes):
         scorers[rows, length], seconds = compiled_scorer(
             model.params, model.config, -(-rows // shards) * shards, length, model.mesh,
-            logit_lens,
+            logit_lens, packed=plan.packed,
         )
         compile_seconds += seconds
     bar = tqdm(
         total=len(tokens), desc=model.reference, unit="text", leave=False, disable=not progress
     )
-    bar.update(len(tokens) - sum(len(b.indices) for b in plan.batches))
+    # A text is done when its last piece is; texts without a piece are done now.
+    pieces_left = np.bincount(pieces.text, minlength=len(tokens))
+    bar.update(int((pieces_left == 0).sum()))
     started = time.perf_counter()
     done_tokens = 0
 
@@ -294,16 +393,22 @@ def score_tokens(
         nonlocal done_tokens
         batch, result = pending
         values = to_host(result).astype(np.float64)
-        if logit_lens:
-            for row, index in enumerate(batch.indices):
-                layer_loglik[:-1, index] = values[:-1, row, : scored[index]].sum(axis=1)
-            values = values[-1]
-        for row, index in enumerate(batch.indices):
-            loglik[index] = values[row, : scored[index]].sum()
-            if per_text is not None:  # float32 on the device: casting back is exact
-                per_text[index] = values[row, : scored[index]].astype(np.float32)
-        done_tokens += int(scored[batch.indices].sum())
-        bar.update(len(batch.indices))
+        row_of = batch.row_of if batch.packed else np.arange(len(batch.indices))
+        offsets = batch.offsets if batch.packed else np.zeros(len(batch.indices), np.int64)
+        for piece, row, offset in zip(batch.indices, row_of, offsets):
+            text = pieces.text[piece]
+            # The value at row offset t is the log-prob of the token at t + 1.
+            targets = slice(offset + pieces.first_target[piece] - 1, offset + pieces.sizes[piece] - 1)
+            if logit_lens:
+                layer_loglik[:-1, text] += values[:-1, row, targets].sum(axis=1)
+            own = values[-1, row, targets] if logit_lens else values[row, targets]
+            loglik[text] += own.sum()
+            if keep_token_logprobs:  # float32 on the device: casting back is exact
+                piece_logprobs[piece] = own.astype(np.float32)
+            pieces_left[text] -= 1
+            if pieces_left[text] == 0:
+                bar.update(1)
+        done_tokens += int(pieces.scored[batch.indices].sum())
         bar.set_postfix(tok_s=f"{done_tokens / (time.perf_counter() - started):.0f}")
 
     pending = None
@@ -311,12 +416,14 @@ def score_tokens(
     length_sharding = row_sharding(model.mesh)
     for batch in plan.batches:
         rows = -(-batch.rows // shards) * shards
-        padded, lengths = _pad_batch(tokens, batch.indices, rows, batch.length, n_ctx)
+        arrays = _layout_batch(tokens, pieces, batch, rows)
+        placed = {
+            name: put(values, length_sharding if values.ndim == 1 else token_sharding)
+            for name, values in arrays.items()
+        }
         # Dispatch this batch before pulling the previous one back, so the host work of
-        # padding and summing overlaps device compute.
-        result = scorers[batch.rows, batch.length](
-            model.params, put(padded, token_sharding), lengths=put(lengths, length_sharding)
-        )
+        # laying out and summing overlaps device compute.
+        result = scorers[batch.rows, batch.length](model.params, placed.pop("tokens"), **placed)
         if pending is not None:
             collect(pending)
         pending = (batch, result)
@@ -326,18 +433,28 @@ def score_tokens(
     seconds = time.perf_counter() - started
     if logit_lens:
         layer_loglik[-1] = loglik  # the last layer read through the final norm is the model
+    token_logprobs = None
+    if keep_token_logprobs:
+        # Pieces are listed text by text, each text's in order, so this is every text's tokens
+        # in order.
+        token_logprobs = np.concatenate([np.zeros(0, np.float32), *piece_logprobs])
     return ModelScores(
         loglik=loglik,
         layer_loglik=layer_loglik,
-        token_logprobs=np.concatenate(per_text) if per_text is not None else None,
+        token_logprobs=token_logprobs,
         ntokens=scored.astype(np.int32),
-        truncated=tokens.lengths > n_ctx,
+        truncated=(tokens.lengths > n_ctx) & (long_texts == "truncate"),
         stats={
             "seconds": seconds,
             "tokens": int(scored.sum()),
             "tokens_per_second": float(scored.sum() / seconds) if seconds else 0.0,
             "padding_fraction": plan.padding_fraction,
             "batch_shapes": len(plan.shapes),
+            "batching": choice.name,
+            "batching_estimates": choice.estimates,
+            "long_texts": long_texts,
+            "stride": (stride or default_stride(n_ctx)) if long_texts == "rolling" else None,
+            "pieces": len(pieces),
             "compilations": compilation_count() - compiled_before,
             "compile_seconds": compile_seconds,
             "mesh": describe_mesh(model.mesh),

@@ -29,6 +29,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import distributed
+from .batching import LONG_TEXT_POLICIES, PACKINGS
 from ._version import __version__
 from .checkpoints import Checkpoint, WeightPrefetcher, expand_references, resolve, validate
 from .engine import DEFAULT_DTYPE, LoadedModel, ModelScores, load_model, score_tokens
@@ -183,6 +184,9 @@ def score_job(
     report: Callable[[str], None] | None = None,
     logit_lens: bool = False,
     save_token_logprobs: bool = False,
+    long_texts: str = "truncate",
+    stride: int | None = None,
+    packing: str = "auto",
 ) -> JobSummary:
     """Score every model on every text into the store ``out``; see the module docstring.
 
@@ -201,7 +205,10 @@ def score_job(
     metadata names the layer and the parent model. A model is skipped only when all its rows
     are in the store; otherwise only the missing rows are committed. ``save_token_logprobs``
     stores every scored token's log-prob with each model's row (not with layer rows; see
-    docs/store.md); a model already in the store keeps the row it has. Failed models
+    docs/store.md); a model already in the store keeps the row it has. ``long_texts``
+    (``"truncate"`` or ``"rolling"``, with ``stride``) and ``packing`` (``"auto"``, ``"pack"``,
+    ``"buckets"``) are those of :func:`jaxmap.engine.score_tokens`; the long-text policy is a
+    store setting, since it changes the numbers of every text longer than a context. Failed models
     are in the returned summary; this raises only for errors that stop the whole job (a bad
     text set, a foreign store, a full disk).
 
@@ -212,6 +219,7 @@ def score_job(
         raise JaxmapError(f"unknown BOS policy {bos_policy!r}; choose one of {', '.join(POLICIES)}")
     if dtype not in DTYPES:
         raise JaxmapError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    long_text_setting = _long_text_setting(long_texts, stride, packing)
     shard = parse_shard(shard)
     say = report or (tqdm.write if progress else (lambda line: None))
     started = time.perf_counter()
@@ -223,7 +231,11 @@ def score_job(
     device_mesh = make_mesh(mesh, devices=jax.devices())
     # Process 0 alone opens the store; the others learn from it which models are done.
     writer = (
-        StoreWriter(out, text_set, {"bos_policy": bos_policy, "dtype": dtype}, created_by=f"jaxmap {__version__}")
+        StoreWriter(
+            out, text_set,
+            {"bos_policy": bos_policy, "dtype": dtype, "long_texts": long_text_setting},
+            created_by=f"jaxmap {__version__}",
+        )
         if distributed.process_index() == 0 else None
     )
     summary = JobSummary(str(out))
@@ -276,6 +288,7 @@ def score_job(
             outcome = _score_one(
                 current, checkpoint, text_set, writer, token_cache, dtype, bos_policy,
                 batch_tokens, progress, say, logit_lens, done, save_token_logprobs,
+                scoring={"long_texts": long_texts, "stride": stride, "packing": packing},
             )
             prefetcher.release(checkpoint)
             summary.outcomes.append(outcome)
@@ -294,6 +307,24 @@ def score_job(
                 _compact(writer, say)
             _write_summary(summary, out)
     return summary
+
+
+def _long_text_setting(long_texts: str = "truncate", stride: int | None = None, packing: str = "auto") -> str:
+    """The store setting for a long-text policy (``truncate``, ``rolling`` with the default
+    stride, or ``rolling:stride=K``), after checking the scoring options."""
+    if long_texts not in LONG_TEXT_POLICIES:
+        raise JaxmapError(
+            f"unknown long-text policy {long_texts!r}; choose one of {', '.join(LONG_TEXT_POLICIES)}"
+        )
+    if packing not in PACKINGS:
+        raise JaxmapError(f"unknown packing {packing!r}; choose one of {', '.join(PACKINGS)}")
+    if stride is not None:
+        if long_texts != "rolling":
+            raise JaxmapError("stride applies to rolling windows: add long_texts='rolling' (--long-texts rolling)")
+        if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
+            raise JaxmapError(f"stride must be a positive number of tokens, got {stride!r}")
+        return f"rolling:stride={stride}"
+    return long_texts
 
 
 class _InOrder:
@@ -331,6 +362,7 @@ def _score_one(
     logit_lens: bool = False,
     committed: set[str] = frozenset(),
     save_token_logprobs: bool = False,
+    scoring: dict | None = None,
 ) -> ModelOutcome:
     """Load (already under way), score and commit one model (and with ``logit_lens`` its layer
     rows, those whose keys are not ``committed`` yet); a failure becomes the outcome."""
@@ -340,7 +372,7 @@ def _score_one(
         tokens, tokenizer_id = cached_tokenize(text_set, model.tokenizer, bos_policy, token_cache)
         result = score_tokens(
             model, tokens, batch_tokens, progress, logit_lens=logit_lens,
-            keep_token_logprobs=save_token_logprobs,
+            keep_token_logprobs=save_token_logprobs, **(scoring or {}),
         )
         _check_finite(reference, result, text_set)
         if logit_lens and not np.isfinite(result.layer_loglik).all():
@@ -357,6 +389,7 @@ def _score_one(
         "architecture": model.architecture,
         "dtype": dtype,
         "bos_policy": bos_policy,
+        "long_texts": _long_text_setting(**{k: v for k, v in (scoring or {}).items() if k != "packing"}),
         "n_ctx": model.config.max_positions,
         "tokenizer": tokenizer_id,
         "jaxmap_version": __version__,
@@ -400,7 +433,8 @@ def _score_one(
             f"{reference}: {stats['tokens']} tokens in {stats['seconds']:.1f} s "
             f"({stats['tokens_per_second']:.0f} tok/s) + {stats['compile_seconds']:.1f} s "
             f"compiling, padding {100 * stats['padding_fraction']:.1f}%, "
-            f"{stats['compilations']} new compilation(s), {int(result.truncated.sum())} truncated"
+            f"{stats['compilations']} new compilation(s), {stats['batching']}, "
+            f"{int(result.truncated.sum())} truncated"
         )
     return ModelOutcome(
         reference, "scored", tokens=stats["tokens"], seconds=stats["seconds"],

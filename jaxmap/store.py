@@ -393,7 +393,9 @@ def read_model_meta(path: str | Path) -> list[dict]:
 # Writing
 
 # The settings that change the numbers: rows computed under different values do not compare.
-SETTINGS = ("bos_policy", "dtype")
+SETTINGS = ("bos_policy", "dtype", "long_texts")
+# What rows written before a setting existed were computed with.
+SETTING_DEFAULTS = {"long_texts": "truncate"}
 
 
 def _fsync_directory(path: Path) -> None:
@@ -551,7 +553,10 @@ class StoreWriter:
         for name, value in self.settings.items():
             if name in adopted:
                 continue
-            disagreeing = [r.model for r in snapshot.rows if r.meta.get(name, value) != value]
+            disagreeing = [
+                r.model for r in snapshot.rows
+                if r.meta.get(name, SETTING_DEFAULTS.get(name, value)) != value
+            ]
             if disagreeing:
                 raise StoreMismatchError(
                     f"{self.path}: {', '.join(disagreeing[:3])} computed with another {name} "
