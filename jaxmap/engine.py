@@ -319,11 +319,23 @@ def plan_scoring(
     (:func:`jaxmap.batching.split_texts`) and the batch plan that scores them at the least
     estimated cost (:func:`jaxmap.batching.choose_plan`)."""
     pieces = split_texts(lengths, config.max_positions, long_texts, stride)
+    unpackable = _packing_obstacle(config)
     choice = choose_plan(
         pieces.sizes, batch_tokens, config.max_positions - 1, position_flops(config),
-        score_flops(config), block_size, packing,
+        score_flops(config), block_size, "buckets" if unpackable else packing,
     )
+    if unpackable and packing == "pack":
+        choice = PlanChoice(choice.plan, f"buckets (cannot pack: {unpackable})", choice.estimates)
     return pieces, choice
+
+
+def _packing_obstacle(config: DecoderConfig) -> str | None:
+    """Why this model's texts cannot share rows, or None."""
+    if config.alibi_bfloat16:
+        # Its bias rounds each key's absolute position to bfloat16, so a text scores
+        # differently at another offset of a row.
+        return "its bfloat16 ALiBi depends on absolute positions"
+    return None
 
 
 def score_tokens(

@@ -206,3 +206,34 @@ def long_text_file(tmp_path) -> Path:
         for i in range(30 * len(TEXTS)):
             handle.write(json.dumps({"id": f"t{i}", "text": f"{i}: {TEXTS[i % len(TEXTS)]}"}) + "\n")
     return path
+
+
+PARITY_TOLERANCE = 1e-3  # nats per text, against transformers in float32
+
+
+def score_matching_transformers(
+    directory: Path, text_file: Path, out_dir: Path, expected: np.ndarray,
+    expected_counts: np.ndarray, label: str, tolerance: float = PARITY_TOLERANCE, **options,
+):
+    """Score ``directory`` with jaxmap twice, texts packed into rows and texts bucketed by
+    length; each must score the tokens transformers scored and match its log-likelihoods within
+    ``tolerance``. Returns the packed run's store. ``options`` go to :func:`jaxmap.score`
+    (default ``batch_tokens=128``, so that several batches and shapes are exercised)."""
+    import jaxmap
+
+    options = {"batch_tokens": 128, "progress": False, **options}
+    stores = {}
+    for packing in ("pack", "buckets"):
+        store = jaxmap.score(
+            [str(directory)], text_file, out=out_dir / f"{label}-{packing}.h5", packing=packing,
+            **options,
+        )
+        batching = store.model_meta[0]["batching"]
+        unpackable = "cannot pack" in batching and packing == "pack"
+        assert unpackable or batching.startswith("packed" if packing == "pack" else "buckets"), batching
+        np.testing.assert_array_equal(store.ntokens[0], expected_counts, err_msg=packing)
+        delta = np.abs(store.loglik[0] - expected).max()
+        print(f"{label} [{batching}]: max |delta| = {delta:.2e} nats")
+        assert delta <= tolerance, (packing, store.loglik[0], expected)
+        stores[packing] = store
+    return stores["pack"]

@@ -9,7 +9,7 @@ import transformers
 
 import jaxmap
 
-from conftest import TEXTS, reference_loglik, save_random_model
+from conftest import TEXTS, reference_loglik, save_random_model, score_matching_transformers
 
 TOLERANCE = 1e-3
 SMALL = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, vocab_size=300)
@@ -139,14 +139,10 @@ def test_matches_transformers(case, tmp_path, text_file):
         norm_center=options.get("norm_center", 1.0),
     )
     expected, expected_counts = reference_loglik(directory, TEXTS, policy)
-    store = jaxmap.score(
-        [str(directory)], text_file, out=tmp_path / "store.h5", bos_policy=policy,
-        batch_tokens=128, progress=False,
+    store = score_matching_transformers(
+        directory, text_file, tmp_path, expected, expected_counts, case, TOLERANCE,
+        bos_policy=policy,
     )
-    got = store.loglik[0]
-    np.testing.assert_array_equal(store.ntokens[0], expected_counts)
-    assert np.abs(got - expected).max() <= TOLERANCE, (got, expected)
-    print(f"{case}: max |delta| = {np.abs(got - expected).max():.2e} nats")
     n_ctx = store.model_meta[0]["n_ctx"]
     if n_ctx < 50:
         assert store.truncated[0].any(), "short contexts must truncate some texts"
