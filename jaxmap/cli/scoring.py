@@ -43,6 +43,20 @@ def register(subparsers) -> None:
         help=f"padded tokens per batch (default: {CPU_BATCH_TOKENS} on CPU, "
         f"{ACCELERATOR_BATCH_TOKENS} on GPU/TPU)",
     )
+    score.add_argument(
+        "--long-texts", default="truncate", choices=["truncate", "rolling"],
+        help="texts longer than a model's context: cut to it, or scored in overlapping windows "
+        "so that every token counts (default: %(default)s; a store setting)",
+    )
+    score.add_argument(
+        "--stride", type=int_at_least(1), metavar="K",
+        help="with --long-texts rolling: tokens between window starts (default: half the context)",
+    )
+    score.add_argument(
+        "--packing", default="auto", choices=["auto", "pack", "buckets"],
+        help="pack texts into rows with segment ids, or bucket them by length; auto takes the "
+        "cheaper by estimated FLOPs (default: %(default)s)",
+    )
     score.add_argument("--cache-dir", help="cache for converted GGUF weights (default: ~/.cache/jaxmap)")
     score.add_argument(
         "--shard", metavar="I/N",
@@ -149,6 +163,7 @@ def run_score(args: argparse.Namespace) -> int:
         shard=args.shard, mesh=args.mesh, delete_after=args.delete_after,
         disk_budget=args.disk_budget, report=lambda line: print(line, file=sys.stderr),
         logit_lens=args.logit_lens, save_token_logprobs=args.save_token_logprobs,
+        long_texts=args.long_texts, stride=args.stride, packing=args.packing,
     )
     if first:
         for line in summary.lines():
