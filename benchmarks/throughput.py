@@ -59,6 +59,8 @@ SCHEMA = "jaxmap-throughput/1"
 CONTENDERS = (
     "jaxmap-f32",
     "jaxmap-bf16",
+    "jaxmap-f32-buckets",
+    "jaxmap-bf16-buckets",
     "hf-batched-f32",
     "hf-batched-bf16",
     "paper-loop-f32",
@@ -136,9 +138,10 @@ def build_contenders(
     built: list[Contender] = []
     skipped: dict[str, str] = {}
     for name in args.contenders:
-        dtype = "bfloat16" if name.endswith("bf16") else "float32"
+        dtype = "bfloat16" if "bf16" in name else "float32"
         if name.startswith("jaxmap"):
-            built.append(JaxmapScore(texts, directory, dtype, args.batch_tokens))
+            packing = "buckets" if name.endswith("-buckets") else "auto"
+            built.append(JaxmapScore(texts, directory, dtype, args.batch_tokens, packing))
         elif name.startswith("hf-batched"):
             built.append(TransformersBatched(texts, models, dtype, args.hf_batch_tokens))
         elif name == "paper-loop-f32":
@@ -350,7 +353,7 @@ def markdown(report: dict) -> str:
         f"{median_of(r['rounds'], 'engine_seconds'):.1f} s of "
         f"{median_of(r['rounds'], 'wall_seconds'):.1f} s wall; padding "
         f"{100 * r['rounds'][0]['padding_fraction']:.1f}%, "
-        f"{r['rounds'][0]['batch_shapes']} batch shape(s)."
+        f"{r['rounds'][0]['batch_shapes']} batch shape(s), {r['rounds'][0].get('batching', '?')}."
         for name, r in report["contenders"].items()
         if name.startswith("jaxmap")
     ] + [

@@ -135,16 +135,23 @@ class Contender:
 
 
 class JaxmapScore(Contender):
-    """``jaxmap.score`` on the model directory, bos_policy="paper", into a fresh store per pass."""
+    """``jaxmap.score`` on the model directory, bos_policy="paper", into a fresh store per pass
+    (``packing="auto"``, or ``"buckets"`` for the ``-buckets`` contenders)."""
 
-    def __init__(self, texts: TextSet, directory: Path, dtype: str, batch_tokens: int) -> None:
+    def __init__(
+        self, texts: TextSet, directory: Path, dtype: str, batch_tokens: int, packing: str = "auto"
+    ) -> None:
         super().__init__(texts)
         self.directory = directory
         self.dtype = dtype
         self.batch_tokens = batch_tokens
-        self.name = f"jaxmap-{'f32' if dtype == 'float32' else 'bf16'}"
+        self.packing = packing
+        self.name = f"jaxmap-{'f32' if dtype == 'float32' else 'bf16'}" + (
+            "-buckets" if packing == "buckets" else ""
+        )
         self.description = (
             f"jaxmap.score([model], texts, out=<fresh .h5>, dtype={dtype!r}, bos_policy='paper', "
+            f"packing={packing!r}, "
             f"batch_tokens={batch_tokens}, progress=False); timed = wall time of the call minus "
             "the weight-load time the engine records (tokenization, batching, forward, store "
             "write included)"
@@ -170,6 +177,7 @@ class JaxmapScore(Contender):
             dtype=self.dtype,
             bos_policy="paper",
             batch_tokens=self.batch_tokens,
+            packing=self.packing,
             progress=False,
         )
         wall = time.perf_counter() - started
@@ -187,6 +195,7 @@ class JaxmapScore(Contender):
                 "compile_seconds": meta["compile_seconds"],
                 "padding_fraction": meta["padding_fraction"],
                 "batch_shapes": meta["batch_shapes"],
+                "batching": meta["batching"],
             },
         )
 
