@@ -186,6 +186,7 @@ _INVOCATIONS = {
     "trajectory": ["{store}", "--path", "m0", "m1", "m2", "--no-weights"],
     "lineage": ["{store}", "--parents", "{parents}"],
     "train": ["--model", "{tmp}/no-model", "--texts", "{texts}", "--out", "{tmp}/run"],
+    "true-kl": ["{store}", "m0", "m1", "--samples", "2"],
 }
 
 
