@@ -139,3 +139,18 @@ def test_rolling_windows_match_transformers_window_by_window(tmp_path, packing):
     assert truncated.truncated.tolist() == [False, False, True, True, True]
     # The first window is the truncated text: later windows only add tokens.
     assert truncated.ntokens.tolist() == [9, 31, 31, 31, 31]
+
+
+def test_store_records_the_long_text_policy_and_refuses_another(tmp_path, text_file):
+    import jaxmap
+    from jaxmap.errors import StoreError
+
+    directory = save_random_model(tmp_path / "model", tiny_llama_config(max_position_embeddings=24), seed=1)
+    other = save_random_model(tmp_path / "other", tiny_llama_config(max_position_embeddings=24), seed=2)
+    out = tmp_path / "store.h5"
+    store = jaxmap.score([str(directory)], text_file, out=out, long_texts="rolling", progress=False)
+    assert store.settings["long_texts"] == "rolling"
+    assert store.model_meta[0]["long_texts"] == "rolling" and store.model_meta[0]["stride"] == 12
+    assert not store.truncated.any() and store.ntokens.max() > 23
+    with pytest.raises(StoreError, match="long_texts"):
+        jaxmap.score([str(other)], text_file, out=out, progress=False)
