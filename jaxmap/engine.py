@@ -13,6 +13,7 @@ compilations. Running many models into a store is :mod:`jaxmap.jobs`.
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -154,8 +155,12 @@ def layer_log_likelihoods(
 
 # Compiled scoring functions, keyed by everything XLA specialises on: the decoder config, the
 # batch shape, the mesh and the params' structure, shapes, dtypes and shardings (not their
-# values).
-_COMPILED: dict[tuple, object] = {}
+# values); least recently used first. Bounded: on CPU each executable holds its machine code in
+# about a hundred memory maps, and a process that passes vm.max_map_count (65,530 by default)
+# dies in the compiler, which a long job over many architectures would otherwise reach.
+MAX_COMPILED = 64
+_COMPILED: OrderedDict[tuple, object] = OrderedDict()
+_compilations = 0
 
 
 def compiled_scorer(
@@ -166,13 +171,16 @@ def compiled_scorer(
     spent compiling it now (0.0 when it was already compiled, e.g. for an earlier model of the
     same shape). ``rows`` must be a multiple of the mesh's data axis. ``logit_lens`` compiles
     :func:`layer_log_likelihoods` instead of :func:`token_log_likelihoods`; ``packed`` takes
-    per-token positions, segment ids and lengths."""
+    per-token positions, segment ids and lengths. The :data:`MAX_COMPILED` most recently used
+    scorers are kept."""
+    global _compilations
     leaves, structure = jax.tree.flatten(params)
     key = (
         config, rows, length, mesh, structure,
         tuple((x.shape, x.dtype, x.sharding) for x in leaves),
     ) + (("logit_lens",) if logit_lens else ()) + (("packed",) if packed else ())
     if key in _COMPILED:
+        _COMPILED.move_to_end(key)
         return _COMPILED[key], 0.0
     started = time.perf_counter()
     tokens = jax.ShapeDtypeStruct((rows, length + 1), jnp.int32, sharding=batch_sharding(mesh))
@@ -184,12 +192,18 @@ def compiled_scorer(
         extra = {"lengths": jax.ShapeDtypeStruct((rows,), jnp.int32, sharding=row_sharding(mesh))}
     compiled = function.lower(params, tokens, config, mesh=mesh, **extra).compile()
     _COMPILED[key] = compiled
+    _compilations += 1
+    if len(_COMPILED) > MAX_COMPILED:
+        _COMPILED.popitem(last=False)
+        # JAX's own compilation caches hold the evicted executable too; the kept ones live on
+        # in _COMPILED.
+        jax.clear_caches()
     return compiled, time.perf_counter() - started
 
 
 def compilation_count() -> int:
-    """How many scorer shapes this process has compiled."""
-    return len(_COMPILED)
+    """How many scorer shapes this process has compiled (evicted ones included)."""
+    return _compilations
 
 
 @dataclass

@@ -39,6 +39,44 @@ def test_same_shaped_models_share_compilations(text_file, tmp_path):
     assert not np.allclose(store.loglik[0], store.loglik[1]), "different weights, different rows"
 
 
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="counts Linux memory maps")
+def test_compiled_scorers_are_bounded_and_evicted_ones_release_their_memory_maps(
+    tiny_models, monkeypatch
+):
+    import jaxmap.engine as engine
+
+    def memory_maps() -> int:
+        return len(Path("/proc/self/maps").read_text().splitlines())
+
+    model = engine.load_model(str(tiny_models[0]))
+    monkeypatch.setattr(engine, "_COMPILED", type(engine._COMPILED)())
+    monkeypatch.setattr(engine, "MAX_COMPILED", 2)
+    # Row counts no other test uses, so each call is a fresh compilation.
+    shapes = iter((rows, length) for rows in (13, 17) for length in range(16, 16 * 10, 16))
+
+    def compile_next():
+        return engine.compiled_scorer(model.params, model.config, *next(shapes), model.mesh)
+
+    before = engine.compilation_count()
+    first, _ = compile_next()
+    for _ in range(2):
+        compile_next()
+    assert engine.compilation_count() - before == 3, "evicted compilations still count"
+    assert len(engine._COMPILED) == 2 and first not in engine._COMPILED.values()
+    bounded = memory_maps()
+    for _ in range(6):
+        compile_next()
+    bounded = memory_maps() - bounded
+    monkeypatch.setattr(engine, "MAX_COMPILED", 100)
+    unbounded = memory_maps()
+    for _ in range(6):
+        compile_next()
+    unbounded = memory_maps() - unbounded
+    assert len(engine._COMPILED) == 8
+    # Each executable holds tens of memory maps on CPU; evicted ones give theirs back.
+    assert unbounded > 6 * 10 and bounded < unbounded / 3, (bounded, unbounded)
+
+
 def test_batch_plan_covers_every_text_once_with_bounded_padding():
     rng = np.random.default_rng(0)
     lengths = rng.integers(0, 700, size=500)
