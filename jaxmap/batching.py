@@ -14,7 +14,7 @@ on the token lengths, so models sharing a tokenizer and architecture reuse every
 **Packing** (:func:`plan_packed`): pieces laid one after another in rows of a fixed width
 (best fit, longest first), each with its own segment id and positions restarting at 0, so the
 decoder attends within a piece only. Padding falls to the rows' last gaps, and a model compiles
-one or two shapes. The attention still costs per piece (the blockwise path skips key blocks of
+one shape. The attention still costs per piece (the blockwise path skips key blocks of
 earlier pieces), but rows are as wide as the longest piece or wider.
 
 :func:`choose_plan` estimates the FLOPs of each candidate (buckets, packing at a few row widths)
@@ -35,6 +35,8 @@ from .errors import JaxmapError
 MIN_BUCKET = 16
 # How far (as a length ratio) a batch may grow past its first bucket: one step of the ladder.
 GROWTH = 1.25
+# Packed row widths are multiples of this.
+ROW_MULTIPLE = 16
 
 
 def bucket_length(length: int) -> int:
@@ -211,8 +213,8 @@ def plan_packed(sizes: np.ndarray, length: int, batch_tokens: int) -> BatchPlan:
     """Pack units of ``sizes`` tokens (each at least 2 and at most ``length + 1``) into rows of
     ``length`` computed positions (``length + 1`` tokens), best fit, longest first.
 
-    Rows fill batches of ``batch_tokens // length`` rows (at least one); the last batch is cut
-    to the next power of two rows, so a plan has at most two shapes.
+    Rows are spread evenly over the fewest batches of at most ``batch_tokens // length`` rows
+    (at least one), so a plan has one shape.
     """
     sizes = np.asarray(sizes, np.int64)
     if len(sizes) and (sizes.min() < 2 or sizes.max() > length + 1):
@@ -233,17 +235,17 @@ def plan_packed(sizes: np.ndarray, length: int, batch_tokens: int) -> BatchPlan:
         fill[row] += size
         if left - size >= 2:
             bisect.insort(free, (left - size, row))
+    # Rows spread evenly over the fewest batches the budget allows: one shape, and fewer than
+    # one empty row per batch.
     per_batch = max(1, batch_tokens // length)
+    count = -(-len(fill) // per_batch)
+    rows = -(-len(fill) // count) if count else 0
     batches = []
-    for first in range(0, len(fill), per_batch):
-        rows = min(per_batch, len(fill) - first)
+    for first in range(0, len(fill), rows or 1):
         units = np.flatnonzero((row_of >= first) & (row_of < first + rows))
         # Units in row order, each row's units left to right, as the engine lays them out.
         units = units[np.lexsort((offsets[units], row_of[units]))]
-        batches.append(Batch(
-            units, min(per_batch, 1 << (rows - 1).bit_length()), length,
-            row_of[units] - first, offsets[units],
-        ))
+        batches.append(Batch(units, rows, length, row_of[units] - first, offsets[units]))
     return BatchPlan(batches, int((sizes - 1).sum()), packed=True)
 
 
@@ -303,12 +305,14 @@ def choose_plan(
     if packing != "pack":
         candidates["buckets"] = plan_batches(sizes - 1, batch_tokens, max_length=max_length)
     if packing != "buckets" and len(sizes):
-        narrowest = bucket_length(int(sizes.max()) - 1)
+        longest = int(sizes.max()) - 1
         for widening in (1, 2, 4):
-            length = narrowest * widening
-            if widening > 1 and length > batch_tokens:
-                break
-            candidates[f"packed rows of {length}"] = plan_packed(sizes, length, batch_tokens)
+            # The ladder's length and the tightest multiple of ROW_MULTIPLE: rows just wide
+            # enough for the longest piece often leave far less in their last gaps.
+            for length in sorted({bucket_length(longest * widening),
+                                  -(-longest * widening // ROW_MULTIPLE) * ROW_MULTIPLE}):
+                if widening == 1 or length <= batch_tokens:
+                    candidates[f"packed rows of {length}"] = plan_packed(sizes, length, batch_tokens)
 
     def flops(plan: BatchPlan) -> float:
         attention = sum(

@@ -40,6 +40,39 @@ def _visible(query_pos, key_pos, window, query_segment=None, key_segment=None):
     return (visible[None] & same)[:, None, None]
 
 
+def _stack_queries(q):
+    """q [B, Q, Hkv, G, hd] as [B, Hkv, G * Q, hd]: the G query heads that share a key head
+    stacked into one matrix, so that each key head's scores are one well-shaped matmul.
+
+    Scores, masks and softmax stay in this 4-D layout: einsum's ``bqhgd,bkhd->bhgqk`` lowers
+    to G thin matmuls, and XLA's CPU backend fuses the softmax poorly over a 5-D
+    [B, Hkv, G, Q, K] tensor; together 3x slower at SmolLM2's shapes
+    (benchmarks/bench_attention.py)."""
+    batch, queries, kv_heads, group, head_dim = q.shape
+    return jnp.transpose(q, (0, 2, 3, 1, 4)).reshape(batch, kv_heads, group * queries, head_dim)
+
+
+def _unstack_queries(context, group):
+    """[B, Hkv, G * Q, hd] back to [B, Q, Hkv, G, hd]."""
+    batch, kv_heads, stacked, head_dim = context.shape
+    context = context.reshape(batch, kv_heads, group, stacked // group, head_dim)
+    return jnp.transpose(context, (0, 3, 1, 2, 4))
+
+
+def _stack_groups(x, group):
+    """A mask or bias over [..., G or 1, Q, K] (or [Q, K]) for stacked queries:
+    [..., G * Q, K]."""
+    if x.ndim == 2:
+        x = x[None]
+    x = jnp.broadcast_to(x, (*x.shape[:-3], group, *x.shape[-2:]))
+    return x.reshape(*x.shape[:-3], group * x.shape[-2], x.shape[-1])
+
+
+def _key_major(x):
+    """k or v [B, K, Hkv, hd] as [B, Hkv, K, hd]."""
+    return jnp.transpose(x, (0, 2, 1, 3))
+
+
 def dense_attention(
     q, k, v, *, window, softcap=None, bias=None, compute_dtype=jnp.float32, segment_ids=None,
     query_offset=0,
@@ -49,23 +82,25 @@ def dense_attention(
     ``query_offset`` (may be traced) is the row offset of the first query when the queries are
     the last few positions of the keys' row, as in a decoding step over a key/value cache; keys
     past the last query are then masked by causality."""
+    group = q.shape[3]
     scores = jnp.einsum(
-        "bqhgd,bkhd->bhgqk", q.astype(compute_dtype), k.astype(compute_dtype),
-        preferred_element_type=jnp.float32,
+        "bhqd,bhkd->bhqk", _stack_queries(q.astype(compute_dtype)),
+        _key_major(k.astype(compute_dtype)), preferred_element_type=jnp.float32,
     )
     if softcap:
         scores = softcap * jnp.tanh(scores / softcap)
     query_pos = query_offset + jnp.arange(q.shape[1])[:, None]
     key_pos = jnp.arange(k.shape[1])[None, :]
     if bias is not None:
-        scores = scores + bias(query_pos, key_pos)
+        scores = scores + _stack_groups(bias(query_pos, key_pos), group)
     visible = _visible(query_pos, key_pos, window, segment_ids, segment_ids)
-    scores = jnp.where(visible, scores, jnp.finfo(jnp.float32).min)
+    scores = jnp.where(_stack_groups(visible, group), scores, jnp.finfo(jnp.float32).min)
     weights = jax.nn.softmax(scores, axis=-1)
-    return jnp.einsum(
-        "bhgqk,bkhd->bqhgd", weights.astype(compute_dtype), v.astype(compute_dtype),
+    context = jnp.einsum(
+        "bhqk,bhkd->bhqd", weights.astype(compute_dtype), _key_major(v.astype(compute_dtype)),
         preferred_element_type=jnp.float32,
     )
+    return _unstack_queries(context, group)
 
 
 def blockwise_attention(
@@ -80,11 +115,13 @@ def blockwise_attention(
     padded = blocks * block
     pad = ((0, 0), (0, padded - length), (0, 0))
     q = jnp.pad(q, (*pad, (0, 0), (0, 0))).astype(compute_dtype)
-    k = jnp.pad(k, (*pad, (0, 0))).astype(compute_dtype)
-    v = jnp.pad(v, (*pad, (0, 0))).astype(compute_dtype)
-    q = q.reshape(batch, blocks, block, kv_heads, group, head_dim)
-    k = k.reshape(batch, blocks, block, kv_heads, head_dim)
-    v = v.reshape(batch, blocks, block, kv_heads, head_dim)
+    k = _key_major(jnp.pad(k, (*pad, (0, 0))).astype(compute_dtype))
+    v = _key_major(jnp.pad(v, (*pad, (0, 0))).astype(compute_dtype))
+    # [blocks, B, Hkv, G * block, hd]: each query block stacked as in the dense path.
+    q = jnp.transpose(q.reshape(batch, blocks, block, kv_heads, group, head_dim), (1, 0, 3, 4, 2, 5))
+    q = q.reshape(blocks, batch, kv_heads, group * block, head_dim)
+    k = k.reshape(batch, kv_heads, blocks, block, head_dim)
+    v = v.reshape(batch, kv_heads, blocks, block, head_dim)
     offsets = jnp.arange(block)
     if segment_ids is not None:
         # Padding repeats the last id, which keeps the ids non-decreasing; padded queries are
@@ -96,32 +133,32 @@ def blockwise_attention(
         overlaps = jnp.any(segments[:, None, :, -1] >= segments[:, :, None, 0], axis=0)
 
     def query_block(index):
-        queries = q[:, index]
+        queries = q[index]
         query_pos = index * block + offsets[:, None]
         query_segment = None if segment_ids is None else segments[:, index]
 
         def key_block(key_index, carry):
             running_max, running_sum, accumulated = carry
-            keys = jax.lax.dynamic_index_in_dim(k, key_index, axis=1, keepdims=False)
-            values = jax.lax.dynamic_index_in_dim(v, key_index, axis=1, keepdims=False)
+            keys = jax.lax.dynamic_index_in_dim(k, key_index, axis=2, keepdims=False)
+            values = jax.lax.dynamic_index_in_dim(v, key_index, axis=2, keepdims=False)
             scores = jnp.einsum(
-                "bqhgd,bkhd->bhgqk", queries, keys, preferred_element_type=jnp.float32
+                "bhqd,bhkd->bhqk", queries, keys, preferred_element_type=jnp.float32
             )
             if softcap:
                 scores = softcap * jnp.tanh(scores / softcap)
             key_pos = key_index * block + offsets[None, :]
             if bias is not None:
-                scores = scores + bias(query_pos, key_pos)
+                scores = scores + _stack_groups(bias(query_pos, key_pos), group)
             key_segment = None if segment_ids is None else segments[:, key_index]
             visible = _visible(query_pos, key_pos, window, query_segment, key_segment)
-            scores = jnp.where(visible, scores, -jnp.inf)
+            scores = jnp.where(_stack_groups(visible, group), scores, -jnp.inf)
             new_max = jnp.maximum(running_max, scores.max(axis=-1))
             shift = jnp.where(jnp.isneginf(new_max), 0.0, new_max)
             weights = jnp.exp(scores - shift[..., None])
             rescale = jnp.exp(running_max - shift)
             running_sum = running_sum * rescale + weights.sum(axis=-1)
             accumulated = accumulated * rescale[..., None] + jnp.einsum(
-                "bhgqk,bkhd->bhgqd", weights.astype(compute_dtype), values,
+                "bhqk,bhkd->bhqd", weights.astype(compute_dtype), values,
                 preferred_element_type=jnp.float32,
             )
             return new_max, running_sum, accumulated
@@ -137,13 +174,13 @@ def blockwise_attention(
             return jax.lax.cond(visible, key_block, lambda _, c: c, key_index, carry), None
 
         initial = (
-            jnp.full((batch, kv_heads, group, block), -jnp.inf, jnp.float32),
-            jnp.zeros((batch, kv_heads, group, block), jnp.float32),
-            jnp.zeros((batch, kv_heads, group, block, head_dim), jnp.float32),
+            jnp.full((batch, kv_heads, group * block), -jnp.inf, jnp.float32),
+            jnp.zeros((batch, kv_heads, group * block), jnp.float32),
+            jnp.zeros((batch, kv_heads, group * block, head_dim), jnp.float32),
         )
         (_, running_sum, accumulated), _ = jax.lax.scan(maybe_key_block, initial, jnp.arange(blocks))
         out = accumulated / jnp.where(running_sum > 0, running_sum, 1.0)[..., None]
-        return jnp.moveaxis(out, 3, 1)  # [B, block, Hkv, G, hd]
+        return _unstack_queries(out, group)  # [B, block, Hkv, G, hd]
 
     out = jax.lax.map(query_block, jnp.arange(blocks))  # [blocks, B, block, Hkv, G, hd]
     out = jnp.moveaxis(out, 0, 1).reshape(batch, padded, kv_heads, group, head_dim)
