@@ -209,18 +209,19 @@ def xla_fused_attention(
 
 PATHS = ("dense", "blockwise", "xla_fused")
 
-# Rows at least this long take the blockwise path on CPU. Measured on the 2-core CPU machine
-# (benchmarks/bench_attention.py, results/attention-cpu-2core-2026-12-02.md: SmolLM2-135M's
-# heads, 2,048 padded positions per batch): dense was faster at 32 positions (0.36x), blockwise
-# from 64 on (1.23x at 64, 2.0x at 512, 3.6x at 2,048): the dense path writes and reads the
-# whole float32 score square.
-CPU_BLOCKWISE_FROM = 64
+# Rows at least this long take the blockwise path on CPU, in blocks of block_size(length).
+# Measured on the 2-core CPU machine (benchmarks/bench_attention.py,
+# results/attention-cpu-2core-2026-12-02-stacked.md: SmolLM2-135M's heads, 2,048 padded
+# positions per batch): dense is as fast below 256 positions; blockwise is 1.2x faster at 256
+# and 384, even at 512, and 1.9-2.2x faster from 768 on, where skipping the masked half of the
+# square pays most.
+CPU_BLOCKWISE_FROM = 256
 
 
 def block_size(length: int) -> int:
-    """Key/query block of the blockwise path: 64 for rows up to 512, 128 beyond (the faster
-    of the two at those lengths on CPU, benchmarks/bench_attention.py)."""
-    return 64 if length <= 512 else 128
+    """Key/query block of the blockwise path: 128 for rows under 512 positions, 256 from 512
+    on (the fastest at those lengths on CPU, benchmarks/bench_attention.py)."""
+    return 128 if length < 512 else 256
 
 
 def choose_path(
