@@ -3,7 +3,9 @@
 Splits one scoring pass into: weight load, tokenization, compilation, and per batch the full
 jitted scoring function (``jaxmap.engine.token_log_likelihoods``) against its two halves timed
 apart: the decoder alone (``hidden_states``) and the fused vocab-tiled log-prob kernel alone on
-the decoder's output. A full-logits ``log_softmax`` variant of the last step shows what the
+the decoder's output, and the attention alone as the decoder runs it (on random q/k/v of each
+batch's shape, times the layer count). Batches follow the plan the engine runs (packed rows or
+buckets). A full-logits ``log_softmax`` variant of the last step shows what the
 tiling costs or saves. ``engine_seconds`` (``score_tokens`` end to end) minus the sum of the
 per-batch scoring calls is the host-side overhead (padding, transfers, summing).
 
@@ -89,10 +91,14 @@ def profile_jaxmap(
     import jax
     import jax.numpy as jnp
 
-    from jaxmap.batching import plan_batches
-    from jaxmap.engine import default_batch_tokens, load_model, score_tokens, token_log_likelihoods
+    from jaxmap.engine import (
+        _layout_batch, compiled_scorer, default_batch_tokens, load_model, plan_scoring,
+        score_tokens,
+    )
     from jaxmap.kernels.fused_logprob import DEFAULT_TILE, token_logprobs
     from jaxmap.models import hidden_states, unembedding
+    from jaxmap.models.attention import attend, choose_path
+    from jaxmap.models.decoder import alibi_bias
     from jaxmap.tokenization import tokenize
 
     shape: ModelShape = shape_of(directory)
@@ -104,12 +110,12 @@ def profile_jaxmap(
     tokenize_seconds = time.perf_counter() - started
 
     config, params = model.config, model.params
-    n_ctx = config.max_positions
-    scored = np.maximum(np.minimum(tokens.lengths, n_ctx) - 1, 0)
     batch_tokens = batch_tokens or default_batch_tokens()
-    plan = plan_batches(scored, batch_tokens, max_length=n_ctx - 1)
+    # The plan the engine runs (packed rows or buckets, whichever it estimates cheaper).
+    pieces, choice = plan_scoring(config, tokens.lengths, batch_tokens)
+    plan = choice.plan
     weights = unembedding(params, config)
-    decoder = jax.jit(lambda p, t: hidden_states(p, t, config)[0])
+    decoder = jax.jit(lambda p, t, extra: hidden_states(p, t, config, **extra)[0])
     fused = jax.jit(
         lambda h, w, t: token_logprobs(
             h, w, t, tile=DEFAULT_TILE, softcap=config.final_logit_softcap
@@ -124,38 +130,59 @@ def profile_jaxmap(
         return jnp.take_along_axis(jax.nn.log_softmax(logits), t[:, None], axis=1)[:, 0]
 
     naive = jax.jit(full_logits)
+    compute_dtype = jnp.dtype(dtype)
 
+    def attention_alone(q, k, v, segment_ids):
+        """One layer's attention as the decoder runs it (the first layer's window)."""
+        return attend(
+            q, k, v, window=jnp.int32(config.windows[0]), softcap=config.attn_logit_softcap,
+            bias=alibi_bias(config), compute_dtype=compute_dtype, static_window=config.windows[0],
+            segment_ids=segment_ids,
+            path=choose_path(config.attention, q.shape[1], config.windows,
+                             config.attn_logit_softcap, config.position == "alibi",
+                             compute_dtype, packed=segment_ids is not None),
+        )
+
+    attention = jax.jit(attention_alone)
     batches, compile_seconds = [], 0.0
-    seen_shapes: set[tuple[int, int]] = set()
     for batch in plan.batches:
-        padded = np.zeros((batch.rows, batch.length + 1), np.int32)
-        for row, index in enumerate(batch.indices):
-            sequence = tokens[index][:n_ctx]
-            padded[row, : len(sequence)] = sequence
-        padded = jnp.asarray(padded)
+        arrays = {
+            name: jnp.asarray(values)
+            for name, values in _layout_batch(tokens, pieces, batch, batch.rows).items()
+        }
+        padded = arrays.pop("tokens")
         inputs, targets = padded[:, :-1], padded[:, 1:].reshape(-1)
-        if (batch.rows, batch.length) not in seen_shapes:
-            seen_shapes.add((batch.rows, batch.length))
-            started = time.perf_counter()
-            token_log_likelihoods(params, padded, config).block_until_ready()
-            compile_seconds += time.perf_counter() - started
-        hidden = decoder(params, inputs).block_until_ready()
+        scorer, seconds = compiled_scorer(
+            params, config, batch.rows, batch.length, model.mesh, packed=plan.packed
+        )
+        compile_seconds += seconds
+        hidden = decoder(params, inputs, arrays).block_until_ready()
         flat = hidden.reshape(-1, hidden.shape[-1])
         fused(flat, weights, targets).block_until_ready()
         naive(flat, weights, targets).block_until_ready()
+        keys = jax.random.split(jax.random.key(batch.length), 3)
+        group = config.num_heads // config.num_kv_heads
+        heads = (batch.rows, batch.length, config.num_kv_heads)
+        q = jax.random.normal(keys[0], (*heads, group, config.head_dim)) * config.attn_scale
+        k = jax.random.normal(keys[1], (*heads, config.head_dim))
+        v = jax.random.normal(keys[2], (*heads, config.head_dim))
+        segment_ids = arrays.get("segment_ids")
+        attention(q, k, v, segment_ids).block_until_ready()
         positions = batch.rows * batch.length
         unembedding_flops = 2 * shape.unembedding_weights * positions
         batches.append(
             {
                 "rows": batch.rows,
                 "length": batch.length,
-                "texts": len(batch.indices),
-                "real_positions": int(scored[batch.indices].sum()),
+                "pieces": len(batch.indices),
+                "real_positions": int(pieces.scored[batch.indices].sum()),
                 "padded_positions": positions,
                 "score_seconds": _best(
-                    token_log_likelihoods, params, padded, config, repeats=repeats
+                    lambda: scorer(params, padded, **arrays), repeats=repeats
                 ),
-                "decoder_seconds": _best(decoder, params, inputs, repeats=repeats),
+                "decoder_seconds": _best(decoder, params, inputs, arrays, repeats=repeats),
+                "attention_seconds": config.num_layers
+                * _best(attention, q, k, v, segment_ids, repeats=repeats),
                 "logprob_seconds": _best(fused, flat, weights, targets, repeats=repeats),
                 "logprob_full_logits_seconds": _best(
                     naive, flat, weights, targets, repeats=repeats
@@ -180,13 +207,15 @@ def profile_jaxmap(
 
     score_total = total("score_seconds")
     decoder_total, logprob_total = total("decoder_seconds"), total("logprob_seconds")
+    attention_total = total("attention_seconds")
     largest = max(b["padded_positions"] for b in batches)
     return {
         "dtype": dtype,
         "batch_tokens": batch_tokens,
         "texts": len(tokens),
-        "real_positions": int(scored.sum()),
+        "real_positions": int(pieces.scored.sum()),
         "padding_fraction": plan.padding_fraction,
+        "batching": choice.name,
         "load_seconds": load_seconds,
         "tokenize_seconds": tokenize_seconds,
         "compile_seconds_first_calls": compile_seconds,
@@ -195,6 +224,8 @@ def profile_jaxmap(
         "host_overhead_seconds": engine_seconds - score_total,
         "decoder_seconds": decoder_total,
         "logprob_seconds": logprob_total,
+        "attention_seconds": attention_total,
+        "attention_share_of_decoder": attention_total / decoder_total,
         "logprob_full_logits_seconds": total("logprob_full_logits_seconds"),
         "logprob_share_of_split": logprob_total / (decoder_total + logprob_total),
         "fusion_gain_seconds": decoder_total + logprob_total - score_total,
@@ -217,7 +248,7 @@ def profile_markdown(profile: dict) -> list[str]:
     lines = [
         f"### jaxmap profile ({profile['dtype']}, batch_tokens={profile['batch_tokens']}, "
         f"{profile['texts']} texts, {profile['real_positions']} scored tokens, padding "
-        f"{100 * profile['padding_fraction']:.1f}%)",
+        f"{100 * profile['padding_fraction']:.1f}%, {profile.get('batching', 'buckets')})",
         "",
         "| stage | seconds | note |",
         "|---|---|---|",
@@ -232,6 +263,9 @@ def profile_markdown(profile: dict) -> list[str]:
         f"| host overhead | {profile['host_overhead_seconds']:.2f} | engine − Σ scoring calls |",
         f"| Σ decoder only | {profile['decoder_seconds']:.2f} | "
         f"{profile['decoder_gflops_per_second']:.1f} GFLOP/s |",
+        f"| Σ attention alone × layers | {profile['attention_seconds']:.2f} | "
+        f"{100 * profile['attention_share_of_decoder']:.0f}% of the decoder: the path the "
+        "decoder picks, on random q/k/v of each batch's shape and segments |",
         f"| Σ log-prob kernel only | {profile['logprob_seconds']:.2f} | "
         f"{profile['logprob_gflops_per_second']:.1f} GFLOP/s; "
         f"{100 * profile['logprob_share_of_split']:.0f}% of decoder + kernel |",

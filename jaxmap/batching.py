@@ -14,8 +14,9 @@ on the token lengths, so models sharing a tokenizer and architecture reuse every
 **Packing** (:func:`plan_packed`): pieces laid one after another in rows of a fixed width
 (best fit, longest first), each with its own segment id and positions restarting at 0, so the
 decoder attends within a piece only. Padding falls to the rows' last gaps, and a model compiles
-one shape. The attention still costs per piece (the blockwise path skips key blocks of
-earlier pieces), but rows are as wide as the longest piece or wider.
+one shape, or two when the short pieces left over go into narrower rows. The attention still
+costs per piece (the blockwise path skips key blocks of earlier pieces), but rows are as wide
+as the longest piece or wider; narrow rows cut that cost for the short pieces.
 
 :func:`choose_plan` estimates the FLOPs of each candidate (buckets, packing at a few row widths)
 and keeps the cheapest: packing wins on most text sets; buckets where a few long pieces would
@@ -209,43 +210,75 @@ def plan_batches(lengths: np.ndarray, batch_tokens: int, max_length: int | None 
     return BatchPlan(batches, int(lengths[lengths > 0].sum()))
 
 
-def plan_packed(sizes: np.ndarray, length: int, batch_tokens: int) -> BatchPlan:
+def _best_fit(
+    sizes: np.ndarray, length: int, narrow: int | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Best-fit decreasing into rows of ``length`` positions (``length + 1`` tokens): each
+    unit's row and offset, and each row's width. With ``narrow``, a unit short enough for a
+    row of ``narrow`` positions goes into the best-fitting gap of a wide row, else of a narrow
+    row, else opens a narrow row; so the long units' rows are filled first."""
+    row_of = np.zeros(len(sizes), np.int64)
+    offsets = np.zeros(len(sizes), np.int64)
+    fill: list[int] = []
+    widths: list[int] = []
+    # Per width, (tokens left, row) sorted: the best fit is a bisect away.
+    free: dict[int, list[tuple[int, int]]] = {length: [], narrow or length: []}
+    for unit in np.argsort(-sizes, kind="stable"):
+        size = int(sizes[unit])
+        short = narrow is not None and size <= narrow + 1
+        row = None
+        for width in (length, narrow) if short else (length,):
+            gaps = free[width]
+            slot = bisect.bisect_left(gaps, (size, -1))
+            if slot < len(gaps):
+                left, row = gaps.pop(slot)
+                break
+        if row is None:
+            width = narrow if short else length
+            row, left = len(fill), width + 1
+            fill.append(0)
+            widths.append(width)
+        row_of[unit], offsets[unit] = row, fill[row]
+        fill[row] += size
+        if left - size >= 2:
+            bisect.insort(free[widths[row]], (left - size, row))
+    return row_of, offsets, np.asarray(widths, np.int64)
+
+
+def plan_packed(
+    sizes: np.ndarray, length: int, batch_tokens: int, narrow: int | None = None
+) -> BatchPlan:
     """Pack units of ``sizes`` tokens (each at least 2 and at most ``length + 1``) into rows of
     ``length`` computed positions (``length + 1`` tokens), best fit, longest first.
 
-    Rows are spread evenly over the fewest batches of at most ``batch_tokens // length`` rows
-    (at least one), so a plan has one shape.
+    With ``narrow`` (< ``length``), the short units left over once the long units' rows are
+    filled share rows of ``narrow`` positions, whose attention costs a quarter as much per row
+    at half the width.
+
+    The rows of each width are spread evenly over the fewest batches of at most
+    ``batch_tokens // width`` rows (at least one), so a plan has one shape per width.
     """
     sizes = np.asarray(sizes, np.int64)
     if len(sizes) and (sizes.min() < 2 or sizes.max() > length + 1):
         raise JaxmapError(f"packed units need 2 to {length + 1} tokens")
-    row_of = np.zeros(len(sizes), np.int64)
-    offsets = np.zeros(len(sizes), np.int64)
-    fill: list[int] = []
-    free: list[tuple[int, int]] = []  # (tokens left, row), sorted: the best fit is a bisect away
-    for unit in np.argsort(-sizes, kind="stable"):
-        size = int(sizes[unit])
-        slot = bisect.bisect_left(free, (size, -1))
-        if slot == len(free):
-            row, left = len(fill), length + 1
-            fill.append(0)
-        else:
-            left, row = free.pop(slot)
-        row_of[unit], offsets[unit] = row, fill[row]
-        fill[row] += size
-        if left - size >= 2:
-            bisect.insort(free, (left - size, row))
-    # Rows spread evenly over the fewest batches the budget allows: one shape, and fewer than
-    # one empty row per batch.
-    per_batch = max(1, batch_tokens // length)
-    count = -(-len(fill) // per_batch)
-    rows = -(-len(fill) // count) if count else 0
+    if narrow is not None and not 0 < narrow < length:
+        raise JaxmapError(f"narrow rows need 1 to {length - 1} positions, got {narrow}")
+    row_of, offsets, widths = _best_fit(sizes, length, narrow)
     batches = []
-    for first in range(0, len(fill), rows or 1):
-        units = np.flatnonzero((row_of >= first) & (row_of < first + rows))
-        # Units in row order, each row's units left to right, as the engine lays them out.
-        units = units[np.lexsort((offsets[units], row_of[units]))]
-        batches.append(Batch(units, rows, length, row_of[units] - first, offsets[units]))
+    for row_length in sorted({int(w) for w in widths}, reverse=True):
+        # Rows spread evenly over the fewest batches the budget allows: one shape, and fewer
+        # than one empty row per batch.
+        rows_here = np.flatnonzero(widths == row_length)
+        per_batch = max(1, batch_tokens // row_length)
+        rows = -(-len(rows_here) // -(-len(rows_here) // per_batch))
+        for first in range(0, len(rows_here), rows):
+            members = rows_here[first : first + rows]
+            local = np.full(len(widths), -1, np.int64)
+            local[members] = np.arange(len(members))
+            units = np.flatnonzero(local[row_of] >= 0)
+            # Units in row order, each row's units left to right, as the engine lays them out.
+            units = units[np.lexsort((offsets[units], local[row_of[units]]))]
+            batches.append(Batch(units, rows, row_length, local[row_of[units]], offsets[units]))
     return BatchPlan(batches, int((sizes - 1).sum()), packed=True)
 
 
@@ -293,8 +326,11 @@ def choose_plan(
 ) -> PlanChoice:
     """The cheapest of bucketed and packed plans for units of ``sizes`` tokens, by estimated
     FLOPs: every computed position costs ``position_flops`` (its matmuls, padding included),
-    every computed attention score ``score_flops``, counted in the blockwise path's blocks
-    (``block_for(length)``). ``packing``: ``"auto"`` (the cheapest), ``"pack"`` (the cheapest
+    every computed attention score ``score_flops``, counted in blocks of ``block_for(length)``
+    (the attention path's block: the whole row for a path that computes the full square).
+    Packed candidates: rows just wide enough for the longest piece (or the ladder's length),
+    twice and four times that, and the narrowest width with narrow rows of a half or a quarter
+    of it for the short pieces left over (:func:`plan_packed`). ``packing``: ``"auto"`` (the cheapest), ``"pack"`` (the cheapest
     packed plan) or ``"buckets"``. ``max_length`` bounds bucket lengths (the model's context
     less one); packed rows may be wider, since positions restart in every piece.
     """
@@ -306,13 +342,19 @@ def choose_plan(
         candidates["buckets"] = plan_batches(sizes - 1, batch_tokens, max_length=max_length)
     if packing != "buckets" and len(sizes):
         longest = int(sizes.max()) - 1
+        tightest = -(-longest // ROW_MULTIPLE) * ROW_MULTIPLE
         for widening in (1, 2, 4):
             # The ladder's length and the tightest multiple of ROW_MULTIPLE: rows just wide
             # enough for the longest piece often leave far less in their last gaps.
-            for length in sorted({bucket_length(longest * widening),
-                                  -(-longest * widening // ROW_MULTIPLE) * ROW_MULTIPLE}):
+            for length in sorted({bucket_length(longest * widening), tightest * widening}):
                 if widening == 1 or length <= batch_tokens:
                     candidates[f"packed rows of {length}"] = plan_packed(sizes, length, batch_tokens)
+        for narrowing in (2, 4):
+            narrow = -(-tightest // narrowing // ROW_MULTIPLE) * ROW_MULTIPLE
+            if narrow < tightest and (sizes <= narrow + 1).any():
+                candidates[f"packed rows of {tightest} and {narrow}"] = plan_packed(
+                    sizes, tightest, batch_tokens, narrow
+                )
 
     def flops(plan: BatchPlan) -> float:
         attention = sum(

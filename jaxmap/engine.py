@@ -31,7 +31,7 @@ from .kernels.fused_logprob import DEFAULT_TILE, sharded_token_logprobs, token_l
 from .models import DTYPES, DecoderConfig, Params, hidden_states, translate_config
 from .models import unembedding as model_unembedding
 from .models import unembedding_bias
-from .models.attention import block_size
+from .models.attention import block_size, choose_path
 from .models.decoder import embed, final_norm
 from .sharding import (
     DATA, batch_sharding, describe_mesh, make_mesh, place_params, put, row_sharding, to_host,
@@ -336,11 +336,21 @@ def plan_scoring(
     unpackable = _packing_obstacle(config)
     choice = choose_plan(
         pieces.sizes, batch_tokens, config.max_positions - 1, position_flops(config),
-        score_flops(config), block_size, "buckets" if unpackable else packing,
+        score_flops(config), partial(_attention_block, config), "buckets" if unpackable else packing,
     )
     if unpackable and packing == "pack":
         choice = PlanChoice(choice.plan, f"buckets (cannot pack: {unpackable})", choice.estimates)
     return pieces, choice
+
+
+def _attention_block(config: DecoderConfig, length: int) -> int:
+    """The score block the attention path for rows of ``length`` computes at a time: the
+    blockwise path's block, or the whole row for the paths that compute the full square."""
+    path = choose_path(
+        config.attention, length, config.windows, config.attn_logit_softcap,
+        config.position == "alibi", jnp.float32, packed=True,
+    )
+    return block_size(length) if path == "blockwise" else length
 
 
 def _packing_obstacle(config: DecoderConfig) -> str | None:

@@ -16,21 +16,48 @@ def realistic_lengths(count: int, seed: int = 0) -> np.ndarray:
     return np.clip(rng.lognormal(np.log(180), 0.6, count), 20, 1000).astype(np.int64)
 
 
-def test_packing_places_every_piece_once_without_overlap_and_wastes_little():
-    sizes = realistic_lengths(2000)
-    length = 1024
-    plan = plan_packed(sizes, length, batch_tokens=8192)
+def assert_packed_exactly(plan, sizes):
+    """Every piece in exactly one row, in order, without overlap, within its row's width."""
     seen = np.concatenate([b.indices for b in plan.batches])
     assert sorted(seen) == list(range(len(sizes)))
     for batch in plan.batches:
+        assert batch.row_of.max() < batch.rows
         for row in range(batch.rows):
             in_row = batch.row_of == row
             starts = batch.offsets[in_row]
             ends = starts + sizes[batch.indices[in_row]]
             assert (starts[1:] >= ends[:-1]).all() and (np.diff(starts) > 0).all()
-            assert not len(ends) or ends[-1] <= length + 1
+            assert not len(ends) or ends[-1] <= batch.length + 1
+
+
+def test_packing_places_every_piece_once_without_overlap_and_wastes_little():
+    sizes = realistic_lengths(2000)
+    plan = plan_packed(sizes, 1024, batch_tokens=8192)
+    assert_packed_exactly(plan, sizes)
     assert plan.padding_fraction < 0.03, plan.padding_fraction
-    assert len(plan.shapes) <= 2
+    assert len(plan.shapes) == 1
+    # Rows spread evenly over batches: fewer than one empty row per batch.
+    empty_rows = sum(b.rows - len(set(b.row_of.tolist())) for b in plan.batches)
+    assert empty_rows < len(plan.batches)
+
+
+def test_narrow_rows_take_the_short_pieces_left_over_and_cut_attention():
+    rng = np.random.default_rng(3)
+    sizes = np.concatenate([rng.integers(20, 120, 1500), rng.integers(800, 1025, 100)])
+    wide = plan_packed(sizes, 1024, batch_tokens=8192)
+    mixed = plan_packed(sizes, 1024, batch_tokens=8192, narrow=256)
+    assert_packed_exactly(mixed, sizes)
+    assert {length for _, length in mixed.shapes} == {1024, 256} and len(mixed.shapes) == 2
+    for batch in mixed.batches:
+        if batch.length == 256:
+            assert (sizes[batch.indices] <= 257).all()
+    # The wide rows are filled before any narrow row opens: about as little padding, and far
+    # fewer score-matrix entries (rows x width^2).
+    assert mixed.padding_fraction < wide.padding_fraction + 0.02
+    squares = lambda plan: sum(b.rows * b.length**2 for b in plan.batches)  # noqa: E731
+    assert squares(mixed) < 0.75 * squares(wide)
+    with pytest.raises(JaxmapError, match="narrow rows"):
+        plan_packed(sizes, 1024, batch_tokens=8192, narrow=1024)
 
 
 def test_packing_beats_buckets_on_padding_and_shapes():

@@ -212,10 +212,10 @@ PATHS = ("dense", "blockwise", "xla_fused")
 # Rows at least this long take the blockwise path on CPU, in blocks of block_size(length).
 # Measured on the 2-core CPU machine (benchmarks/bench_attention.py,
 # results/attention-cpu-2core-2026-12-02-stacked.md: SmolLM2-135M's heads, 2,048 padded
-# positions per batch): dense is as fast below 256 positions; blockwise is 1.2x faster at 256
-# and 384, even at 512, and 1.9-2.2x faster from 768 on, where skipping the masked half of the
-# square pays most.
-CPU_BLOCKWISE_FROM = 256
+# positions per batch): blockwise is 1.2x faster at 256 and 384 positions and even at 512, but it
+# pads rows to whole blocks, and packed rows have any multiple of 16 (at 416, dense took 13 ms
+# and blockwise 19); from 768 on it is 1.9-2.2x faster, skipping the masked half of the square.
+CPU_BLOCKWISE_FROM = 640
 
 
 def block_size(length: int) -> int:
