@@ -77,6 +77,23 @@ def test_compiled_scorers_are_bounded_and_evicted_ones_release_their_memory_maps
     assert unbounded > 6 * 10 and bounded < unbounded / 3, (bounded, unbounded)
 
 
+@pytest.mark.parametrize("dtype,precision", [("float32", "highest"), ("bfloat16", None)])
+def test_float32_scorers_ask_for_full_precision_products(tiny_models, dtype, precision):
+    """Accelerators round float32 matmul inputs by default (TF32, bfloat16 passes); the float32
+    scorer's every product must ask for full precision, the 16-bit one for nothing extra."""
+    import jaxmap.engine as engine
+
+    model = engine.load_model(str(tiny_models[0]), dtype=dtype)
+    scorer, _ = engine.compiled_scorer(model.params, model.config, 3, 48, model.mesh)
+    dots = [line for line in scorer.as_text().splitlines() if " dot(" in line]
+    assert dots
+    for line in dots:
+        if precision:
+            assert f"operand_precision={{{precision},{precision}}}" in line, line
+        else:
+            assert "operand_precision" not in line, line
+
+
 def test_batch_plan_covers_every_text_once_with_bounded_padding():
     rng = np.random.default_rng(0)
     lengths = rng.integers(0, 700, size=500)
