@@ -45,6 +45,9 @@ def test_blockwise_matches_reference(window, softcap):
     np.testing.assert_allclose(np.asarray(got), expected, atol=3e-5, rtol=1e-4)
     dense = dense_attention(q, k, v, window=jnp.int32(window), softcap=softcap)
     np.testing.assert_allclose(np.asarray(dense), expected, atol=3e-5, rtol=1e-4)
+    # Query chunks, each against its key prefix (uneven: 70 = 24 + 24 + 22).
+    chunked = dense_attention(q, k, v, window=jnp.int32(window), softcap=softcap, query_chunks=3)
+    np.testing.assert_allclose(np.asarray(chunked), expected, atol=3e-5, rtol=1e-4)
 
 
 def test_blockwise_holds_no_square_score_matrix():
@@ -144,6 +147,9 @@ def test_segment_ids_keep_packed_pieces_apart_on_every_path(window):
     segment_ids = jnp.asarray(np.stack([segments, segments]), jnp.int32)
     paths = {
         "dense": lambda: dense_attention(q, k, v, window=jnp.int32(window), segment_ids=segment_ids),
+        "dense in 4 query chunks": lambda: dense_attention(
+            q, k, v, window=jnp.int32(window), segment_ids=segment_ids, query_chunks=4
+        ),
         "blockwise": lambda: blockwise_attention(
             q, k, v, window=jnp.int32(window), block=16, segment_ids=segment_ids
         ),
