@@ -140,7 +140,8 @@ def blockwise_attention(
     k = jnp.pad(k, (*pad, (0, 0))).astype(compute_dtype)
     v = jnp.pad(v, (*pad, (0, 0))).astype(compute_dtype)
     # [blocks, B, Hkv, G * block, hd]: each query block stacked as in the dense path.
-    q = jnp.transpose(q.reshape(batch, blocks, block, kv_heads, group, head_dim), (1, 0, 3, 4, 2, 5))
+    q = jnp.moveaxis(q.reshape(batch, blocks, block, kv_heads, group, head_dim), 1, 0)
+    q = _stack_queries(q.reshape(blocks * batch, block, kv_heads, group, head_dim))
     q = q.reshape(blocks, batch, kv_heads, group * block, head_dim)
     k = k.reshape(batch, blocks, block, kv_heads, head_dim)
     v = v.reshape(batch, blocks, block, kv_heads, head_dim)
