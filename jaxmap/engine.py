@@ -12,6 +12,7 @@ compilations. Running many models into a store is :mod:`jaxmap.jobs`.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -28,11 +29,13 @@ from .batching import (
 )
 from .checkpoints import Checkpoint, resolve
 from .kernels.fused_logprob import DEFAULT_TILE, sharded_token_logprobs, token_logprobs
+from .kernels.pallas_logprob import pallas_token_logprobs
 from .models import DTYPES, DecoderConfig, Params, hidden_states, translate_config
 from .models import unembedding as model_unembedding
 from .models import unembedding_bias
-from .models.attention import block_size, choose_path
-from .models.decoder import embed, final_norm
+from .models.attention import PATHS as ATTENTION_PATHS
+from .models.attention import block_size
+from .models.decoder import attention_path, embed, final_norm
 from .sharding import (
     DATA, batch_sharding, describe_mesh, make_mesh, place_params, put, row_sharding, to_host,
 )
@@ -53,6 +56,9 @@ def default_batch_tokens() -> int:
 # float32 by default: neighbouring checkpoints differ by KL of 1e-3 nats per text or less, which
 # bfloat16 rounding (about 0.1 nats per text) would drown. bfloat16 is for throughput runs.
 DEFAULT_DTYPE = "float32"
+
+# How the targets' log-probs are computed (jaxmap.models.DecoderConfig.logprob).
+LOGPROB_KERNELS = ("fused", "pallas")
 
 
 @partial(jax.jit, static_argnames=("config", "tile", "mesh"))
@@ -103,7 +109,13 @@ def _hidden_log_likelihoods(
     hidden, targets = hidden.reshape(rows * length, width), targets.reshape(-1)
     unembedding = model_unembedding(params, config)
     bias = unembedding_bias(params)
-    if mesh is None:
+    if config.logprob == "pallas":
+        logprobs = pallas_token_logprobs(
+            hidden, unembedding[: config.vocab_size], targets,
+            None if bias is None else bias[: config.vocab_size],
+            softcap=config.final_logit_softcap, interpret=jax.default_backend() == "cpu",
+        )
+    elif mesh is None:
         logprobs = token_logprobs(
             hidden, unembedding[: config.vocab_size], targets,
             tile=tile, softcap=config.final_logit_softcap,
@@ -354,12 +366,43 @@ def plan_scoring(
 
 def _attention_block(config: DecoderConfig, length: int) -> int:
     """The score block the attention path for rows of ``length`` computes at a time: the
-    blockwise path's block, or the whole row for the paths that compute the full square."""
-    path = choose_path(
-        config.attention, length, config.windows, config.attn_logit_softcap,
-        config.position == "alibi", jnp.float32, packed=True,
-    )
+    blockwise path's block, or the whole row for the paths that compute the full square (the
+    Pallas kernel skips masked blocks too, but its cost on CPU, in interpret mode, is not what
+    the plan should be tuned for)."""
+    path = attention_path(config, length, jnp.float32, packed=True)
     return block_size(length) if path == "blockwise" else length
+
+
+def check_kernels(attention: str, logprob: str, mesh: Mesh) -> None:
+    """Raise :class:`JaxmapError` in one line unless ``attention`` is ``auto`` or one of
+    :data:`jaxmap.models.attention.PATHS`, ``logprob`` one of :data:`LOGPROB_KERNELS`, and the
+    pallas kernels, if asked for, have a one-device ``mesh``."""
+    if attention not in ("auto", *ATTENTION_PATHS):
+        raise JaxmapError(
+            f"unknown attention path {attention!r}; choose auto or one of {', '.join(ATTENTION_PATHS)}"
+        )
+    if logprob not in LOGPROB_KERNELS:
+        raise JaxmapError(
+            f"unknown log-prob kernel {logprob!r}; choose one of {', '.join(LOGPROB_KERNELS)}"
+        )
+    if mesh.size > 1 and "pallas" in (attention, logprob):
+        raise JaxmapError(
+            f"the pallas kernels run on one device and this mesh has {mesh.size}; "
+            "choose other kernels, or a one-device mesh (--mesh data=1,model=1)"
+        )
+
+
+def with_kernels(config: DecoderConfig, attention: str, logprob: str, mesh: Mesh) -> DecoderConfig:
+    """``config`` computing attention on path ``attention`` and the log-probs with ``logprob``
+    (:func:`check_kernels`); raises :class:`JaxmapError` in one line for a path that cannot
+    compute this model (e.g. ``xla_fused`` with soft-capping)."""
+    check_kernels(attention, logprob, mesh)
+    config = dataclasses.replace(config, attention=attention, logprob=logprob)
+    try:
+        attention_path(config, config.max_positions, jnp.float32, packed=False)
+    except ValueError as error:
+        raise JaxmapError(f"attention path {attention!r}: {error}") from None
+    return config
 
 
 def _packing_obstacle(config: DecoderConfig) -> str | None:
@@ -381,6 +424,8 @@ def score_tokens(
     long_texts: str = "truncate",
     stride: int | None = None,
     packing: str = "auto",
+    attention: str = "auto",
+    logprob: str = "fused",
 ) -> ModelScores:
     """Score pre-tokenized texts with a loaded model.
 
@@ -389,6 +434,9 @@ def score_tokens(
     so that every token is scored (:func:`jaxmap.batching.split_texts`). ``packing``:
     ``"auto"`` packs texts into rows or buckets them by length, whichever the cost estimate
     prefers; ``"pack"`` or ``"buckets"`` force one (``stats["batching"]`` says which ran).
+    ``attention`` and ``logprob`` choose how, not what, is computed (:func:`with_kernels`): the
+    attention path (``"auto"`` picks per backend and row length) and the log-prob kernel
+    (``"fused"``, or ``"pallas"`` for the hand-written Pallas kernel).
 
     ``logit_lens`` also scores every layer's residual stream through the final norm and the
     unembedding, in the same forward pass (:func:`layer_log_likelihoods`), into
@@ -403,17 +451,16 @@ def score_tokens(
         raise JaxmapError(
             f"unknown long-text policy {long_texts!r}; choose one of {', '.join(LONG_TEXT_POLICIES)}"
         )
+    config = with_kernels(model.config, attention, logprob, model.mesh)
     shards = model.mesh.shape[DATA]
     batch_tokens = batch_tokens or default_batch_tokens() * shards
-    n_ctx = model.config.max_positions
-    pieces, choice = plan_scoring(
-        model.config, tokens.lengths, batch_tokens, long_texts, stride, packing
-    )
+    n_ctx = config.max_positions
+    pieces, choice = plan_scoring(config, tokens.lengths, batch_tokens, long_texts, stride, packing)
     plan = choice.plan
     scored = np.bincount(pieces.text, weights=pieces.scored, minlength=len(tokens)).astype(np.int64)
     loglik = np.zeros(len(tokens), np.float64)
     piece_logprobs: list[np.ndarray | None] = [None] * len(pieces) if keep_token_logprobs else []
-    layer_loglik = np.zeros((model.config.num_layers + 1, len(tokens)), np.float64) if logit_lens else None
+    layer_loglik = np.zeros((config.num_layers + 1, len(tokens)), np.float64) if logit_lens else None
     compiled_before = compilation_count()
     # Compile every batch shape first, so that compiling never competes with scoring for the
     # cores and the tokens/s figure measures scoring alone.
@@ -421,7 +468,7 @@ def score_tokens(
     scorers = {}
     for rows, length in sorted(plan.shapes):
         scorers[rows, length], seconds = compiled_scorer(
-            model.params, model.config, -(-rows // shards) * shards, length, model.mesh,
+            model.params, config, -(-rows // shards) * shards, length, model.mesh,
             logit_lens, packed=plan.packed,
         )
         compile_seconds += seconds
@@ -503,5 +550,7 @@ def score_tokens(
             "compilations": compilation_count() - compiled_before,
             "compile_seconds": compile_seconds,
             "mesh": describe_mesh(model.mesh),
+            "attention": attention,
+            "logprob": logprob,
         },
     )

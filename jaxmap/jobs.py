@@ -32,7 +32,7 @@ from . import distributed
 from .batching import LONG_TEXT_POLICIES, PACKINGS
 from ._version import __version__
 from .checkpoints import Checkpoint, WeightPrefetcher, expand_references, resolve, validate
-from .engine import DEFAULT_DTYPE, LoadedModel, ModelScores, load_model, score_tokens
+from .engine import DEFAULT_DTYPE, LoadedModel, ModelScores, check_kernels, load_model, score_tokens
 from .errors import JaxmapError, ModelsFailedError, StoreError
 from .models import DTYPES, translate_config
 from .sharding import make_mesh
@@ -187,6 +187,8 @@ def score_job(
     long_texts: str = "truncate",
     stride: int | None = None,
     packing: str = "auto",
+    attention: str = "auto",
+    logprob: str = "fused",
 ) -> JobSummary:
     """Score every model on every text into the store ``out``; see the module docstring.
 
@@ -208,7 +210,9 @@ def score_job(
     docs/store.md); a model already in the store keeps the row it has. ``long_texts``
     (``"truncate"`` or ``"rolling"``, with ``stride``) and ``packing`` (``"auto"``, ``"pack"``,
     ``"buckets"``) are those of :func:`jaxmap.engine.score_tokens`; the long-text policy is a
-    store setting, since it changes the numbers of every text longer than a context. Failed models
+    store setting, since it changes the numbers of every text longer than a context.
+    ``attention`` and ``logprob`` choose the attention path and the log-prob kernel
+    (:func:`jaxmap.engine.score_tokens`); each model's metadata records them. Failed models
     are in the returned summary; this raises only for errors that stop the whole job (a bad
     text set, a foreign store, a full disk).
 
@@ -229,6 +233,7 @@ def score_job(
         references = references[shard[0] :: shard[1]]
     out = Path(out)
     device_mesh = make_mesh(mesh, devices=jax.devices())
+    check_kernels(attention, logprob, device_mesh)
     # Process 0 alone opens the store; the others learn from it which models are done.
     writer = (
         StoreWriter(
@@ -288,7 +293,10 @@ def score_job(
             outcome = _score_one(
                 current, checkpoint, text_set, writer, token_cache, dtype, bos_policy,
                 batch_tokens, progress, say, logit_lens, done, save_token_logprobs,
-                scoring={"long_texts": long_texts, "stride": stride, "packing": packing},
+                scoring={
+                    "long_texts": long_texts, "stride": stride, "packing": packing,
+                    "attention": attention, "logprob": logprob,
+                },
             )
             prefetcher.release(checkpoint)
             summary.outcomes.append(outcome)
@@ -389,7 +397,9 @@ def _score_one(
         "architecture": model.architecture,
         "dtype": dtype,
         "bos_policy": bos_policy,
-        "long_texts": _long_text_setting(**{k: v for k, v in (scoring or {}).items() if k != "packing"}),
+        "long_texts": _long_text_setting(
+            **{k: v for k, v in (scoring or {}).items() if k in ("long_texts", "stride")}
+        ),
         "n_ctx": model.config.max_positions,
         "tokenizer": tokenizer_id,
         "jaxmap_version": __version__,

@@ -10,9 +10,11 @@ positions get -inf and are skipped by the maximum; a query with no visible key (
 returns zeros.
 
 On CPU the kernel runs in Pallas interpret mode (``interpret=True``), which is how the tests
-check it against a dense float64 reference. It has not yet been run on a GPU or TPU in this
-project: until an accelerator run records its figures under benchmarks/results/, the decoder
-keeps its own attention and this kernel is reachable only by calling it directly.
+check it against a dense float64 reference and, through the decoder, against the other attention
+paths. The decoder reaches it as the ``pallas`` attention path (``jaxmap score --attention
+pallas``), which ``auto`` never picks: it has not yet been run on a GPU or TPU in this project,
+and ``auto`` changes only after an accelerator run records its figures under
+benchmarks/results/. It has no gradient (scoring only).
 """
 
 from __future__ import annotations
@@ -26,19 +28,21 @@ from jax.experimental import pallas as pl
 
 
 def _attention_kernel(
-    q_ref, k_ref, v_ref, query_segments_ref, key_segments_ref, slope_ref, out_ref,
-    *, block_q, block_k, scale, window, softcap, length,
+    q_ref, k_ref, v_ref, query_segments_ref, key_segments_ref, slope_ref, window_ref, out_ref,
+    *, block_q, block_k, scale, softcap, length,
 ):
     query_block = pl.program_id(2)
     q = q_ref[...].astype(jnp.float32) * scale
     query_segments = query_segments_ref[...]
     slope = slope_ref[0]
+    # Read at run time, so the decoder's per-layer windows (traced inside its layer scan) work.
+    window = window_ref[0]
     query_pos = query_block * block_q + jax.lax.broadcasted_iota(jnp.int32, (block_q, block_k), 0)
     # Key blocks past this query block's last row are fully masked by causality.
     last_block = jnp.minimum((query_block * block_q + block_q - 1) // block_k + 1, length // block_k)
-    first_block = 0
-    if window:
-        first_block = jnp.maximum(query_block * block_q - window + 1, 0) // block_k
+    first_block = jnp.where(
+        window > 0, jnp.maximum(query_block * block_q - window + 1, 0) // block_k, 0
+    )
 
     def visit(index, carry):
         running_max, running_sum, accumulated = carry
@@ -52,9 +56,7 @@ def _attention_kernel(
             scores = softcap * jnp.tanh(scores / softcap)
         key_pos = start + jax.lax.broadcasted_iota(jnp.int32, (block_q, block_k), 1)
         scores = scores + slope * (key_pos - query_pos).astype(jnp.float32)
-        visible = key_pos <= query_pos
-        if window:
-            visible &= key_pos > query_pos - window
+        visible = (key_pos <= query_pos) & ((window == 0) | (key_pos > query_pos - window))
         visible &= query_segments[:, None] == key_segments_ref[pl.ds(start, block_k)][None, :]
         scores = jnp.where(visible, scores, -jnp.inf)
         new_max = jnp.maximum(running_max, jnp.max(scores, axis=1))
@@ -81,7 +83,7 @@ def _attention_kernel(
 
 @partial(
     jax.jit,
-    static_argnames=("scale", "window", "softcap", "block_q", "block_k", "interpret"),
+    static_argnames=("scale", "softcap", "block_q", "block_k", "interpret"),
 )
 def pallas_flash_attention(
     q: jax.Array,
@@ -91,7 +93,7 @@ def pallas_flash_attention(
     alibi_slopes: jax.Array | None = None,
     *,
     scale: float,
-    window: int = 0,
+    window: int | jax.Array = 0,
     softcap: float | None = None,
     block_q: int = 64,
     block_k: int = 64,
@@ -101,8 +103,8 @@ def pallas_flash_attention(
     [B, H, T, hd] float32.
 
     ``segment_ids`` [B, T] (int): a query sees only keys of its own segment (packed rows);
-    ``alibi_slopes`` [H]: adds ``slope · (key − query)`` to the scores; ``window`` w > 0: each
-    query sees itself and the w − 1 keys before it; ``softcap``: ``c · tanh(s / c)`` on the
+    ``alibi_slopes`` [H]: adds ``slope · (key − query)`` to the scores; ``window`` w > 0 (an int
+    or a traced int scalar): each query sees itself and the w − 1 keys before it; ``softcap``: ``c · tanh(s / c)`` on the
     scaled scores, before the ALiBi bias and the masks. T is padded to the block sizes internally
     (padding keys form a segment of their own).
     """
@@ -119,8 +121,8 @@ def pallas_flash_attention(
     q, k, v = (jnp.pad(x, ((0, 0), (0, 0), (0, pad), (0, 0))) for x in (q, k, v))
     segment_ids = jnp.pad(segment_ids.astype(jnp.int32), ((0, 0), (0, pad)), constant_values=-1)
     kernel = partial(
-        _attention_kernel, block_q=block_q, block_k=block_k, scale=scale, window=window,
-        softcap=softcap, length=padded,
+        _attention_kernel, block_q=block_q, block_k=block_k, scale=scale, softcap=softcap,
+        length=padded,
     )
     out = pl.pallas_call(
         kernel,
@@ -132,9 +134,13 @@ def pallas_flash_attention(
             pl.BlockSpec((None, block_q), lambda b, h, i: (b, i)),
             pl.BlockSpec((None, padded), lambda b, h, i: (b, 0)),
             pl.BlockSpec((1,), lambda b, h, i: (h,)),
+            pl.BlockSpec((1,), lambda b, h, i: (0,)),
         ],
         out_specs=pl.BlockSpec((None, None, block_q, head_dim), lambda b, h, i: (b, h, i, 0)),
         out_shape=jax.ShapeDtypeStruct((batch, heads, padded, head_dim), jnp.float32),
         interpret=interpret,
-    )(q, k, v, segment_ids, segment_ids, alibi_slopes.astype(jnp.float32))
+    )(
+        q, k, v, segment_ids, segment_ids, alibi_slopes.astype(jnp.float32),
+        jnp.asarray(window, jnp.int32).reshape(1),
+    )
     return out[:, :, :length]

@@ -12,9 +12,11 @@ comparing the tile's column indices with the targets (no gather), which lowers o
 backend.
 
 On CPU the kernel runs in Pallas interpret mode (``interpret=True``), which is how the tests
-check it against a float64 reference. It has not yet been run on a GPU or TPU in this project:
-until a run on an accelerator records its figures under benchmarks/results/, the engine keeps
-the pure-JAX kernel, and this one is reachable only by calling it directly.
+check it against a float64 reference and, through the engine, against transformers. The engine
+runs it when asked (``logprob="pallas"``, ``jaxmap score --logprob-kernel pallas``); the
+default stays the pure-JAX kernel: this one has not yet been run on a GPU or TPU in this
+project, and the default changes only after an accelerator run records its figures under
+benchmarks/results/. It has no gradient (scoring only).
 """
 
 from __future__ import annotations

@@ -114,10 +114,9 @@ PATH_CASES = {
 
 @pytest.mark.parametrize("case", sorted(PATH_CASES))
 def test_every_attention_path_matches_transformers(case, tmp_path):
-    """One model scored with the attention path forced to dense, then blockwise: both within
-    1e-3 nats of transformers on every text (the texts' rows span several blocks)."""
-    import dataclasses
-
+    """One model scored with the attention path forced to dense, blockwise, then the Pallas
+    kernels (attention and log-prob, interpret mode, texts packed into rows and bucketed): each
+    within 1e-3 nats of transformers on every text (the texts' rows span several blocks)."""
     import transformers
 
     from conftest import TEXTS, reference_loglik, save_random_model
@@ -132,10 +131,47 @@ def test_every_attention_path_matches_transformers(case, tmp_path):
     expected, _ = reference_loglik(directory, TEXTS, "full")
     model = load_model(str(directory))
     tokens = tokenize(TextSet.from_texts(TEXTS), model.tokenizer, "full")
-    for path in ("dense", "blockwise"):
-        model.config = dataclasses.replace(model.config, attention=path)
-        got = score_tokens(model, tokens, batch_tokens=256, progress=False).loglik
-        assert np.abs(got - expected).max() <= 1e-3, (path, np.abs(got - expected).max())
+    runs = [
+        ("dense", "fused", "auto"), ("blockwise", "fused", "auto"),
+        ("pallas", "pallas", "pack"), ("pallas", "fused", "buckets"),
+    ]
+    for attention, logprob, packing in runs:
+        result = score_tokens(
+            model, tokens, batch_tokens=256, progress=False, attention=attention,
+            logprob=logprob, packing=packing,
+        )
+        error = np.abs(result.loglik - expected).max()
+        assert error <= 1e-3, (attention, logprob, packing, error)
+        assert (result.stats["attention"], result.stats["logprob"]) == (attention, logprob)
+        assert result.stats["batching"].startswith(packing if packing != "auto" else "")
+
+
+def test_kernel_settings_that_cannot_run_say_why_in_one_line(tmp_path):
+    import dataclasses
+    from types import SimpleNamespace
+
+    import transformers
+
+    from conftest import save_random_model
+    from jaxmap.engine import check_kernels, load_model, with_kernels
+    from jaxmap.errors import JaxmapError
+
+    model = load_model(str(save_random_model(tmp_path / "m", PATH_CASES["gemma2-softcap"](transformers), seed=1, norm_center=0.0)))
+    one_device = model.mesh
+    for attention, logprob, message in [
+        ("flash", "fused", "unknown attention path 'flash'; choose auto or one of dense, blockwise, xla_fused, pallas"),
+        ("auto", "triton", "unknown log-prob kernel 'triton'; choose one of fused, pallas"),
+        ("xla_fused", "fused", "attention path 'xla_fused': the xla_fused attention path takes no soft-capping"),
+    ]:
+        with pytest.raises(JaxmapError) as caught:
+            with_kernels(model.config, attention, logprob, one_device)
+        assert str(caught.value).startswith(message) and "\n" not in str(caught.value)
+    rounded = dataclasses.replace(model.config, attn_logit_softcap=None, alibi_bfloat16=True)
+    with pytest.raises(JaxmapError, match="pallas attention path takes ALiBi as slopes"):
+        with_kernels(rounded, "pallas", "fused", one_device)
+    with pytest.raises(JaxmapError, match="the pallas kernels run on one device and this mesh has 4"):
+        check_kernels("auto", "pallas", SimpleNamespace(size=4))
+    check_kernels("pallas", "pallas", SimpleNamespace(size=1))
 
 
 @pytest.mark.parametrize("window", [0, 4])

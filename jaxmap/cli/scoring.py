@@ -14,7 +14,9 @@ from . import int_at_least
 
 
 def register(subparsers) -> None:
-    from ..engine import ACCELERATOR_BATCH_TOKENS, CPU_BATCH_TOKENS, DEFAULT_DTYPE
+    from ..engine import (
+        ACCELERATOR_BATCH_TOKENS, ATTENTION_PATHS, CPU_BATCH_TOKENS, DEFAULT_DTYPE, LOGPROB_KERNELS,
+    )
 
     score = subparsers.add_parser(
         "score",
@@ -56,6 +58,16 @@ def register(subparsers) -> None:
         "--packing", default="auto", choices=["auto", "pack", "buckets"],
         help="pack texts into rows with segment ids, or bucket them by length; auto takes the "
         "cheaper by estimated FLOPs (default: %(default)s)",
+    )
+    score.add_argument(
+        "--attention", default="auto", choices=["auto", *ATTENTION_PATHS],
+        help="attention path: auto picks per backend and row length; pallas is the hand-written "
+        "kernel (one device; interpret mode, slow, on CPU) (default: %(default)s)",
+    )
+    score.add_argument(
+        "--logprob-kernel", default="fused", choices=list(LOGPROB_KERNELS),
+        help="log-prob kernel: the pure-JAX vocab-tiled one, or the hand-written Pallas one "
+        "(one device) (default: %(default)s)",
     )
     score.add_argument("--cache-dir", help="cache for converted GGUF weights (default: ~/.cache/jaxmap)")
     score.add_argument(
@@ -164,6 +176,7 @@ def run_score(args: argparse.Namespace) -> int:
         disk_budget=args.disk_budget, report=lambda line: print(line, file=sys.stderr),
         logit_lens=args.logit_lens, save_token_logprobs=args.save_token_logprobs,
         long_texts=args.long_texts, stride=args.stride, packing=args.packing,
+        attention=args.attention, logprob=args.logprob_kernel,
     )
     if first:
         for line in summary.lines():

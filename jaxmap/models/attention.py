@@ -9,6 +9,11 @@
 * ``xla_fused``: :func:`jax.nn.dot_product_attention`, asked for cuDNN's fused kernel on GPUs
   and XLA's implementation elsewhere. Only for variants it expresses: no soft-capping, no
   ALiBi, and (on GPU) no packed rows.
+* ``pallas``: the hand-written Pallas flash-attention kernel
+  (:func:`jaxmap.kernels.pallas_attention.pallas_flash_attention`), which takes every variant
+  (soft-capping, ALiBi slopes, per-layer windows, packed rows) in one fused kernel. Never
+  chosen by ``auto``: it waits for an accelerator run to measure it. On CPU it runs in Pallas
+  interpret mode (slow; for checking). No gradient.
 
 All take q [B, T, Hkv, G, hd] (G query heads per key/value head), already multiplied by the
 attention scale, and k, v [B, T, Hkv, hd], and return the context [B, T, Hkv, G, hd] in
@@ -27,6 +32,8 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+
+from ..kernels.pallas_attention import pallas_flash_attention
 
 
 def _visible(query_pos, key_pos, window, query_segment=None, key_segment=None):
@@ -230,7 +237,26 @@ def xla_fused_attention(
     return out.astype(jnp.float32).reshape(batch, length, kv_heads, group, head_dim)
 
 
-PATHS = ("dense", "blockwise", "xla_fused")
+def pallas_attention(
+    q, k, v, *, window, softcap=None, alibi_slopes=None, compute_dtype=jnp.float32,
+    segment_ids=None,
+):
+    """The Pallas kernel on the decoder's layout: q [B, T, Hkv, G, hd] (scaled) is laid out as
+    [B, Hkv·G, T, hd] (head h = kv_head·G + g, the kernel's grouping), k and v as
+    [B, Hkv, T, hd]. ``alibi_slopes`` [H] (times the ALiBi scale) replace the bias function;
+    ``window`` may be traced. Interpret mode off accelerators."""
+    batch, length, kv_heads, group, head_dim = q.shape
+    queries = jnp.transpose(q.reshape(batch, length, kv_heads * group, head_dim), (0, 2, 1, 3))
+    keys, values = (jnp.transpose(x, (0, 2, 1, 3)) for x in (k, v))
+    out = pallas_flash_attention(
+        queries.astype(compute_dtype), keys.astype(compute_dtype), values.astype(compute_dtype),
+        segment_ids, alibi_slopes, scale=1.0, window=window, softcap=softcap,
+        interpret=jax.default_backend() == "cpu",
+    )
+    return jnp.transpose(out, (0, 2, 1, 3)).reshape(batch, length, kv_heads, group, head_dim)
+
+
+PATHS = ("dense", "blockwise", "xla_fused", "pallas")
 
 # Rows at least this long take the blockwise path on CPU, in blocks of block_size(length).
 # Measured on the 2-core CPU machine (benchmarks/bench_attention.py,
@@ -263,18 +289,26 @@ def choose_path(
     compute_dtype,
     backend: str | None = None,
     packed: bool = False,
+    rounded_alibi: bool = False,
 ) -> str:
     """The attention path for a row length: ``setting`` if not ``"auto"`` (checked against the
     variant), else per backend: on CPU dense for short rows and blockwise from
     :data:`CPU_BLOCKWISE_FROM`; on accelerators the library's fused kernel where it expresses
     the variant (no soft-cap, no ALiBi, one window for every layer, 16-bit inputs, which cuDNN
-    needs, and rows that are not packed, since cuDNN takes no segment mask), else blockwise."""
+    needs, and rows that are not packed, since cuDNN takes no segment mask), else blockwise.
+    ``pallas`` is only ever chosen by name; it takes ALiBi as slopes, so not the bias that
+    Falcon rounds to bfloat16 per position (``rounded_alibi``)."""
     if setting not in ("auto", *PATHS):
         raise ValueError(f"unknown attention path {setting!r}; choose auto or one of {PATHS}")
     fused_ok = not softcap and not has_bias and len(set(windows)) <= 1
     if setting == "xla_fused" and not fused_ok:
         raise ValueError(
             "the xla_fused attention path takes no soft-capping, no ALiBi and one window for all layers"
+        )
+    if setting == "pallas" and rounded_alibi:
+        raise ValueError(
+            "the pallas attention path takes ALiBi as slopes, not a bias rounded to bfloat16 "
+            "per position (this model's alibi_bfloat16)"
         )
     if setting != "auto":
         return setting
@@ -288,11 +322,11 @@ def choose_path(
 
 def attend(
     q, k, v, *, window, softcap, bias, compute_dtype, path: str, static_window: int = 0,
-    segment_ids=None,
+    segment_ids=None, alibi_slopes=None,
 ):
     """Run attention on ``path`` (see :func:`choose_path`). ``window`` may be traced;
     ``static_window`` is the one window every layer shares, which the fused path needs as a
-    Python int."""
+    Python int. ``alibi_slopes`` [H] stand for ``bias`` on the pallas path."""
     if path == "dense":
         return dense_attention(
             q, k, v, window=window, softcap=softcap, bias=bias, compute_dtype=compute_dtype,
@@ -302,6 +336,11 @@ def attend(
         return blockwise_attention(
             q, k, v, window=window, softcap=softcap, bias=bias, compute_dtype=compute_dtype,
             block=block_size(q.shape[1]), segment_ids=segment_ids,
+        )
+    if path == "pallas":
+        return pallas_attention(
+            q, k, v, window=window, softcap=softcap, alibi_slopes=alibi_slopes,
+            compute_dtype=compute_dtype, segment_ids=segment_ids,
         )
     if jax.default_backend() == "gpu" and segment_ids is None:
         try:

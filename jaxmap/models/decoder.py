@@ -137,7 +137,11 @@ class DecoderConfig:
     shared_expert: bool = False
     # How attention is computed, not what (every path gives the same scores up to float32
     # rounding): "auto" picks per backend and row length (jaxmap.models.attention.choose_path).
-    attention: Literal["auto", "dense", "blockwise", "xla_fused"] = "auto"
+    attention: Literal["auto", "dense", "blockwise", "xla_fused", "pallas"] = "auto"
+    # How the engine turns last hidden states into the targets' log-probs, not what: "fused" is
+    # the pure-JAX vocab-tiled kernel (jaxmap.kernels.fused_logprob), "pallas" the hand-written
+    # one (jaxmap.kernels.pallas_logprob; one device, no gradient).
+    logprob: Literal["fused", "pallas"] = "fused"
 
     def __post_init__(self) -> None:
         if self.num_experts and not (
@@ -337,14 +341,27 @@ def _self_attention(
 ) -> jax.Array:
     q, k, v = project_qkv(x, layer, config, cos, sin)
     compute_dtype = layer["q"]["kernel"].dtype
+    path = attention_path(config, x.shape[1], compute_dtype, packed=segment_ids is not None)
+    slopes = None
+    if path == "pallas" and config.position == "alibi":
+        slopes = jnp.asarray(np.asarray(config.alibi_slopes, np.float32) * config.alibi_scale)
     context = attend(
         q, k, v, window=window, softcap=config.attn_logit_softcap, bias=alibi_bias(config),
         compute_dtype=compute_dtype, static_window=config.windows[0], segment_ids=segment_ids,
-        path=choose_path(config.attention, x.shape[1], config.windows, config.attn_logit_softcap,
-                         config.position == "alibi", compute_dtype,
-                         packed=segment_ids is not None),
+        path=path, alibi_slopes=slopes,
     )
     return attention_output(context, layer)
+
+
+def attention_path(config: DecoderConfig, length: int, compute_dtype, packed: bool) -> str:
+    """The attention path the decoder takes for rows of ``length``
+    (:func:`jaxmap.models.attention.choose_path` on this model's variant); raises ValueError
+    when ``config.attention`` names a path that cannot compute it."""
+    return choose_path(
+        config.attention, length, config.windows, config.attn_logit_softcap,
+        config.position == "alibi", compute_dtype, packed=packed,
+        rounded_alibi=config.alibi_bfloat16,
+    )
 
 
 def _mlp(x: jax.Array, layer: dict, config: DecoderConfig) -> jax.Array:
