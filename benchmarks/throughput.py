@@ -61,10 +61,18 @@ CONTENDERS = (
     "jaxmap-bf16",
     "jaxmap-f32-buckets",
     "jaxmap-bf16-buckets",
+    "jaxmap-f32-pallas",
+    "jaxmap-bf16-pallas",
     "hf-batched-f32",
     "hf-batched-bf16",
     "paper-loop-f32",
+    "paper-loop-bf16",
     "lm-eval-f32",
+)
+# The Pallas kernels run in interpret mode on CPU (far too slow to race), and the paper ran its
+# loop in 16 bits only on GPUs: those contenders are asked for by name.
+DEFAULT_CONTENDERS = tuple(
+    name for name in CONTENDERS if not name.endswith("-pallas") and name != "paper-loop-bf16"
 )
 REFERENCE = "hf-batched-f32"
 # Per-text agreement with the float32 reference. float32 engines differ only by summation
@@ -91,8 +99,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument(
         "--contenders",
-        default=",".join(CONTENDERS),
-        help=f"comma-separated subset of {','.join(CONTENDERS)}",
+        default=",".join(DEFAULT_CONTENDERS),
+        help=f"comma-separated subset of {','.join(CONTENDERS)} (default: %(default)s)",
     )
     parser.add_argument("--rounds", type=int, default=3, help="interleaved timed rounds")
     parser.add_argument(
@@ -108,6 +116,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--lm-eval-batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
+    parser.add_argument(
+        "--torch-device", default="auto", choices=["auto", "cpu", "cuda"],
+        help="where the torch contenders run: auto is cuda when JAX runs on a GPU and torch "
+        "sees one, else cpu (default: %(default)s)",
+    )
     parser.add_argument("--matmul-size", type=int, default=4096)
     parser.add_argument("--matmul-repeats", type=int, default=3)
     parser.add_argument(
@@ -124,7 +137,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     unknown = sorted(set(args.contenders) - set(CONTENDERS))
     if unknown:
         parser.error(f"unknown contender(s) {unknown}; choose from {', '.join(CONTENDERS)}")
+    args.torch_device = torch_device(args.torch_device)
     return args
+
+
+def torch_device(setting: str) -> str:
+    """``cpu`` or ``cuda`` for the torch contenders (see ``--torch-device``)."""
+    import jax
+    import torch
+
+    if setting == "auto":
+        return "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("throughput.py: --torch-device cuda, but torch sees no CUDA device")
+    return setting
 
 
 def log(message: str) -> None:
@@ -140,12 +166,14 @@ def build_contenders(
     for name in args.contenders:
         dtype = "bfloat16" if "bf16" in name else "float32"
         if name.startswith("jaxmap"):
-            packing = "buckets" if name.endswith("-buckets") else "auto"
-            built.append(JaxmapScore(texts, directory, dtype, args.batch_tokens, packing))
+            packing = "buckets" if "-buckets" in name else "auto"
+            built.append(
+                JaxmapScore(texts, directory, dtype, args.batch_tokens, packing, "-pallas" in name)
+            )
         elif name.startswith("hf-batched"):
             built.append(TransformersBatched(texts, models, dtype, args.hf_batch_tokens))
-        elif name == "paper-loop-f32":
-            built.append(PaperLoop(texts, models, paper_indices))
+        elif name.startswith("paper-loop"):
+            built.append(PaperLoop(texts, models, paper_indices, dtype))
         elif name == "lm-eval-f32":
             try:
                 built.append(LmEvalRolling(texts, models, args.lm_eval_batch_size))
@@ -271,6 +299,12 @@ def ratios(results: dict[str, dict]) -> dict[str, dict]:
     return out
 
 
+def _torch_peak(peak: dict, name: str) -> str:
+    """A torch peak cell, with the size it was measured at where it had to shrink."""
+    size = peak.get(f"{name}_size")
+    return f"{peak[name]:.0f}" + (f" (at {size}²)" if size else "")
+
+
 def markdown(report: dict) -> str:
     """The report as a markdown page: setup, headline table, peak table, profile."""
     lines = [
@@ -281,7 +315,9 @@ def markdown(report: dict) -> str:
         "",
         f"* Machine: {report['machine']['cpu_model']}, {report['machine']['cpu_count']} cores "
         f"({', '.join(report['machine']['cpu_flags'])}); load average at start / end "
-        f"{report['load_average']['start']} / {report['load_average']['end']}.",
+        f"{report['load_average']['start']} / {report['load_average']['end']}; JAX on "
+        f"{', '.join(sorted(set(report['machine']['jax_devices'])))}, torch on "
+        f"{report['settings']['torch_device']}.",
         f"* Model: {report['model']['note']}; "
         f"{report['model']['shape']['matmul_weights'] / 1e6:.1f}M matmul weights (unembedding "
         "included).",
@@ -342,7 +378,7 @@ def markdown(report: dict) -> str:
     for index, peak in enumerate(report["peak"]["rounds"]):
         lines.append(
             f"| {index + 1} | {peak['jax_float32']:.0f} | {peak['jax_bfloat16']:.0f} | "
-            f"{peak['torch_float32']:.0f} | {peak['torch_bfloat16']:.0f} |"
+            f"{_torch_peak(peak, 'torch_float32')} | {_torch_peak(peak, 'torch_bfloat16')} |"
         )
     lines.append("")
     passes = [
@@ -393,7 +429,7 @@ def measure(
     runs: dict[str, list[RunOutput]] = {c.name: [] for c in contenders}
     load_rounds = []
     for round_index in range(args.rounds):
-        peaks.append(matmul_peak(args.matmul_size, args.matmul_repeats))
+        peaks.append(matmul_peak(args.matmul_size, args.matmul_repeats, args.torch_device))
         measured = ", ".join(f"{k} {v:.0f}" for k, v in peaks[-1].items())
         log(f"round {round_index + 1}/{args.rounds}: peak {measured} GFLOP/s")
         for contender in contenders:
@@ -451,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
     if model.fallback:
         notes.append(model.note)
     shape = shape_of(model.directory)
-    models = TorchModels(model.directory, args.threads)
+    models = TorchModels(model.directory, args.threads, args.torch_device)
     paper_ids = [
         ids[: models.max_length] for ids in models.tokenizer(list(texts.texts))["input_ids"]
     ]
@@ -488,16 +524,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile:
         from throughput_profile import profile_jaxmap
 
-        for dtype in ("float32", "bfloat16"):
+        for dtype in sorted({c.dtype for c in contenders if isinstance(c, JaxmapScore)}, reverse=True):
             log(f"profiling jaxmap {dtype}")
             profiles.append(profile_jaxmap(model.directory, texts, dtype, args.batch_tokens))
 
-    if "paper-loop-f32" in results and len(paper_indices) < len(texts):
-        notes.append(
-            f"paper-loop-f32 scores {len(paper_indices)} of the {len(texts)} texts, spread evenly "
-            "over the length-sorted texts (the same length profile): its tokens/s, GFLOP/s and "
-            "speed-ups are per token and comparable with the others, its seconds are not"
-        )
+    for name in ("paper-loop-f32", "paper-loop-bf16"):
+        if name in results and len(paper_indices) < len(texts):
+            notes.append(
+                f"{name} scores {len(paper_indices)} of the {len(texts)} texts, spread evenly "
+                "over the length-sorted texts (the same length profile): its tokens/s, GFLOP/s "
+                "and speed-ups are per token and comparable with the others, its seconds are not"
+            )
     if "lm-eval-f32" in results:
         notes.append(
             "lm-eval-f32 scores every text token after a prefix token (BOS, else EOS): one "
@@ -551,6 +588,7 @@ def main(argv: list[str] | None = None) -> int:
             "lm_eval_batch_size": args.lm_eval_batch_size,
             "paper_texts": len(paper_indices),
             "torch_threads": args.threads,
+            "torch_device": args.torch_device,
             "tolerances": {
                 "float32_max_abs_nats": TOLERANCE_FLOAT32_NATS,
                 "bfloat16_max_relative": TOLERANCE_BFLOAT16_RELATIVE,

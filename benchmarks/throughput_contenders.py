@@ -31,14 +31,16 @@ class RunOutput:
 
 
 class TorchModels:
-    """The transformers tokenizer and models, loaded once and shared by the torch contenders."""
+    """The transformers tokenizer and models, loaded once and shared by the torch contenders,
+    on ``device`` ("cpu" or "cuda")."""
 
-    def __init__(self, directory: Path, threads: int) -> None:
+    def __init__(self, directory: Path, threads: int, device: str = "cpu") -> None:
         import torch
         from transformers import AutoTokenizer
 
         torch.set_num_threads(threads)
         self.directory = directory
+        self.device = device
         self.tokenizer = AutoTokenizer.from_pretrained(str(directory))
         self._models: dict[str, object] = {}
         self.load_seconds: dict[str, float] = {}
@@ -52,7 +54,7 @@ class TorchModels:
             started = time.perf_counter()
             self._models[dtype] = AutoModelForCausalLM.from_pretrained(
                 str(self.directory), dtype=getattr(torch, dtype)
-            ).eval()
+            ).to(self.device).eval()
             self.load_seconds[dtype] = time.perf_counter() - started
         return self._models[dtype]
 
@@ -72,8 +74,8 @@ def batched_logliks(
     ``logit[target] − logsumexp(logits)`` so no second vocabulary-sized tensor is written (a
     float32 copy of the logits is made for bfloat16 models: a log-sum-exp over 50k bfloat16
     values, with their 8-bit mantissas, would be off by far more than the model's own error). Sums accumulate in float64.
-    Returns log-likelihoods, scored-token counts and the share of computed positions that
-    were padding.
+    Batches go to the model's device; the sums come back once per batch. Returns
+    log-likelihoods, scored-token counts and the share of computed positions that were padding.
     """
     import torch
 
@@ -92,12 +94,13 @@ def batched_logliks(
             for row, index in enumerate(members):
                 ids[row, : lengths[index]] = torch.tensor(sequences[index])
                 mask[row, : lengths[index]] = 1
+            ids, mask = ids.to(model.device), mask.to(model.device)
             logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1]
             logits = logits.float()
             targets = ids[:, 1:]
             picked = logits.gather(-1, targets[..., None])[..., 0] - torch.logsumexp(logits, -1)
             sums = torch.where(mask[:, 1:].bool(), picked, 0.0).sum(1, dtype=torch.float64)
-            loglik[members] = sums.numpy()
+            loglik[members] = sums.cpu().numpy()
     real = int(lengths[order].sum())
     return loglik, np.maximum(lengths - 1, 0), 1.0 - real / padded if padded else 0.0
 
@@ -136,22 +139,30 @@ class Contender:
 
 class JaxmapScore(Contender):
     """``jaxmap.score`` on the model directory, bos_policy="paper", into a fresh store per pass
-    (``packing="auto"``, or ``"buckets"`` for the ``-buckets`` contenders)."""
+    (``packing="auto"``, or ``"buckets"`` for the ``-buckets`` contenders; the ``-pallas`` ones
+    run the Pallas attention and log-prob kernels)."""
 
     def __init__(
-        self, texts: TextSet, directory: Path, dtype: str, batch_tokens: int, packing: str = "auto"
+        self, texts: TextSet, directory: Path, dtype: str, batch_tokens: int, packing: str = "auto",
+        pallas: bool = False,
     ) -> None:
         super().__init__(texts)
         self.directory = directory
         self.dtype = dtype
         self.batch_tokens = batch_tokens
         self.packing = packing
-        self.name = f"jaxmap-{'f32' if dtype == 'float32' else 'bf16'}" + (
-            "-buckets" if packing == "buckets" else ""
+        self.kernels = (
+            {"attention": "pallas", "logprob": "pallas"} if pallas
+            else {"attention": "auto", "logprob": "fused"}
+        )
+        self.name = (
+            f"jaxmap-{'f32' if dtype == 'float32' else 'bf16'}"
+            + ("-buckets" if packing == "buckets" else "") + ("-pallas" if pallas else "")
         )
         self.description = (
             f"jaxmap.score([model], texts, out=<fresh .h5>, dtype={dtype!r}, bos_policy='paper', "
-            f"packing={packing!r}, "
+            f"packing={packing!r}, attention={self.kernels['attention']!r}, "
+            f"logprob={self.kernels['logprob']!r}, "
             f"batch_tokens={batch_tokens}, progress=False); timed = wall time of the call minus "
             "the weight-load time the engine records (tokenization, batching, forward, store "
             "write included)"
@@ -179,6 +190,7 @@ class JaxmapScore(Contender):
             batch_tokens=self.batch_tokens,
             packing=self.packing,
             progress=False,
+            **self.kernels,
         )
         wall = time.perf_counter() - started
         meta = store.model_meta[0]
@@ -240,18 +252,21 @@ class PaperLoop(Contender):
     1), a no-grad forward with ``use_cache=True``, ``log_softmax`` over the whole [1, T, V]
     logits, and a Python loop over positions pulling each next-token log-probability to the
     host with ``float(...)`` (one device sync per token), summed in Python. The paper ran
-    float16 on GPUs; on CPU this runs float32.
+    float16 on GPUs; ``paper-loop-bf16`` is its 16-bit run (bfloat16, the 16-bit type jaxmap
+    has), ``paper-loop-f32`` the float32 one.
     """
 
-    def __init__(self, texts: TextSet, models: TorchModels, indices: np.ndarray) -> None:
+    def __init__(
+        self, texts: TextSet, models: TorchModels, indices: np.ndarray, dtype: str = "float32"
+    ) -> None:
         super().__init__(texts, indices)
         self.models = models
-        self.dtype = "float32"
-        self.name = "paper-loop-f32"
+        self.dtype = dtype
+        self.name = f"paper-loop-{'f32' if dtype == 'float32' else 'bf16'}"
         self.description = (
             "the 1,000-model paper's loop (shimo-lab/modelmap LikelihoodCalculator): encode "
             "twice per text (length check, then truncating), batch 1 forward with use_cache=True, "
-            "log_softmax of the full logits, float() per token, Python sum; float32"
+            f"log_softmax of the full logits, float() per token, Python sum; {dtype}"
         )
         models.model(self.dtype)
 
@@ -266,7 +281,9 @@ class PaperLoop(Contender):
             # The paper encodes each text twice: once to record over-long texts, once to truncate.
             over_length += len(tokenizer.encode(text)) > max_length
             tokenized.append(
-                tokenizer.encode(text, return_tensors="pt", truncation=True, max_length=max_length)
+                tokenizer.encode(
+                    text, return_tensors="pt", truncation=True, max_length=max_length
+                ).to(self.models.device)
             )
         loglik, ntokens = [], []
         for tokens in tokenized:
@@ -309,7 +326,7 @@ class LmEvalRolling(Contender):
             pretrained=models.model(self.dtype),
             tokenizer=models.tokenizer,
             batch_size=batch_size,
-            device="cpu",
+            device=models.device,
         )
 
     def scored_sequences(self, texts: list[str]) -> list[list[int]]:

@@ -22,8 +22,9 @@ from jaxmap.texts import TextSet, chunk_document, load_texts
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
-# SmolLM2-135M's shape (Llama): used when the packaged GGUF cannot be converted. Throughput does
-# not depend on weight values, only on these sizes.
+# Llama shapes for random-initialised models: `--model random:NAME`, and the fallback when the
+# packaged SmolLM2 GGUF cannot be converted (that one's shape). Throughput does not depend on
+# weight values, only on these sizes.
 SMOLLM2_SHAPE = dict(
     hidden_size=576,
     intermediate_size=1536,
@@ -36,6 +37,26 @@ SMOLLM2_SHAPE = dict(
     rms_norm_eps=1e-5,
     tie_word_embeddings=True,
 )
+RANDOM_SHAPES = {
+    "smollm2-135m": SMOLLM2_SHAPE,
+    # Llama-3.2-1B's shape: 1.24B parameters, the "1B-class" model of the GPU goals.
+    "llama-1b": dict(
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=64,
+        vocab_size=128256,
+        max_position_embeddings=8192,
+        rope_theta=500000.0,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=True,
+    ),
+    # A few layers of SmolLM2's width, for checking the harness itself quickly.
+    "tiny": dict(SMOLLM2_SHAPE, num_hidden_layers=2, vocab_size=8192),
+}
+RANDOM_PREFIX = "random:"
 
 
 @dataclass(frozen=True)
@@ -127,8 +148,10 @@ class BenchModel:
     cleanup: tempfile.TemporaryDirectory | None = None
 
 
-def _random_smollm2_shaped(texts: TextSet, reason: str) -> BenchModel:
-    """A random-initialised Llama of SmolLM2-135M's shape, with a byte-level BPE tokenizer."""
+def random_model(shape: str, texts: TextSet, reason: str | None = None) -> BenchModel:
+    """A random-initialised Llama of :data:`RANDOM_SHAPES` ``[shape]``, with a byte-level BPE
+    tokenizer trained on the benchmark texts; ``reason`` says why the default model was
+    replaced (a fallback), None when it was asked for."""
     import torch
     import transformers
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -149,28 +172,38 @@ def _random_smollm2_shaped(texts: TextSet, reason: str) -> BenchModel:
     )
     fast.save_pretrained(directory)
     config = transformers.LlamaConfig(
-        **SMOLLM2_SHAPE, bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id
+        **RANDOM_SHAPES[shape], bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id
     )
     torch.manual_seed(0)
     transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(
         directory, safe_serialization=True
     )
     note = (
-        f"FALLBACK: random-initialised Llama of SmolLM2-135M's shape (the packaged model was not "
-        f"usable: {reason}); tokenizer is a byte-level BPE trained on the benchmark texts, so "
-        "token counts differ from SmolLM2's. Speed depends on shapes only."
+        f"random-initialised Llama of the {shape} shape; its tokenizer is a byte-level BPE "
+        "trained on the benchmark texts (8,192 tokens). Speed depends on shapes only."
     )
-    return BenchModel("random-smollm2-shape", directory, True, note, holder)
+    if reason is not None:
+        note = f"FALLBACK: {note} The packaged model was not usable: {reason}"
+    return BenchModel(f"{RANDOM_PREFIX}{shape}", directory, reason is not None, note, holder)
 
 
 def resolve_model(reference: str | None, texts: TextSet) -> BenchModel:
-    """The model to benchmark: ``reference`` resolved by jaxmap, or the packaged SmolLM2.
+    """The model to benchmark: ``random:SHAPE`` (:data:`RANDOM_SHAPES`), ``reference``
+    resolved by jaxmap, or the packaged SmolLM2.
 
     Only the default may fall back to a random model of the same shape; a reference the user
     named must load, or the run stops.
     """
     from jaxmap.checkpoints import resolve
 
+    if reference is not None and reference.startswith(RANDOM_PREFIX):
+        shape = reference[len(RANDOM_PREFIX):]
+        if shape not in RANDOM_SHAPES:
+            raise SystemExit(
+                f"throughput.py: unknown random model shape {shape!r}; choose one of "
+                f"{', '.join(RANDOM_PREFIX + name for name in RANDOM_SHAPES)}"
+            )
+        return random_model(shape, texts)
     if reference is not None:
         checkpoint = resolve(reference)
         note = f"{reference} ({checkpoint.source})"
@@ -178,7 +211,7 @@ def resolve_model(reference: str | None, texts: TextSet) -> BenchModel:
     try:
         checkpoint = resolve(DEFAULT_MODEL)
     except Exception as error:  # any failure of the optional packaged model means: fall back
-        return _random_smollm2_shaped(texts, f"{type(error).__name__}: {error}")
+        return random_model("smollm2-135m", texts, f"{type(error).__name__}: {error}")
     return BenchModel(
         DEFAULT_MODEL,
         checkpoint.directory,
@@ -191,19 +224,25 @@ def resolve_model(reference: str | None, texts: TextSet) -> BenchModel:
 def stdlib_texts(count: int) -> TextSet:
     """A deterministic, natural-ish text set: one chunk from each Python standard-library module.
 
-    Modules are taken in name order; module i is cut by :func:`jaxmap.texts.chunk_document` with
-    a maximum chunk size cycling through 256–1024 bytes (like the papers' Pile chunks), and its
-    middle chunk is kept, which is ordinary code rather than a licence header.
+    Modules are taken in name order, the top-level ones first, then those of the standard
+    library's packages (for more texts than the ~170 top-level modules; installed packages are
+    not read); module i is cut by :func:`jaxmap.texts.chunk_document` with a maximum chunk size
+    cycling through 256–1024 bytes (like the papers' Pile chunks), and its middle chunk is
+    kept, which is ordinary code rather than a licence header.
     """
     root = Path(sysconfig.get_paths()["stdlib"])
+    in_packages = sorted(
+        path for path in root.glob("*/**/*.py")
+        if path.relative_to(root).parts[0] not in ("site-packages", "dist-packages")
+    )
     ids, texts = [], []
-    for position, path in enumerate(sorted(root.glob("*.py"))):
+    for position, path in enumerate([*sorted(root.glob("*.py")), *in_packages]):
         if len(texts) == count:
             break
         source = path.read_text(encoding="utf-8", errors="replace")
         chunks = list(chunk_document(source, max_bytes=256 + (position * 389) % 769))
         if chunks:
-            ids.append(f"stdlib/{path.name}")
+            ids.append(f"stdlib/{path.relative_to(root).as_posix()}")
             texts.append(chunks[len(chunks) // 2])
     if len(texts) < count:
         raise ValueError(f"the standard library at {root} yields only {len(texts)} texts")
@@ -227,11 +266,13 @@ def stratified_subset(lengths: np.ndarray, count: int) -> np.ndarray:
     return np.sort(order[picks])
 
 
-def matmul_peak(size: int, repeats: int) -> dict[str, float]:
+def matmul_peak(size: int, repeats: int, torch_device: str = "cpu") -> dict[str, float]:
     """Best-of-``repeats`` GFLOP/s of one size×size matmul in JAX and in torch.
 
-    ``jax_bfloat16`` multiplies bfloat16 inputs with float32 accumulation and output
-    (``preferred_element_type``), the mode a bfloat16 forward pass uses.
+    ``jax_float32`` asks for full-precision products (no TF32 on GPUs), as jaxmap's float32
+    scorers do; ``jax_bfloat16`` multiplies bfloat16 inputs with float32 accumulation and output
+    (``preferred_element_type``), the mode a bfloat16 forward pass uses. torch runs on
+    ``torch_device`` (synchronised before the clock stops).
     """
     import jax
     import jax.numpy as jnp
@@ -243,7 +284,9 @@ def matmul_peak(size: int, repeats: int) -> dict[str, float]:
     a32 = jax.random.normal(key, (size, size), jnp.float32)
     b32 = jax.random.normal(jax.random.fold_in(key, 1), (size, size), jnp.float32)
     variants = {
-        "jax_float32": (jax.jit(jnp.matmul), a32, b32),
+        "jax_float32": (
+            jax.jit(lambda a, b: jnp.matmul(a, b, precision=jax.lax.Precision.HIGHEST)), a32, b32
+        ),
         "jax_bfloat16": (
             jax.jit(lambda a, b: jnp.matmul(a, b, preferred_element_type=jnp.float32)),
             a32.astype(jnp.bfloat16),
@@ -258,15 +301,30 @@ def matmul_peak(size: int, repeats: int) -> dict[str, float]:
             function(a, b).block_until_ready()
             best = min(best, time.perf_counter() - started)
         results[name] = flops / best / 1e9
-    t32 = torch.randn(size, size)
-    for name, a in (("torch_float32", t32), ("torch_bfloat16", t32.to(torch.bfloat16))):
+    synchronize = torch.cuda.synchronize if torch_device.startswith("cuda") else (lambda: None)
+
+    def torch_rate(dtype, side: int) -> float:
+        a = torch.randn(side, side, device=torch_device).to(dtype)
         torch.matmul(a, a)
+        synchronize()
         best = float("inf")
         for _ in range(repeats):
             started = time.perf_counter()
             torch.matmul(a, a)
+            synchronize()
             best = min(best, time.perf_counter() - started)
-        results[name] = flops / best / 1e9
+        return 2 * side**3 / best / 1e9
+
+    for name, dtype in (("torch_float32", torch.float32), ("torch_bfloat16", torch.bfloat16)):
+        # CPUs without bfloat16 instructions run torch's bfloat16 matmul at ~1 GFLOP/s (seen on
+        # an AMD EPYC): a 4096² product would take minutes, so the size shrinks until one
+        # product is estimated at a second or less, and the size measured is reported.
+        side, small = size, torch_rate(dtype, 256)
+        while side > 256 and 2 * side**3 / (small * 1e9) > 1.0:
+            side //= 2
+        results[name] = torch_rate(dtype, side)
+        if side != size:
+            results[f"{name}_size"] = side
     return results
 
 
@@ -282,8 +340,15 @@ def cpu_model() -> str:
 
 
 def machine_name() -> str:
-    """A short machine label for file names, e.g. ``cpu-2core``."""
-    return f"cpu-{os.cpu_count()}core"
+    """A short machine label for file names: ``cpu-2core``, or the accelerator JAX runs on
+    (e.g. ``gpu-nvidia-h200``)."""
+    import jax
+
+    device = jax.devices()[0]
+    if device.platform == "cpu":
+        return f"cpu-{os.cpu_count()}core"
+    kind = "-".join(str(device.device_kind).lower().split())
+    return f"{device.platform}-{kind}"
 
 
 def _version(package: str) -> str | None:
