@@ -305,15 +305,18 @@ def test_a_signal_stops_the_job_keeping_every_committed_row(tiny_models, long_te
 def test_interrupts_during_start_up_and_twice_never_crash(tiny_models, long_text_file, tmp_path):
     texts = long_text_file
     command = _jaxmap("score", *tiny_models, "--texts", texts, "--out", tmp_path / "s.h5", "--quiet")
-    for delay, signals in ((0.3, 1), (1.0, 1), (4.0, 2), (6.0, 3)):
+    for delay, signals in ((0.2, 1), (0.4, 1), (0.6, 1), (1.0, 1), (4.0, 2), (6.0, 3)):
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         time.sleep(delay)
+        finished_first = process.poll() is not None
         for _ in range(signals):
             process.send_signal(signal.SIGINT)
             time.sleep(0.05)
         _, stderr = process.communicate(timeout=60)
-        if process.returncode == 0:
-            continue  # it finished first
+        if finished_first or (process.returncode == 0 and delay > 2):
+            continue
+        # Within the first second the job is still importing JAX: it cannot have scored anything,
+        # so a 0 here means the signal was swallowed (raised inside a gc callback and dropped).
         assert process.returncode == 130, (delay, signals, stderr)
         assert "Traceback" not in stderr and "Segmentation" not in stderr, stderr
         assert 1 <= len(stderr.strip().splitlines()) <= 2

@@ -8,6 +8,12 @@ or safetensors, and tearing the interpreter down around it is what crashed befor
 
 A second signal while stopping leaves at once, with the same exit status: nothing is half
 written at any moment (rows are committed atomically), so there is nothing left to protect.
+
+A handler's exception is dropped when the handler happens to run inside a garbage-collector
+callback (JAX registers one; it runs often while JAX is being imported), and Python only prints
+"Exception ignored". :func:`install` therefore also hooks ``sys.unraisablehook``: a dropped
+:class:`Interrupted` is raised again a moment later by a SIGALRM timer, in the command's own
+code, where it can stop the command.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ import signal
 import sys
 
 _HANDLED = (signal.SIGINT, signal.SIGTERM)
+_REDELIVERY_DELAY_S = 0.02
+_dropped: list[int] = []
 
 
 class Interrupted(KeyboardInterrupt):
@@ -40,8 +48,31 @@ def _stop_now(signum: int, _frame) -> None:
 
 def _first(signum: int, _frame) -> None:
     for handled in _HANDLED:
-        signal.signal(handled, _stop_now)
+        signal.signal(handled, _again)
     raise Interrupted(signum)
+
+
+def _again(signum: int, frame) -> None:
+    if _dropped:  # a timer to raise the dropped first one is set: this is still that stop
+        raise Interrupted(_dropped.pop())
+    _stop_now(signum, frame)
+
+
+def _raise_dropped(_signum: int, _frame) -> None:
+    if _dropped:
+        raise Interrupted(_dropped.pop())
+
+
+def _unraisable_hook(previous_hook):
+    def hook(unraisable) -> None:
+        if isinstance(unraisable.exc_value, Interrupted):
+            # Raising here would be dropped too; a timer raises it once this hook has returned.
+            _dropped[:] = [unraisable.exc_value.signum]
+            signal.setitimer(signal.ITIMER_REAL, _REDELIVERY_DELAY_S)
+            return
+        previous_hook(unraisable)
+
+    return hook
 
 
 def install() -> dict:
@@ -51,13 +82,20 @@ def install() -> dict:
     nothing changes.
     """
     try:
-        return {handled: signal.signal(handled, _first) for handled in _HANDLED}
+        previous = {handled: signal.signal(handled, _first) for handled in _HANDLED}
+        previous[signal.SIGALRM] = signal.signal(signal.SIGALRM, _raise_dropped)
     except ValueError:
         return {}
+    previous["unraisablehook"] = sys.unraisablehook
+    sys.unraisablehook = _unraisable_hook(sys.unraisablehook)
+    return previous
 
 
 def restore(previous: dict) -> None:
     """Put back the handlers :func:`install` replaced."""
+    hook = previous.pop("unraisablehook", None)
+    if hook is not None:
+        sys.unraisablehook = hook
     for handled, handler in previous.items():
         signal.signal(handled, handler)
 
@@ -67,8 +105,8 @@ def leave(command: str, interrupt: KeyboardInterrupt) -> None:
     signum = getattr(interrupt, "signum", signal.SIGINT)
     sys.stdout.flush()
     sys.stderr.write(
-        f"jaxmap {command}: stopped by {signal.Signals(signum).name}; committed rows are kept, "
-        "the model in progress was not stored\n"
+        f"jaxmap {command}: stopped by {signal.Signals(signum).name}; committed rows are kept "
+        "(a model still being scored was not stored)\n"
         if command in ("score", "add", "demo")
         else f"jaxmap {command}: stopped by {signal.Signals(signum).name}; no output was changed\n"
     )
