@@ -32,6 +32,12 @@ class TextSet:
             raise TextSetError(f"{self.source}: {len(self.ids)} ids for {len(self.texts)} texts")
         if self.metadata and len(self.metadata) != len(self.texts):
             raise TextSetError(f"{self.source}: metadata length differs from the number of texts")
+        for kind, values in (("id", self.ids), ("text", self.texts)):
+            for position, value in enumerate(values):
+                if not isinstance(value, str):
+                    raise TextSetError(
+                        f"{self.source}: {kind} {position} ({value!r:.40}) is not a string but {type(value).__name__}"
+                    )
         seen: dict[str, int] = {}
         for position, text_id in enumerate(self.ids):
             if text_id in seen:
@@ -44,6 +50,10 @@ class TextSet:
     @classmethod
     def from_texts(cls, texts: Sequence[str], ids: Sequence[str] | None = None) -> "TextSet":
         """Build a text set from strings; ids default to their positions."""
+        if isinstance(texts, str):
+            raise TextSetError("texts must be a sequence of strings, not a single string")
+        if not len(texts):
+            raise TextSetError("no texts: the list of texts is empty")
         ids = [str(i) for i in range(len(texts))] if ids is None else [str(i) for i in ids]
         for position, (text_id, text) in enumerate(zip(ids, texts)):
             if not isinstance(text, str):
@@ -175,7 +185,9 @@ def load_texts(path: str | Path) -> TextSet:
             except UnicodeDecodeError as error:
                 raise TextSetError(f"{where}: not valid UTF-8 ({error.reason} at byte {error.start})") from None
             except json.JSONDecodeError as error:
-                raise TextSetError(f"{where}: not valid JSON ({error.msg} at column {error.colno})") from None
+                # json's messages are written to be followed by a position, some ending in "at".
+                at = "" if error.msg.endswith(" at") else " at"
+                raise TextSetError(f"{where}: not valid JSON ({error.msg}{at} column {error.colno})") from None
             if not isinstance(record, dict):
                 raise TextSetError(f"{where}: expected a JSON object, got {type(record).__name__}")
             if "text" not in record:

@@ -9,6 +9,14 @@ Policies (docs/method.md):
   1,000-model paper's code did; its first token is never scored.
 
 Either way a text becomes one id sequence whose first entry is context only.
+
+A text far longer than the tokens that will be kept (``keep_tokens``: the context, when long
+texts are truncated) is cut by characters before tokenization, so that one huge line cannot take
+gigabytes of memory to yield a few hundred tokens. The cut keeps 4 × ``keep_tokens`` tokens'
+worth of characters at least (no vocabulary entry spans more characters than its own UTF-8
+length), so the kept tokens lie far from the cut and come out exactly as from the whole text.
+Under rolling windows every token is scored, so a text is refused above
+:data:`MAX_ROLLING_TEXT_CHARACTERS` instead, naming it.
 """
 
 from __future__ import annotations
@@ -22,10 +30,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CheckpointError, JaxmapError
+from .errors import CheckpointError, JaxmapError, TextSetError
 from .texts import TextSet
 
 POLICIES = ("full", "paper")
+MAX_ROLLING_TEXT_CHARACTERS = 16 * 2**20
+_CUT_MARGIN = 4
 
 
 @dataclass(frozen=True)
@@ -94,15 +104,46 @@ def tokenizer_fingerprint(tokenizer, policy: str) -> str:
     return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def tokenize(texts: TextSet, tokenizer, policy: str = "full") -> TokenizedTexts:
-    """Token ids for every text under ``policy`` (see the module docstring)."""
+def _longest_token_characters(tokenizer) -> int:
+    return max(len(token.encode("utf-8")) for token in tokenizer.get_vocab())
+
+
+def bounded_texts(texts: TextSet, tokenizer, keep_tokens: int | None) -> list[str]:
+    """The texts as tokenization needs them: cut where far longer than ``keep_tokens`` tokens,
+    or refused under rolling windows (``keep_tokens=None``) above the size limit."""
+    strings = list(texts.texts)
+    if keep_tokens is None:
+        for text_id, text in zip(texts.ids, strings):
+            if len(text) > MAX_ROLLING_TEXT_CHARACTERS:
+                raise TextSetError(
+                    f"{texts.source}: text {text_id!r} has {len(text):,} characters, more than the "
+                    f"{MAX_ROLLING_TEXT_CHARACTERS:,} rolling windows take; cut it into chunks "
+                    "(jaxmap chunk) or truncate long texts (--long-texts truncate)"
+                )
+        return strings
+    floor = _CUT_MARGIN * (keep_tokens + 1)
+    if all(len(text) <= floor for text in strings):
+        return strings
+    limit = floor * _longest_token_characters(tokenizer)
+    return [text[:limit] for text in strings]
+
+
+def tokenize(
+    texts: TextSet, tokenizer, policy: str = "full", keep_tokens: int | None = None
+) -> TokenizedTexts:
+    """Token ids for every text under ``policy`` (see the module docstring).
+
+    ``keep_tokens``: how many leading tokens of a text will be used at most (None: all of them,
+    as rolling windows need). Sequences can be longer than that; tokens past it are not exact.
+    """
     if policy not in POLICIES:
         raise JaxmapError(f"unknown BOS policy {policy!r}; choose one of {POLICIES}")
+    strings = bounded_texts(texts, tokenizer, keep_tokens)
     if policy == "paper":
-        encoded = tokenizer(list(texts.texts), add_special_tokens=True)["input_ids"]
+        encoded = tokenizer(strings, add_special_tokens=True)["input_ids"]
         return TokenizedTexts.from_sequences(encoded)
     start = start_token(tokenizer)
-    encoded = tokenizer(list(texts.texts), add_special_tokens=False)["input_ids"]
+    encoded = tokenizer(strings, add_special_tokens=False)["input_ids"]
     return TokenizedTexts.from_sequences([[start, *ids] for ids in encoded])
 
 
@@ -120,21 +161,25 @@ def _read_cache(path: Path, count: int) -> TokenizedTexts | None:
 
 
 def cached_tokenize(
-    texts: TextSet, tokenizer, policy: str, cache_dir: str | Path | None
+    texts: TextSet, tokenizer, policy: str, cache_dir: str | Path | None, keep_tokens: int | None = None
 ) -> tuple[TokenizedTexts, str]:
     """:func:`tokenize`, reusing ``cache_dir/<tokenizer>-<texts>.npz`` when present.
 
     Returns the tokens and the tokenizer fingerprint (models sharing it share the cache file).
+    Tokens of texts cut for ``keep_tokens`` are cached under their own name, so that a later
+    run that needs every token never reads them.
     """
     fingerprint = tokenizer_fingerprint(tokenizer, policy)
     if cache_dir is None:
-        return tokenize(texts, tokenizer, policy), fingerprint
+        return tokenize(texts, tokenizer, policy, keep_tokens), fingerprint
     cache_dir = Path(cache_dir)
-    path = cache_dir / f"{fingerprint}-{texts.fingerprint[:20]}.npz"
+    cut = keep_tokens is not None and any(len(t) > _CUT_MARGIN * (keep_tokens + 1) for t in texts.texts)
+    suffix = f"-keep{keep_tokens}" if cut else ""
+    path = cache_dir / f"{fingerprint}-{texts.fingerprint[:20]}{suffix}.npz"
     cached = _read_cache(path, len(texts))
     if cached is not None:
         return cached, fingerprint
-    tokens = tokenize(texts, tokenizer, policy)
+    tokens = tokenize(texts, tokenizer, policy, keep_tokens)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.npz")
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)

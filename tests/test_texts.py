@@ -178,3 +178,33 @@ def test_a_damaged_token_cache_is_rebuilt(tmp_path):
         again, _ = cached_tokenize(texts, tokenizer, "full", cache)
         assert again.flat.tolist() == tokens.flat.tolist() and again.offsets.tolist() == tokens.offsets.tolist()
         assert cached.stat().st_size > 100, "the cache file was written again"
+
+
+@pytest.mark.parametrize(
+    "ids, texts, expected",
+    [((1, "1"), ("a", "b"), r"id 0 \(1\) is not a string but int"), (("a", "b"), ("x", 2), r"text 1 \(2\) is not a string")],
+)
+def test_a_text_set_of_non_strings_is_refused_when_built(ids, texts, expected):
+    with pytest.raises(TextSetError, match=expected):
+        TextSet(ids, texts)
+
+
+def test_scoring_no_texts_is_one_clear_error(tiny_models, tmp_path):
+    import jaxmap
+
+    with pytest.raises(TextSetError, match="no texts"):
+        jaxmap.score([str(tiny_models[0])], [], out=tmp_path / "s.h5", progress=False)
+    assert not (tmp_path / "s.h5").exists()
+
+
+def test_a_json_error_reads_as_one_phrase(tmp_path):
+    path = tmp_path / "t.jsonl"
+    for line, expected in (
+        ('{"text": "never closed', "Unterminated string starting at column 10"),
+        ('{"text": "a\tb"}', "Invalid control character at column 12"),
+        ('{"text": }', "Expecting value at column 10"),
+    ):
+        path.write_text(line)
+        with pytest.raises(TextSetError) as error:
+            load_texts(path)
+        assert f"t.jsonl:1: not valid JSON ({expected})" in str(error.value)
