@@ -63,3 +63,14 @@ def test_add_models_api_returns_kl_to_every_map_model(tiny_models, text_file, tm
     assert in_bits.unit == "bits per byte" and in_bits.kl.shape == (1, 3)
     with pytest.raises(jaxmap.JaxmapError, match="paper"):
         jaxmap.add_models(store, subset, [str(twin)], bos_policy="full", progress=False)
+
+
+def test_add_quiet_shows_no_progress(tiny_models, text_file, tmp_path, capsys):
+    store = tmp_path / "map.h5"
+    jaxmap.score([str(m) for m in tiny_models[:3]], text_file, out=store, progress=False)
+    subset = tmp_path / "subset.jsonl"
+    assert main(["resample", str(store), "--n", "6", "--seed", "1", "--out", str(subset)]) == 0
+    capsys.readouterr()
+    assert main(["add", str(store), "--subset", str(subset), str(tiny_models[3]), "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "" and "scored 1 models" in captured.out

@@ -343,3 +343,13 @@ def test_plain_matrix_errors_name_the_file_and_the_problem(map_store, tmp_path, 
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and f"{tmp_path / name}: " in err and message in err, err
     assert not (tmp_path / "kl.csv").exists()
+
+
+def test_a_two_model_map_refuses_without_a_note_first(tmp_path, capsys):
+    texts = TextSet.from_texts([f"text {i}" for i in range(6)])
+    store = tmp_path / "two.h5"
+    write_rows(store, texts, ["a", "b"], -np.arange(12, dtype=float).reshape(2, 6) - 1)
+    capsys.readouterr()
+    assert run("map", store, "--out", tmp_path / "m.png", "--method", "tsne") == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "at least 3 models" in error[0], error

@@ -259,16 +259,17 @@ def _run_map(args: argparse.Namespace) -> int:
     )
     models, texts = clipped.shape
     perplexity = effective_perplexity(models, args.perplexity)
-    if args.method == "tsne" and perplexity < args.perplexity:
-        print(
-            f"note: t-SNE perplexity lowered to {perplexity:.3g} for {models} models",
-            file=sys.stderr,
-        )
     with _about(matrix.source):
         coordinates = project(
             double_center(clipped), args.method, seed=args.seed, perplexity=perplexity
         )
         divergences = kl_matrix(clipped) if args.html else None
+    if args.method == "tsne" and perplexity < args.perplexity:
+        # After the projection, which refuses too few models: a note before a refusal misleads.
+        print(
+            f"note: t-SNE perplexity lowered to {perplexity:.3g} for {models} models",
+            file=sys.stderr,
+        )
     title = f"{_AXIS_LABELS[args.method]} map of {models} models on {texts} texts"
     written = [args.out, args.html, args.coords]
     with atomic_outputs(written, _inputs(args)) as (png, html, coords):
@@ -437,7 +438,7 @@ def _run_add(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         bos_policy=args.bos_policy,
         batch_tokens=args.batch_tokens,
-        progress=True,
+        progress=not args.quiet,
     )
     print(
         f"scored {len(placement.models)} models on {placement.subset_texts} texts "
@@ -803,6 +804,7 @@ def register(subparsers) -> None:
     add.add_argument(
         "--batch-tokens", type=int_at_least(MIN_BUCKET), help="padded tokens per batch (default: the engine's)"
     )
+    add.add_argument("--quiet", action="store_true", help="no progress bars")
     add.set_defaults(func=_run_add)
 
     outliers = subparsers.add_parser(
