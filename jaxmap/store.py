@@ -4,7 +4,8 @@ A store is a file and, beside it, a journal directory::
 
     map.h5          the matrix (HDF5, readable with plain h5py)
     map.h5.rows/    one file per row committed since the matrix was last compacted
-    map.h5.lock     writers serialise on it
+    map.h5.lock     writers serialise their commits on it
+    map.h5.job.lock every running job holds it shared; merge refuses a part while it is held
 
 HDF5 layout::
 
@@ -22,8 +23,8 @@ HDF5 layout::
                                       rows in order, texts in order within a row
     /token_offsets [K, N+1] int64     row k's text j is token_logprob[off[k, j]:off[k, j+1]];
                                       all -1 for a row scored without token log-probs
-    attrs: format, format_version, text_fingerprint, n_texts, settings (JSON), created_by,
-           journal_sequence (the last journal row folded into the matrix)
+    attrs: format, format_version, text_fingerprint, n_texts, settings (JSON),
+           settings_checksum, created_by, journal_sequence (the last journal row folded in)
 
 Why a journal: committing a row by rewriting the matrix would cost O(store) per model (76 GB
 written over a 1,000 × 10,000 job). A row is instead written to a temporary file in the
@@ -37,6 +38,11 @@ of a commit stays O(row). Plain h5py readers see the compacted rows; :func:`open
 Every row carries a checksum; every reader verifies it and refuses a damaged row by name.
 A store's identity is its text set and its settings (BOS policy, dtype, ...): rows computed
 under other settings are not comparable, so a writer asking for other settings is refused.
+The settings have a checksum of their own, so that an edited settings attribute cannot let
+rows of other settings in.
+
+A store path that is a symbolic link is resolved once: the file, its journal and its locks are
+where the link points, so the link stays a link and every name of the store shares one lock.
 """
 
 from __future__ import annotations
@@ -49,7 +55,7 @@ import json
 import os
 import re
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -111,6 +117,16 @@ def _checksum_of(row: "Row") -> str:
     return row_checksum(row.model, row.meta_json, row.loglik, row.ntokens, row.truncated, row.token_logprobs)
 
 
+def settings_checksum(settings: dict) -> str:
+    """sha256 over a store's settings (key order does not matter)."""
+    canonical = json.dumps(settings, sort_keys=True, ensure_ascii=False).encode("utf-8")
+    return "sha256:" + hashlib.sha256(b"jaxmap-settings\0" + canonical).hexdigest()
+
+
+class RowExistsError(StoreError):
+    """The model (canonical key) has a row already, e.g. committed by another job meanwhile."""
+
+
 @dataclass(frozen=True)
 class Store:
     """An in-memory snapshot of a store's complete rows (matrix and journal)."""
@@ -159,9 +175,23 @@ def _decode(values) -> list[str]:
     return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values]
 
 
+def store_file(path: str | Path) -> Path:
+    """Where a store really is: ``~`` expanded and symbolic links followed (a path without
+    links is kept as given). Its journal and locks sit beside this file, not beside a link to
+    it, and rewrites replace this file, not the link."""
+    path = Path(path).expanduser()
+    real = Path(os.path.realpath(path))
+    return path if real == Path(os.path.abspath(path)) else real
+
+
 def journal_directory(path: Path) -> Path:
     """Where a store's uncompacted rows live."""
+    path = store_file(path)
     return path.with_name(path.name + ".rows")
+
+
+def _job_lock(path: Path) -> Path:
+    return path.with_name(path.name + ".job.lock")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,6 +210,9 @@ class _Snapshot:
     journal_sequence: int
     rows: list[Row]
     row_sources: list[str]
+    # As stored: None in a store written before settings had a checksum.
+    settings_checksum: str | None = None
+    row_checksums_missing: bool = False
 
 
 def _read_matrix(path: Path, handle: h5py.File, values: bool = True) -> tuple[_Snapshot, int]:
@@ -197,9 +230,9 @@ def _read_matrix(path: Path, handle: h5py.File, values: bool = True) -> tuple[_S
         loglik, ntokens, truncated = (handle[name][...] for name in ("loglik", "ntokens", "truncated"))
     else:  # names and metadata only: what a commit needs to refuse a duplicate
         loglik = ntokens = truncated = np.empty((len(models), 0))
-    checksums = (
-        _decode(handle["row_checksum"][...]) if "row_checksum" in handle else [None] * len(models)
-    )
+    # Format 1 had no checksums; a format 2 file without them was altered (see _store_problems).
+    checksums_missing = "row_checksum" not in handle
+    checksums = [None] * len(models) if checksums_missing else _decode(handle["row_checksum"][...])
     if not (len(models) == len(metas) == len(loglik) == len(ntokens) == len(truncated) == len(checksums)):
         raise StoreError(f"{path}: datasets disagree on the number of rows; the file is damaged")
     tokens: list[np.ndarray | None] = [None] * len(models)
@@ -224,6 +257,7 @@ def _read_matrix(path: Path, handle: h5py.File, values: bool = True) -> tuple[_S
     settings = json.loads(handle.attrs.get("settings", "{}"))
     if version == 1:
         settings = _infer_settings(rows)
+    stored_settings_checksum = handle.attrs.get("settings_checksum")
     snapshot = _Snapshot(
         texts=texts,
         text_bytes=handle["text_bytes"][...],
@@ -233,8 +267,44 @@ def _read_matrix(path: Path, handle: h5py.File, values: bool = True) -> tuple[_S
         journal_sequence=int(handle.attrs.get("journal_sequence", 0)),
         rows=rows,
         row_sources=[f"row {i}" for i in range(len(rows))],
+        settings_checksum=None if stored_settings_checksum is None else str(stored_settings_checksum),
+        row_checksums_missing=checksums_missing,
     )
     return snapshot, len(texts)
+
+
+def _store_problems(snapshot: _Snapshot) -> list[str]:
+    """What is wrong with the store as a whole (not with one row): checksums that were removed
+    and settings that were edited after jaxmap wrote them."""
+    if snapshot.format_version < 2:
+        return []
+    problems = []
+    if snapshot.row_checksums_missing:
+        problems.append(
+            "no /row_checksum dataset (format 2 always writes one), so no row can be verified; "
+            "the file was altered after jaxmap wrote it"
+        )
+    shown = json.dumps(snapshot.settings, sort_keys=True)
+    if snapshot.settings_checksum is not None:
+        if snapshot.settings_checksum != settings_checksum(snapshot.settings):
+            problems.append(
+                f"the settings attribute {shown} does not match its checksum: it was edited "
+                "after jaxmap wrote it, and rows under other settings are not comparable"
+            )
+        return problems
+    # Written before settings had a checksum: the rows' own metadata, which their checksums
+    # cover, is the evidence of what the settings were.
+    for row in snapshot.rows:
+        meta = row.meta
+        for name in [n for n in SETTINGS if n in snapshot.settings]:
+            value, recorded = snapshot.settings[name], meta.get(name, SETTING_DEFAULTS.get(name))
+            if recorded is not None and recorded != value:
+                problems.append(
+                    f"the settings attribute {shown} says {name}={value!r}, but {row.model} was "
+                    f"computed with {recorded!r}: the settings were edited after jaxmap wrote them"
+                )
+                return problems
+    return problems
 
 
 def _infer_settings(rows: list[Row]) -> dict:
@@ -302,7 +372,7 @@ def _snapshot(path: Path, values: bool = True) -> _Snapshot:
     """Matrix plus journal as of one moment, retried if a compaction replaced the matrix meanwhile.
 
     ``values=False`` reads names and metadata only (cheap: no K×N arrays)."""
-    path = Path(path)
+    path = store_file(path)
     for _ in range(20):
         if not path.exists():
             raise StoreError(f"{path}: no such store")
@@ -335,20 +405,28 @@ def _snapshot(path: Path, values: bool = True) -> _Snapshot:
 def verify_rows(path: str | Path) -> list[tuple[str, str, str]]:
     """Check every row's checksum. Returns ``(where, model, problem)`` for each bad row.
 
-    Rows written by format 1 (no checksums) are reported as unverifiable.
+    Rows written by format 1 (no checksums) are reported as unverifiable. Problems of the
+    store as a whole (a removed checksum dataset, edited settings) come first, as
+    ``("store", "", problem)``.
     """
     snapshot = _snapshot(Path(path))
-    problems = []
+    problems = [("store", "", problem) for problem in _store_problems(snapshot)]
     for where, row in zip(snapshot.row_sources, snapshot.rows):
         if row.checksum is None:
-            problems.append((where, row.model, "no checksum (written by store format 1)"))
+            if snapshot.format_version < 2:
+                problems.append((where, row.model, "no checksum (written by store format 1)"))
         elif _checksum_of(row) != row.checksum:
             problems.append((where, row.model, "checksum mismatch: the stored bytes are damaged"))
     return problems
 
 
-def _verified(path: Path, snapshot: _Snapshot) -> _Snapshot:
-    for where, row in zip(snapshot.row_sources, snapshot.rows):
+def _verified(path: Path, snapshot: _Snapshot, rows: bool = True) -> _Snapshot:
+    """``snapshot``, or a one-line error for the first problem of the store, or of a row
+    (``rows``)."""
+    problems = _store_problems(snapshot)
+    if problems:
+        raise StoreError(f"{path}: {problems[0]}. Restore the file from a copy or score into a new store")
+    for where, row in zip(snapshot.row_sources, snapshot.rows) if rows else ():
         if row.checksum is not None and _checksum_of(row) != row.checksum:
             raise StoreError(
                 f"{path}: {where} ({row.model}) fails its checksum: the stored bytes are "
@@ -361,10 +439,10 @@ def open_store(path: str | Path) -> Store:
     """Read every committed row of the store at ``path`` (matrix and journal), verified.
 
     Safe while another process writes the store. A row whose checksum fails is refused with an
-    error naming it.
+    error naming it. A path that is a symbolic link is read where it points.
     """
-    path = Path(path)
-    snapshot = _verified(path, _snapshot(path))
+    path = Path(path).expanduser()
+    snapshot = _verified(store_file(path), _snapshot(path))
     rows = snapshot.rows
     n = len(snapshot.texts)
     return Store(
@@ -448,6 +526,7 @@ def _matrix_image(snapshot: _Snapshot, journal_sequence: int) -> bytes:
         handle.attrs["text_fingerprint"] = texts.fingerprint
         handle.attrs["n_texts"] = n
         handle.attrs["settings"] = json.dumps(snapshot.settings, sort_keys=True)
+        handle.attrs["settings_checksum"] = settings_checksum(snapshot.settings)
         handle.attrs["created_by"] = snapshot.created_by
         handle.attrs["journal_sequence"] = journal_sequence
         handle.create_dataset("texts", data=list(texts.texts), dtype=_STRING)
@@ -514,7 +593,9 @@ class StoreWriter:
 
     Opening creates the store for ``texts`` and ``settings`` if it does not exist. An existing
     store is refused, unchanged, when it was written for another text set or other settings,
-    or when a row fails its checksum.
+    when its settings or checksums were altered, or when a row fails its checksum. ``path``
+    may be a symbolic link: the store is written where it points (:func:`store_file`).
+    Several writers, in one process or many, may write one store at once.
     """
 
     def __init__(
@@ -526,16 +607,15 @@ class StoreWriter:
         *,
         verify: bool = True,
     ) -> None:
-        """``verify=False`` skips the checksums on opening, so that damaged rows can be dropped."""
-        self.path = Path(path)
+        """``verify=False`` skips the rows' checksums on opening, so that damaged rows can be
+        dropped (a store whose settings or checksums were altered is refused all the same)."""
+        self.path = store_file(path)
         self.texts = texts
         self.settings = dict(settings or {})
         self._lock_path = self.path.with_name(self.path.name + ".lock")
         with self._locked():
             if self.path.exists():
-                snapshot = _snapshot(self.path)
-                if verify:
-                    _verified(self.path, snapshot)
+                snapshot = _verified(self.path, _snapshot(self.path), rows=verify)
                 self._check_identity(snapshot)
                 adopted = self._adopt_settings(snapshot)
                 if snapshot.format_version < FORMAT_VERSION or adopted != snapshot.settings:
@@ -564,6 +644,26 @@ class StoreWriter:
                 )
             adopted[name] = value
         return adopted
+
+    @contextmanager
+    def job(self) -> Iterator[None]:
+        """Mark the store as written by a job, for the job's length. Jobs share this lock, so
+        several can write one store; :func:`merge` refuses a store while any job holds it,
+        since it would take only the rows committed so far."""
+        try:
+            handle = open(_job_lock(self.path), "a")
+        except OSError as error:
+            raise StoreError(f"{self.path}: cannot write here ({error.strerror or error})") from None
+        with handle:
+            fcntl.flock(handle, fcntl.LOCK_SH)
+            yield
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the writers' lock, for companions of the store (the run summary) that writers
+        update one at a time."""
+        with self._locked():
+            yield
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -636,7 +736,8 @@ class StoreWriter:
         of them per text) is committed with the row, in the same file and checksum.
 
         Refuses a row of the wrong length, with non-finite values, or for a model (key) that
-        already has one; the store is then unchanged.
+        already has one (:class:`RowExistsError`: another writer may have committed it since
+        this one opened); the store is then unchanged.
         """
         n = len(self.texts)
         loglik = np.asarray(loglik, np.float64)
@@ -670,7 +771,7 @@ class StoreWriter:
         with self._locked():
             snapshot = _snapshot(self.path, values=False)
             if row.key in {r.key for r in snapshot.rows}:
-                raise StoreError(f"{self.path}: {model} already has a row")
+                raise RowExistsError(f"{self.path}: {model} already has a row")
             entries = _journal_entries(self.path, 0)
             sequence = max([snapshot.journal_sequence] + [s for s, _ in entries]) + 1
             journal = journal_directory(self.path)
@@ -730,14 +831,14 @@ def _matching_rows(rows: Sequence[Row], name: str) -> list[int]:
 def drop(path: str | Path, models: Iterable[str]) -> list[str]:
     """Remove the rows of ``models`` from the store at ``path``, crash-safely (see
     :meth:`StoreWriter.drop`). Returns the names of the removed rows."""
-    path = Path(path)
+    path = store_file(path)
     snapshot = _snapshot(path)
     return StoreWriter(path, snapshot.texts, snapshot.settings, verify=False).drop(models)
 
 
 def compact(path: str | Path) -> None:
     """Fold a store's journal into its matrix (see :meth:`StoreWriter.compact`)."""
-    path = Path(path)
+    path = store_file(path)
     snapshot = _snapshot(path)
     StoreWriter(path, snapshot.texts, snapshot.settings).compact()
 
@@ -746,10 +847,12 @@ def merge(paths: Sequence[str | Path], out: str | Path) -> Store:
     """Join stores of one text set and settings into ``out`` (created, or extended if it exists).
 
     Refuses, leaving ``out`` unchanged, stores with another text set or other settings, the
-    same model (canonical key) in two stores, ``out`` among the inputs, and damaged rows.
+    same model (canonical key) in two stores, ``out`` among the inputs, damaged rows, and a
+    store that a running job writes (merging it now would take only the rows committed so far;
+    merge it once the job has finished). Paths may be symbolic links (:func:`store_file`).
     """
-    out = Path(out)
-    paths = [Path(p) for p in paths]
+    out = store_file(out)
+    paths = [store_file(p) for p in paths]
     if not paths:
         raise StoreError("merge needs at least one store")
     for path in paths:
@@ -758,6 +861,31 @@ def merge(paths: Sequence[str | Path], out: str | Path) -> Store:
                 f"{out}: is also one of the stores to merge; name a new --out (an existing "
                 "--out is extended with the inputs' rows)"
             )
+    with ExitStack() as held:
+        for path in dict.fromkeys(paths):  # a part named twice is refused below, by its rows
+            _hold_against_jobs(path, held)
+        return _merge(paths, out)
+
+
+def _hold_against_jobs(path: Path, held: ExitStack) -> None:
+    """Take the job lock of ``path`` exclusively until ``held`` closes (a job starting meanwhile
+    waits), or refuse at once if a running job holds it."""
+    try:
+        handle = held.enter_context(open(_job_lock(path), "r"))
+    except FileNotFoundError:
+        return  # no job has written this store
+    except OSError as error:
+        raise StoreError(f"{path}: cannot read its job lock ({error.strerror or error})") from None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise StoreError(
+            f"{path}: a scoring job is still writing it (it holds {_job_lock(path).name}); merge "
+            "it once that job has finished"
+        ) from None
+
+
+def _merge(paths: list[Path], out: Path) -> Store:
     snapshots = [(p, _verified(p, _snapshot(p))) for p in paths]
     first_path, first = snapshots[0]
     rows: list[Row] = []

@@ -119,7 +119,8 @@ def register(subparsers) -> None:
     info.add_argument("--json", action="store_true", help="print machine-readable JSON")
     info.add_argument(
         "--verify", action="store_true",
-        help="check every row's checksum; list damaged rows and exit 1 if there are any",
+        help="check every row's checksum and the settings' own; list what is damaged or "
+        "altered and exit 1 if anything is",
     )
     info.set_defaults(func=run_info)
 
@@ -191,8 +192,15 @@ def run_info(args: argparse.Namespace) -> int:
     if args.verify:
         problems = verify_rows(args.store)
         for where, model, problem in problems:
-            print(f"{args.store}: {where} ({model}): {problem}")
-        damaged = [p for p in problems if not p[2].startswith("no checksum")]
+            print(f"{args.store}: {problem}" if where == "store" else f"{args.store}: {where} ({model}): {problem}")
+        altered = [p for p in problems if p[0] == "store"]
+        damaged = [p for p in problems if p[0] != "store" and not p[2].startswith("no checksum")]
+        if altered:
+            print(
+                f"{args.store}: the store was altered after jaxmap wrote it; restore it from a "
+                "copy or score into a new store", file=sys.stderr,
+            )
+            return 1
         if damaged:
             print(
                 f"{args.store}: {len(damaged)} damaged row(s); remove them with "
