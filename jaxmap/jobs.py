@@ -7,8 +7,11 @@ A job runs unattended over a model list of any length:
 2. the next model loads in a background thread while the current one scores;
 3. each finished row is checked (every value finite) and committed to the store atomically; a
    model that fails while loading or scoring is recorded and the job goes on;
-4. the job ends with a summary (scored, skipped, failed with reasons, tokens/s), also written
-   beside the store as ``<store>.run.json``.
+4. the job ends with a summary (scored, skipped, failed with reasons, tokens/s), also recorded
+   beside the store in ``<store>.run.json``, with the records of the jobs before it.
+
+Several jobs may write one store at once: a model that another job committed meanwhile is
+skipped (reported as committed by another job), never failed.
 
 An interrupt (SIGINT, or SIGTERM through the CLI) abandons the current model: its half-computed
 row is never committed, and every committed row stays.
@@ -17,7 +20,10 @@ row is never committed, and every committed row stays.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
+import os
+import socket
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
@@ -36,9 +42,13 @@ from .engine import DEFAULT_DTYPE, LoadedModel, ModelScores, check_kernels, load
 from .errors import JaxmapError, ModelsFailedError, StoreError
 from .models import DTYPES, translate_config
 from .sharding import make_mesh
-from .store import Store, StoreWriter, open_store
+from .store import RowExistsError, Store, StoreWriter, open_store
 from .texts import TextSet, load_texts
 from .tokenization import POLICIES, cached_tokenize
+
+
+# The reason of a model skipped because another job on the store committed its row meanwhile.
+BY_ANOTHER_JOB = "committed by another job on this store while this one ran"
 
 
 @dataclass
@@ -62,6 +72,8 @@ class JobSummary:
     outcomes: list[ModelOutcome] = field(default_factory=list)
     seconds: float = 0.0
     interrupted: bool = False
+    # When the job began (the summary is made then), local time, ISO 8601.
+    started: str = field(init=False, default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
 
     def with_status(self, status: str) -> list[ModelOutcome]:
         return [o for o in self.outcomes if o.status == status]
@@ -91,12 +103,16 @@ class JobSummary:
             "for the whole job)"
         ]
         out += [f"  scored  {o.reference}: {o.tokens_per_second:.0f} tok/s" for o in scored]
+        out += [f"  skipped {o.reference}: {o.reason}" for o in skipped if o.reason]
         out += [f"  FAILED  {o.reference}: {o.reason}" for o in failed]
         return out
 
     def to_json(self) -> dict:
         return {
             "store": self.store,
+            "started": self.started,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
             "seconds": self.seconds,
             "tokens": self.tokens,
             "tokens_per_second": self.tokens_per_second,
@@ -157,14 +173,42 @@ def _failure(reference: str, error: BaseException) -> ModelOutcome:
     )
 
 
-def _write_summary(summary: JobSummary, out: Path) -> None:
-    path = out.with_name(out.name + ".run.json")
-    temporary = path.with_name(f".{path.name}.tmp")
+# Job records kept in STORE.run.json, newest last.
+_KEPT_JOBS = 100
+
+
+def _recorded_jobs(path: Path) -> list[dict]:
     try:
-        temporary.write_text(json.dumps(summary.to_json(), indent=2))
-        temporary.replace(path)
-    except OSError:
+        recorded = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []  # none yet, or unreadable: the summary is a convenience
+    if isinstance(recorded, dict) and isinstance(recorded.get("jobs"), list):
+        return recorded["jobs"]
+    # One job's summary, as jaxmap wrote it before jobs shared a store.
+    return [recorded] if isinstance(recorded, dict) and "models" in recorded else []
+
+
+def _write_summary(summary: JobSummary, writer: StoreWriter) -> None:
+    """Add this job's record to ``STORE.run.json`` under the writers' lock, so that jobs
+    finishing at once on one store keep each other's records."""
+    path = writer.path.with_name(writer.path.name + ".run.json")
+    temporary = path.with_name(f".{path.name}.tmp")  # one name: written under the lock
+    try:
+        with writer.locked():
+            jobs = (_recorded_jobs(path) + [summary.to_json()])[-_KEPT_JOBS:]
+            temporary.write_text(json.dumps({"store": summary.store, "jobs": jobs}, indent=2))
+            temporary.replace(path)
+    except (OSError, StoreError):
         temporary.unlink(missing_ok=True)  # the summary is a convenience; the rows are safe
+
+
+def _shard_key(reference: str) -> str:
+    """What makes two spellings of one model one entry before the list is cut into shards: a
+    resolved path for anything on disk (the canonical key a job would give it), else the
+    reference as written. Hub ids are not resolved: every shard must cut the list alike,
+    offline, and a hub branch may move between the starts of two shards."""
+    path = Path(reference).expanduser()
+    return str(path.resolve()) if path.exists() else reference
 
 
 def score_job(
@@ -195,8 +239,11 @@ def score_job(
     Models whose rows the store already holds (matched by canonical reference) are skipped, so
     re-running a killed job computes only what is missing. ``shard="I/N"`` takes every N-th
     model of the list, starting at I, for running one list as N independent jobs (join their
-    stores with :func:`jaxmap.store.merge`). ``mesh`` (``"data=D,model=M"``) spans every device
-    of every process (:mod:`jaxmap.distributed`); by default all of them on the data axis.
+    stores with :func:`jaxmap.store.merge`); spellings of one model on disk (``m``, ``./m/``)
+    count once before the list is cut. Several jobs may write one store at once: a model that
+    another job committed meanwhile is skipped, and each job adds its record to the run
+    summary. ``mesh`` (``"data=D,model=M"``) spans every device of every process
+    (:mod:`jaxmap.distributed`); by default all of them on the data axis.
     Hub models are validated from their config and tokenizer alone; their weights download in
     the background ahead of the scoring (:class:`~jaxmap.checkpoints.WeightPrefetcher`).
     ``delete_after`` deletes a hub model's downloaded weights once it is scored; ``disk_budget``
@@ -230,7 +277,11 @@ def score_job(
     text_set = _as_text_set(texts)
     references = expand_references([models] if isinstance(models, str) else models)
     if shard is not None:
-        references = references[shard[0] :: shard[1]]
+        # A model spelled two ways must not land on two shards: a single job scores it once.
+        distinct = {}
+        for reference in references:
+            distinct.setdefault(_shard_key(reference), reference)
+        references = list(distinct.values())[shard[0] :: shard[1]]
     out = Path(out)
     device_mesh = make_mesh(mesh, devices=jax.devices())
     check_kernels(attention, logprob, device_mesh)
@@ -244,76 +295,83 @@ def score_job(
         if distributed.process_index() == 0 else None
     )
     summary = JobSummary(str(out))
-    done = set(distributed.share_from_first(writer.completed_keys() if writer else None))
+    # Held for the whole job, shared with other jobs on this store: merge refuses it meanwhile.
+    with writer.job() if writer is not None else contextlib.nullcontext():
+        done = set(distributed.share_from_first(writer.completed_keys() if writer else None))
 
-    # Resolve and validate everything before scoring anything; loading reuses these.
-    todo: list[Checkpoint] = []
-    keys_seen: set[str] = set()
-    for reference in tqdm(references, desc="validating", unit="model", disable=not progress or len(references) < 2):
-        try:
-            checkpoint = resolve(reference, cache_dir=cache_dir, progress=progress)
-            validate(checkpoint)
-            _, config = translate_config(checkpoint.config(), checkpoint.reference)
-        except Exception as error:  # noqa: BLE001 - recorded; the other models go on
-            summary.outcomes.append(_failure(reference, error))
-            say(f"jaxmap: {reference}: cannot be scored: {summary.outcomes[-1].reason}")
-            continue
-        key = checkpoint.canonical
-        wanted = [key] + (
-            [layer_row_name(key, i) for i in range(config.num_layers + 1)] if logit_lens else []
+        # Resolve and validate everything before scoring anything; loading reuses these.
+        todo: list[Checkpoint] = []
+        wanted: dict[str, list[str]] = {}  # canonical key -> the keys of the rows it gives
+        for reference in tqdm(references, desc="validating", unit="model", disable=not progress or len(references) < 2):
+            try:
+                checkpoint = resolve(reference, cache_dir=cache_dir, progress=progress)
+                validate(checkpoint)
+                _, config = translate_config(checkpoint.config(), checkpoint.reference)
+            except Exception as error:  # noqa: BLE001 - recorded; the other models go on
+                summary.outcomes.append(_failure(reference, error))
+                say(f"jaxmap: {reference}: cannot be scored: {summary.outcomes[-1].reason}")
+                continue
+            key = checkpoint.canonical
+            keys = [key] + (
+                [layer_row_name(key, i) for i in range(config.num_layers + 1)] if logit_lens else []
+            )
+            if all(k in done for k in keys) or key in wanted:
+                summary.outcomes.append(ModelOutcome(reference, "skipped"))
+                continue
+            wanted[key] = keys
+            todo.append(checkpoint)
+
+        # The token cache sits beside the store, which only process 0 may touch.
+        token_cache = writer.path.with_name(writer.path.name + ".tokens") if writer is not None else None
+        overall = tqdm(total=len(todo), desc="models", unit="model", disable=not progress or len(todo) < 2)
+        loader = (
+            concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="jaxmap-loader")
+            if distributed.process_count() == 1 else _InOrder()
         )
-        if all(k in done for k in wanted) or key in keys_seen:
-            summary.outcomes.append(ModelOutcome(reference, "skipped"))
-            continue
-        keys_seen.add(key)
-        todo.append(checkpoint)
+        # Hub weights download in the background, ahead of the scoring, under the disk budget.
+        prefetcher = WeightPrefetcher(todo, disk_budget=disk_budget, delete_after=delete_after)
 
-    # The token cache sits beside the store, which only process 0 may touch.
-    token_cache = out.with_name(out.name + ".tokens") if writer is not None else None
-    overall = tqdm(total=len(todo), desc="models", unit="model", disable=not progress or len(todo) < 2)
-    loader = (
-        concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="jaxmap-loader")
-        if distributed.process_count() == 1 else _InOrder()
-    )
-    # Hub weights download in the background, ahead of the scoring, under the disk budget.
-    prefetcher = WeightPrefetcher(todo, disk_budget=disk_budget, delete_after=delete_after)
+        def load(checkpoint: Checkpoint) -> LoadedModel:
+            prefetcher.wait(checkpoint)
+            return load_model(checkpoint, dtype=dtype, mesh=device_mesh)
 
-    def load(checkpoint: Checkpoint) -> LoadedModel:
-        prefetcher.wait(checkpoint)
-        return load_model(checkpoint, dtype=dtype, mesh=device_mesh)
-
-    upcoming = loader.submit(load, todo[0]) if todo else None
-    try:
-        for position, checkpoint in enumerate(todo):
-            # The next model loads while this one scores; its weights may wait for this one's
-            # release when the disk budget is tight.
-            current, upcoming = upcoming, (
-                loader.submit(load, todo[position + 1]) if position + 1 < len(todo) else None
-            )
-            outcome = _score_one(
-                current, checkpoint, text_set, writer, token_cache, dtype, bos_policy,
-                batch_tokens, progress, say, logit_lens, done, save_token_logprobs,
-                scoring={
-                    "long_texts": long_texts, "stride": stride, "packing": packing,
-                    "attention": attention, "logprob": logprob,
-                },
-            )
-            prefetcher.release(checkpoint)
-            summary.outcomes.append(outcome)
-            overall.update(1)
-    except KeyboardInterrupt:
-        summary.interrupted = True
-        raise
-    finally:
-        overall.close()
-        # Never wait for a load in flight: an interrupted job must stop now.
-        loader.shutdown(wait=False, cancel_futures=True)
-        prefetcher.close()
-        summary.seconds = time.perf_counter() - started
-        if writer is not None:
-            if not summary.interrupted:
-                _compact(writer, say)
-            _write_summary(summary, out)
+        upcoming = loader.submit(load, todo[0]) if todo else None
+        try:
+            for position, checkpoint in enumerate(todo):
+                # The next model loads while this one scores; its weights may wait for this one's
+                # release when the disk budget is tight.
+                current, upcoming = upcoming, (
+                    loader.submit(load, todo[position + 1]) if position + 1 < len(todo) else None
+                )
+                # Another job on this store may have committed it since this one began.
+                done = set(distributed.share_from_first(writer.completed_keys() if writer else None))
+                if all(k in done for k in wanted[checkpoint.canonical]):
+                    outcome = ModelOutcome(checkpoint.reference, "skipped", BY_ANOTHER_JOB)
+                else:
+                    outcome = _score_one(
+                        current, checkpoint, text_set, writer, token_cache, dtype, bos_policy,
+                        batch_tokens, progress, say, logit_lens, done, save_token_logprobs,
+                        scoring={
+                            "long_texts": long_texts, "stride": stride, "packing": packing,
+                            "attention": attention, "logprob": logprob,
+                        },
+                    )
+                prefetcher.release(checkpoint)
+                summary.outcomes.append(outcome)
+                overall.update(1)
+        except KeyboardInterrupt:
+            summary.interrupted = True
+            raise
+        finally:
+            overall.close()
+            # Never wait for a load in flight: an interrupted job must stop now.
+            loader.shutdown(wait=False, cancel_futures=True)
+            prefetcher.close()
+            summary.seconds = time.perf_counter() - started
+            if writer is not None:
+                if not summary.interrupted:
+                    _compact(writer, say)
+                _write_summary(summary, writer)
     return summary
 
 
@@ -423,18 +481,22 @@ def _score_one(
             )
             for layer, values in enumerate(result.layer_loglik)
         ]
-    stop = None
+    stop, committed_here = None, 0
     if writer is not None:
         try:
             for name, values, row_meta in rows:
                 if row_meta["key"] not in committed:
-                    writer.append(
-                        name, values, result.ntokens, result.truncated, row_meta,
-                        token_logprobs=result.token_logprobs if name == reference else None,
-                    )
+                    try:
+                        writer.append(
+                            name, values, result.ntokens, result.truncated, row_meta,
+                            token_logprobs=result.token_logprobs if name == reference else None,
+                        )
+                        committed_here += 1
+                    except RowExistsError:
+                        pass  # another job on this store committed it while this one scored
         except StoreError as error:
             stop = error
-    problem = distributed.share_from_first(str(stop) if stop else None)
+    problem, committed_here = distributed.share_from_first([str(stop) if stop else None, committed_here])
     if problem is not None:
         raise stop or StoreError(f"process 0 could not commit {reference}: {problem}")
     stats = result.stats
@@ -447,7 +509,8 @@ def _score_one(
             f"{int(result.truncated.sum())} truncated"
         )
     return ModelOutcome(
-        reference, "scored", tokens=stats["tokens"], seconds=stats["seconds"],
+        reference, "scored" if committed_here else "skipped", "" if committed_here else BY_ANOTHER_JOB,
+        tokens=stats["tokens"], seconds=stats["seconds"],
         tokens_per_second=stats["tokens_per_second"],
     )
 

@@ -52,7 +52,8 @@ def test_failed_models_are_recorded_and_the_job_goes_on(tiny_models, broken_mode
     assert sorted(store.models) == sorted(str(m) for m in tiny_models[:3])
     assert np.isfinite(store.loglik).all()
     report = json.loads((tmp_path / "s.h5.run.json").read_text())
-    assert {m["reference"]: m["status"] for m in report["models"]}[str(nan)] == "failed"
+    assert len(report["jobs"]) == 1
+    assert {m["reference"]: m["status"] for m in report["jobs"][0]["models"]}[str(nan)] == "failed"
 
     # The command line: the same job again scores nothing new, names both failures, exits 1.
     result = _jaxmap("score", *listed, "--texts", text_file, "--out", out, "--quiet", "--batch-tokens", 128)
@@ -60,6 +61,10 @@ def test_failed_models_are_recorded_and_the_job_goes_on(tiny_models, broken_mode
     assert "Traceback" not in result.stderr
     assert "0 scored, 3 already in the store, 2 failed" in result.stdout
     assert f"FAILED  {nan}: " in result.stdout and f"FAILED  {truncated}: " in result.stdout
+    jobs = json.loads((tmp_path / "s.h5.run.json").read_text())["jobs"]
+    assert [sum(m["status"] == "scored" for m in job["models"]) for job in jobs] == [3, 0], (
+        "the first job's record is kept beside the second's"
+    )
 
 
 def test_other_settings_are_refused_with_the_setting_named(tiny_models, text_file, tmp_path):
@@ -88,6 +93,21 @@ def test_shards_merge_into_the_single_job(tiny_models, text_file, tmp_path):
     assert sorted(merged.models) == sorted(reference.models)
     for model, row in zip(merged.models, merged.loglik):
         np.testing.assert_array_equal(row, reference.loglik[reference.models.index(model)])
+
+
+def test_a_model_spelled_two_ways_lands_on_one_shard(tiny_models, text_file, tmp_path, monkeypatch):
+    monkeypatch.chdir(tiny_models[0].parent)
+    # Without the deduplication, shard 0 would take tiny-0 and tiny-1, shard 1 ./tiny-0/ and tiny-2.
+    listed = [str(tiny_models[0]), f"./{tiny_models[0].name}/", str(tiny_models[1]), str(tiny_models[2])]
+    parts = [tmp_path / f"part{index}.h5" for index in range(2)]
+    summaries = [
+        score_job(listed, text_file, part, progress=False, batch_tokens=128, shard=f"{index}/2")
+        for index, part in enumerate(parts)
+    ]
+    assert [[o.reference for o in s.outcomes] for s in summaries] == [
+        [str(tiny_models[0]), str(tiny_models[2])], [str(tiny_models[1])]
+    ]
+    assert sorted(merge(parts, tmp_path / "all.h5").models) == sorted(str(m) for m in tiny_models[:3])
 
 
 @pytest.mark.parametrize("bad", ["3/3", "-1/2", "1", "a/b", "1/0"])
