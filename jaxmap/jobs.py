@@ -435,7 +435,9 @@ def _score_one(
     reference = checkpoint.reference
     try:
         model: LoadedModel = loading.result()
-        tokens, tokenizer_id = cached_tokenize(text_set, model.tokenizer, bos_policy, token_cache)
+        truncating = (scoring or {}).get("long_texts", "truncate") == "truncate"
+        keep_tokens = model.config.max_positions if truncating else None
+        tokens, tokenizer_id = cached_tokenize(text_set, model.tokenizer, bos_policy, token_cache, keep_tokens)
         result = score_tokens(
             model, tokens, batch_tokens, progress, logit_lens=logit_lens,
             keep_token_logprobs=save_token_logprobs, **(scoring or {}),

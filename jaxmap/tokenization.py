@@ -117,8 +117,8 @@ def bounded_texts(texts: TextSet, tokenizer, keep_tokens: int | None) -> list[st
             if len(text) > MAX_ROLLING_TEXT_CHARACTERS:
                 raise TextSetError(
                     f"{texts.source}: text {text_id!r} has {len(text):,} characters, more than the "
-                    f"{MAX_ROLLING_TEXT_CHARACTERS:,} rolling windows take; cut it into chunks "
-                    "(jaxmap chunk) or truncate long texts (--long-texts truncate)"
+                    f"{MAX_ROLLING_TEXT_CHARACTERS:,} that can be scored whole (every token); cut it "
+                    "into chunks (jaxmap chunk) or truncate long texts (--long-texts truncate)"
                 )
         return strings
     floor = _CUT_MARGIN * (keep_tokens + 1)
