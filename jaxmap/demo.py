@@ -1,16 +1,20 @@
 """``jaxmap demo``: map the real pretrained models that install from PyPI, end to end, offline.
 
 Scores every installed packaged model on the built-in demo text set, then writes the store, the
-KL table, nearest neighbours, a map (PNG and HTML) and a short markdown report.
+KL table, nearest neighbours, a map (PNG and HTML) and a short markdown report. The training
+run, its checkpoints and the logit lens are optional parts: when one fails, the map and report
+of what did score are still written, and the report names the failure in one line.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
-from dataclasses import dataclass
+import traceback
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -19,12 +23,13 @@ from .checkpoints.orbax import step_number
 from .checkpoints.packaged import PACKAGED_MODELS, installed_packaged_models
 from .demo_texts import build_demo_texts
 from .engine import DEFAULT_DTYPE
-from .errors import DemoSourceError, StoreMismatchError
+from .errors import DemoSourceError, JaxmapError, ModelsFailedError, StoreMismatchError
 from .jobs import score
 from .outputs import atomic_outputs, make_directory
+from .store import open_store
 
-# Sized so that scoring the three packaged models ends within about ten minutes on two CPU
-# cores (measured figures are in the README).
+# Sized so that the whole demo, first GGUF conversion included, ends within eight minutes on two
+# CPU cores (measured figures are in docs/cli.md).
 DEFAULT_TEXTS = 120
 # t-SNE needs far more points than a handful of models; below this, metric MDS draws the map.
 MIN_MODELS_FOR_TSNE = 12
@@ -33,15 +38,21 @@ MIN_MODELS_FOR_TSNE = 12
 # times; so the demo runs it for the smallest model, on a small text set of its own.
 DEFAULT_LENS_MODELS = ("smollm2-135m-instruct",)
 DEFAULT_LENS_TEXTS = 24
-# The demo's training run: a small Llama trained from scratch on the demo texts with the first
-# model's tokenizer, checkpointed four times after step 0 (its checkpoints are a path on the map).
+# The demo's training run: a small Llama trained from scratch on the demo texts, checkpointed
+# four times after step 0 (its checkpoints are a path on the map).
 DEFAULT_TRAIN_STEPS = 60
 _TRAINING_SIZE = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=256)
+# In a model this small the embedding and unembedding are nearly all the work, so the
+# tokenizer's vocabulary sets the cost of training and of scoring every checkpoint: SmolLM2's
+# 49k tokens, where SmolLM2 is mapped, rather than Gemma 3's 262k.
+TRAINING_TOKENIZERS = ("smollm2-135m-instruct",)
 
 
 @dataclass(frozen=True)
 class DemoResult:
-    """Where the demo's outputs went, and the numbers it printed."""
+    """Where the demo's outputs went, and the numbers it printed. ``failures`` holds one line
+    per part of the demo that failed (empty when everything ran); ``models`` are the store's
+    full names, ``display_names`` the short ones the tables and the map show."""
 
     out_dir: Path
     store_path: Path
@@ -52,6 +63,73 @@ class DemoResult:
     map_png: Path | None
     map_html: Path | None
     seconds: float
+    display_names: list[str] = field(default_factory=list)
+    failures: tuple[str, ...] = ()
+
+
+class _Phases:
+    """The demo's phases: how long each took, and the optional ones that failed."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.failures: list[str] = []
+        self.tracebacks: list[str] = []
+
+    @contextlib.contextmanager
+    def timed(self, phase: str):
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - started
+
+    @contextlib.contextmanager
+    def optional(self, phase: str):
+        """Time ``phase``; if it fails, record the failure and go on with the demo."""
+        with self.timed(phase):
+            try:
+                yield
+            except StoreMismatchError:
+                raise  # --out holds another demo: nothing of it may be rewritten
+            # Any failure, bugs included: an optional part must not cost the main result.
+            except Exception as error:  # noqa: BLE001
+                self.fail(phase, error)
+
+    def fail(self, phase: str, error: Exception) -> None:
+        if isinstance(error, ModelsFailedError):
+            failed = [Path(model).name for model in error.failures]
+            reasons = set(error.failures.values())
+            if len(reasons) == 1:  # e.g. every checkpoint of the run, for one reason
+                which = ", ".join(failed) if len(failed) <= 3 else f"{len(failed)} models"
+                line = f"{phase} failed for {which}: {reasons.pop()}"
+            else:
+                line = f"{phase} failed: " + "; ".join(
+                    f"{name}: {why}" for name, why in zip(failed, error.failures.values())
+                )
+        elif isinstance(error, JaxmapError):
+            line = f"{phase} failed: {error}"
+        else:  # a bug in jaxmap: its traceback goes into the report
+            line = f"{phase} failed: {type(error).__name__}: {error} (a bug; its traceback ends report.md)"
+            self.tracebacks.append(traceback.format_exc())
+        self.failures.append(" ".join(line.split()))
+
+
+def _display_names(
+    names: Sequence[str], metadata: Sequence[Mapping], steps: Mapping[str, int | None]
+) -> list[str]:
+    """Short names for the tables and the map: ``step 15`` for a checkpoint of the demo's run,
+    ``smollm2 L12`` for a logit-lens layer, the last part of a path; a model whose short name
+    another model shares keeps its full name."""
+    short = []
+    for name, meta in zip(names, metadata):
+        if name in steps:
+            short.append(f"step {steps[name]}")
+        elif meta.get("parent_model") is not None and meta.get("layer") is not None:
+            family = Path(str(meta["parent_model"])).name.split("-")[0]
+            short.append(f"{family} L{meta['layer']}")
+        else:
+            short.append(Path(name).name or name)
+    return [s if short.count(s) == 1 else name for s, name in zip(short, names)]
 
 
 def _table(rows: Sequence[str], columns: Sequence[str], matrix: np.ndarray, digits: int) -> list[str]:
@@ -115,9 +193,10 @@ def _demo_training(
 
 def _training_line(record: dict) -> str:
     losses = record["losses"]
+    steps = ", ".join(str(step_number(Path(path))) for path in record["checkpoints"])
     return (
         f"training run ({record['steps']} steps, seed {record['seed']}): loss {losses[0]:.2f} → "
-        f"{losses[-1]:.2f} nats per token in {record['seconds']:.1f} s; checkpoints {', '.join(record['checkpoints'])}"
+        f"{losses[-1]:.2f} nats per token in {record['seconds']:.1f} s; checkpoints at steps {steps}"
     )
 
 
@@ -140,6 +219,7 @@ def _demo_logit_lens(
             f"{out_dir} holds an earlier demo with other texts or settings ({error}); give another "
             "--out, or remove that one"
         ) from None
+    names = _display_names(store.models, store.model_meta, {})
     threads: dict[str, list[tuple[int, int]]] = {}
     for index, meta in enumerate(store.model_meta):
         if "layer" in meta:
@@ -159,7 +239,8 @@ def _demo_logit_lens(
         report = trajectory(store.loglik, path, store.models, steps=[layer for layer, _ in sorted(layers)])
         fitted = report.loglik_fit.exponents[np.isfinite(report.loglik_fit.exponents)]
         exponent = f"{np.median(fitted):.2f}" if fitted.size else "n/a"
-        lines.append(f"  {parent} ({len(path) - 1} layers): c = {exponent}")
+        shown = names[store.models.index(parent)] if parent in store.models else Path(parent).name
+        lines.append(f"  {shown} ({len(path) - 1} layers): c = {exponent}")
         readings = [
             f"{layer:>2}: {bits_per_byte[index]:6.2f} bpb, KL {kl:9.3g}"
             for layer, index, kl in zip(range(len(path)), path, report.kl_to_final)
@@ -169,7 +250,7 @@ def _demo_logit_lens(
     if len(store.models) >= 3:
         clipped, _ = clip(store.loglik)
         plot_trajectories(
-            project(double_center(clipped), "pca"), store.models, [], out_dir / "lens.png",
+            project(double_center(clipped), "pca"), names, [], out_dir / "lens.png",
             threads=paths, title=f"Logit-lens threads, embeddings to output ({len(texts)} texts)",
         )
     return lines
@@ -193,14 +274,20 @@ def run_demo(
     the logit lens on ``lens_texts`` demo texts into ``lens.h5`` (:func:`_demo_logit_lens`).
 
     With ``train_steps`` (0: none), a small model is trained from scratch on the demo texts
-    (:func:`_demo_training`, seeded by ``seed``) and its checkpoints are scored too: a run on
-    the map.
+    (:func:`_demo_training`, seeded by ``seed``, with SmolLM2's tokenizer if it is among
+    ``models``, else the first model's) and its checkpoints are scored too: a run on the map.
+
+    The training run, its checkpoints, the logit lens and some of ``models`` may fail without
+    stopping the demo: the map and report of what did score are written, and
+    :attr:`DemoResult.failures` and the report say what failed, one line each. Nothing scoring
+    at all, or ``out_dir`` holding another demo, raises.
 
     The store fills as models are scored (an interrupted demo resumes); the text set, map and
-    report are written at the end, atomically, so a demo that fails leaves an earlier run's
+    report are written at the end, atomically, so a demo that raises leaves an earlier run's
     files as they were.
     """
     started = time.perf_counter()
+    phases = _Phases()
     out_dir = make_directory(out_dir)
     if models is None:
         models = installed_packaged_models()
@@ -208,19 +295,32 @@ def run_demo(
             commands = "; ".join(m.pip_command for m in PACKAGED_MODELS.values())
             raise DemoSourceError(f"no packaged model is installed. Install them with: {commands}")
     models = list(models)
-    texts = build_demo_texts(n_texts, seed=seed)
+    with phases.timed("building the demo texts"):
+        texts = build_demo_texts(n_texts, seed=seed)
     domains = [meta.get("domain", "?") for meta in texts.metadata]
     echo(f"demo: {len(models)} model(s) × {len(texts)} texts ({len(set(domains))} domains) → {out_dir}")
 
+    store_path = out_dir / "demo.h5"
+    steps: dict[str, int | None] = {}
+    training_line = None
     try:
-        store = score(models, texts, out=out_dir / "demo.h5", dtype=dtype, progress=progress)
-        steps, training_line = {}, None
+        with phases.timed("scoring the models (with GGUF conversion on a first run)"):
+            try:
+                score(models, texts, out=store_path, dtype=dtype, progress=progress)
+            except ModelsFailedError as error:
+                if len(error.failures) == len(models):
+                    raise  # nothing new scored: no map of these models to draw
+                phases.fail("scoring", error)
         if train_steps:
-            checkpoints, training_line = _demo_training(
-                out_dir / "training", models[0], texts, train_steps, seed, progress, echo
-            )
-            steps = {str(path): step_number(path) for path in checkpoints}
-            store = score(list(steps), texts, out=out_dir / "demo.h5", dtype=dtype, progress=progress)
+            tokenizer_model = next((m for m in TRAINING_TOKENIZERS if m in models), models[0])
+            with phases.optional("training"):
+                checkpoints, training_line = _demo_training(
+                    out_dir / "training", tokenizer_model, texts, train_steps, seed, progress, echo
+                )
+                steps = {str(path): step_number(path) for path in checkpoints}
+        if steps:
+            with phases.optional("scoring the training checkpoints"):
+                score(list(steps), texts, out=store_path, dtype=dtype, progress=progress)
     except StoreMismatchError as error:
         raise StoreMismatchError(
             f"{out_dir} holds an earlier demo with other texts or settings ({error}); give another "
@@ -228,46 +328,45 @@ def run_demo(
         ) from None
     if logit_lens is None:
         logit_lens = [m for m in DEFAULT_LENS_MODELS if m in models]
-    lens_lines = (
-        _demo_logit_lens(out_dir, list(logit_lens), lens_texts, dtype, seed, progress, echo)
-        if logit_lens and lens_texts else []
-    )
+    lens_lines = []
+    if logit_lens and lens_texts:
+        with phases.optional("logit lens"):
+            lens_lines = _demo_logit_lens(out_dir, list(logit_lens), lens_texts, dtype, seed, progress, echo)
+    analysis_started = time.perf_counter()
+    store = open_store(store_path)
     clipped, tau = clip(store.loglik)
     kl_nats = kl_matrix(clipped)
     kl_bpb = kl_matrix(clipped, text_bytes=store.text_bytes)
     names = store.models
+    shown = _display_names(names, store.model_meta, steps)
 
-    lines = [
+    lines = []
+    if phases.failures:
+        lines += ["Not done (the rest of the demo ran):", *(f"  {line}" for line in phases.failures), ""]
+    lines += [
         "KL estimates (nats per text, ‖q_i − q_j‖² / 2N). The estimate is second order: close",
         "for nearby models (checkpoints, fine-tunes), it overstates the divergence between",
         "families this far apart; there it ranks neighbours rather than measuring KL.",
-        *_table(names, names, kl_nats, 2),
+        *_table(shown, shown, kl_nats, 2),
         "",
     ]
-    lines += ["KL estimates (bits per byte):", *_table(names, names, kl_bpb, 4), ""]
+    lines += ["KL estimates (bits per byte):", *_table(shown, shown, kl_bpb, 4), ""]
     if len(names) > 1:
         indices, values = nearest_neighbors(kl_nats, k=min(2, len(names) - 1))
         lines.append("Nearest neighbours (KL, nats per text):")
-        for name, row, vals in zip(names, indices, values):
-            shown = ", ".join(f"{names[j]} ({v:.2f})" for j, v in zip(row, vals))
-            lines.append(f"  {name}: {shown}")
+        for name, row, vals in zip(shown, indices, values):
+            near = ", ".join(f"{shown[j]} ({v:.2f})" for j, v in zip(row, vals))
+            lines.append(f"  {name}: {near}")
         lines.append("")
     domain_names, domain_table = _domain_bits_per_byte(store, domains)
     lines += [
         "Cross-entropy by domain (bits per byte, lower is better):",
-        *_table(names, domain_names, domain_table, 3),
+        *_table(shown, domain_names, domain_table, 3),
     ]
     lines.append("")
     lines += lens_lines
-    timing = ["Timing:"]
-    for name, meta in zip(names, store.model_meta):
-        timing.append(
-            f"  {name}: load {meta.get('load_seconds', 0):.1f} s, score {meta.get('seconds', 0):.1f} s, "
-            f"{meta.get('tokens', 0)} tokens, {meta.get('tokens_per_second', 0):.0f} tok/s"
-        )
-    lines += timing
     if training_line:
-        lines.append(f"  {training_line}")
+        lines += [training_line, ""]
 
     map_png = map_html = None
     if len(names) >= 3:
@@ -279,8 +378,6 @@ def run_demo(
         label = {"tsne": "t-SNE", "mds": "MDS"}[method]
         title = f"jaxmap demo: {len(names)} models, {len(texts)} texts"
 
-    seconds = time.perf_counter() - started
-    lines.append(f"  total (with text building, conversion on first run, analysis): {seconds:.1f} s")
     report = out_dir / "report.md"
     outputs = [f"- store: `{store.path.name}` (τ = {tau:.1f} nats clipping threshold)"]
     if map_png:
@@ -289,21 +386,42 @@ def run_demo(
     build_demo_texts(n_texts, seed=seed, out=out_dir / "texts.jsonl")
     with atomic_outputs([map_png, map_html, report]) as (png_file, html_file, report_file):
         if map_png:
-            plot_map(coordinates, names, png_file, axis_label=label, title=title)
-            shown = ("architecture", "revision", "source", "dtype", "bos_policy", "n_ctx", "tokens_per_second")
+            # The group tells the packaged models and the training run apart: both maps'
+            # colouring.
+            groups = ["demo training run" if name in steps else short for name, short in zip(names, shown)]
+            plot_map(
+                coordinates, shown, png_file, color_values=groups, color_label="group", axis_label=label,
+                title=title,
+            )
+            kept = ("architecture", "revision", "source", "dtype", "bos_policy", "n_ctx", "tokens_per_second")
             write_html(
                 coordinates,
                 names,
                 html_file,
                 metadata=[
-                    {k: meta[k] for k in shown if k in meta}
+                    {"group": group}
+                    | {k: meta[k] for k in kept if k in meta}
                     | ({"run": "demo training", "step": steps[name]} if name in steps else {})
-                    for name, meta in zip(names, store.model_meta)
+                    for name, group, meta in zip(names, groups, store.model_meta)
                 ],
+                color_by="group",
                 kl=kl_nats,
                 axis_label=label,
                 title=title,
+                display_names=shown,
             )
+        phases.seconds["analysis, map and report"] = time.perf_counter() - analysis_started
+        seconds = time.perf_counter() - started
+        timing = ["Timing:"]
+        timing += [f"  {phase}: {spent:.1f} s" for phase, spent in phases.seconds.items()]
+        timing.append(f"  total: {seconds:.1f} s")
+        for name, meta in zip(shown, store.model_meta):
+            timing.append(
+                f"  {name}: load {meta.get('load_seconds', 0):.1f} s, score {meta.get('seconds', 0):.1f} s, "
+                f"{meta.get('tokens', 0)} tokens, {meta.get('tokens_per_second', 0):.0f} tok/s"
+            )
+        lines += timing
+        tracebacks = "".join(f"\n```\n{trace}```\n" for trace in phases.tracebacks)
         report_file.write_text(
             "# jaxmap demo\n\n"
             f"{len(names)} models × {len(texts)} texts from {len(set(domains))} domains "
@@ -311,10 +429,14 @@ def run_demo(
             + "\n".join(outputs)
             + "\n\n```\n"
             + "\n".join(lines)
-            + "\n```\n",
+            + "\n```\n"
+            + tracebacks,
             "utf-8",
         )
     for line in lines:
         echo(line)
     echo(f"report: {report}")
-    return DemoResult(out_dir, store.path, names, kl_nats, kl_bpb, report, map_png, map_html, seconds)
+    return DemoResult(
+        out_dir, store.path, names, kl_nats, kl_bpb, report, map_png, map_html, seconds,
+        shown, tuple(phases.failures),
+    )

@@ -5,6 +5,7 @@ Run with ``--basetemp DIR`` to keep the PNGs and look at them.
 
 from __future__ import annotations
 
+import html
 import json
 import warnings
 
@@ -123,7 +124,7 @@ def test_numeric_colours_and_html(family_map, projections, tmp_path):
     assert "<script>alert" not in page  # a name cannot end the data's script element
     data = json.loads(page.split('<script type="application/json" id="map-data">', 1)[1].split("</script>", 1)[0])
     assert data["names"] == odd_names
-    assert data["hover"][0].startswith("<b>&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;</b>")
+    assert data["hover"][0].startswith('<b>&lt;script&gt;alert("x")&lt;/script&gt;</b>')
     assert "note: a &amp; b" in data["hover"][0]
     assert data["colorings"]["parameters"]["kind"] == "numeric" and data["colorings"]["parameters"]["log"]
     assert "note" not in data["colorings"]  # one value for every model tells nothing apart
@@ -171,3 +172,24 @@ def test_a_crowded_map_names_a_subset_without_overlaps(tmp_path):
     assert sorted(t.get_text() for t in figure.axes[0].texts if t.get_text()) == sorted(chosen)
     with pytest.raises(AnalysisError, match="no such model"):
         plot_map(coordinates, names, tmp_path / "x.png", labels=["nobody"])
+
+
+def test_markup_in_the_data_never_reaches_the_page_as_markup(tmp_path):
+    link = '<a href="https://evil.example/" target="_top">x</a>'
+    script = "<script>alert(1)</script>"
+    names = [link, script, "plain", "other"]
+    metadata = [{"family": link, "note": script}, {"family": script}, {"family": "a"}, {}]
+    coordinates = np.arange(8, dtype=float).reshape(4, 2) ** 2
+    map_html(
+        coordinates, names, tmp_path / "map.html", metadata=metadata, title=link, axis_label=script,
+        display_names=[script, link, "p", "o"],
+    )
+    page = (tmp_path / "map.html").read_text()
+    assert '<a href="https://evil' not in page and "<script>alert" not in page
+    assert f"<title>{html.escape(link)}</title>" in page
+    data = json.loads(page.split('<script type="application/json" id="map-data">', 1)[1].split("</script>", 1)[0])
+    # The page's script gets the strings as they are (plotly is handed them escaped, the side
+    # panel sets them as text); the hover, markup by design, has them escaped.
+    assert data["names"] == [script, link, "p", "o"] and data["references"] == names
+    assert data["hover"][0].startswith(f"<b>{html.escape(script, quote=False)}</b><br>{html.escape(link, quote=False)}<br>")
+    assert "<" not in data["hover"][1].replace("<b>", "").replace("</b>", "").replace("<br>", "")

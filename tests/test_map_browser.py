@@ -273,3 +273,67 @@ def test_trajectories_are_drawn_in_order(browser, demo_like_map):
     )
     # One line trace, drawn as one SVG line per trajectory through its 4 points.
     assert len(drawn) == 2 and [line.count("L") for line in drawn] == [3, 3]
+
+
+EVIL_LINK = '<a href="https://evil.example/" target="_top">x</a>'
+EVIL_SCRIPT = '<script>document.body.dataset.owned = "yes"</script>'
+# Every anchor in the page (HTML or SVG) whose link goes to the data's address.
+EVIL_ANCHORS = """
+[...document.querySelectorAll('a')].filter(a =>
+  [a.getAttribute('href'), a.getAttributeNS('http://www.w3.org/1999/xlink', 'href')]
+    .some(h => h && h.includes('evil.example'))).length
+"""
+
+
+@pytest.fixture(scope="module")
+def hostile_map(tmp_path_factory):
+    """Markup in model names, metadata values and column names, the title and the axis label;
+    no colour column asked for."""
+    names = ["plain-0", EVIL_LINK, EVIL_SCRIPT] + [f"plain-{i}" for i in range(3, 14)]
+    # 14 distinct sizes: a numeric column, whose name titles the colour bar.
+    metadata = [
+        {"family": EVIL_LINK if i % 2 else "plain", "<b>size</b>": str(i + 1)} for i in range(len(names))
+    ]
+    coordinates = np.random.default_rng(1).normal(size=(len(names), 2)) * 4
+    kl = np.linalg.norm(coordinates[:, None] - coordinates[None], axis=-1) ** 2
+    path = tmp_path_factory.mktemp("hostile") / "map.html"
+    map_html(coordinates, names, path, metadata=metadata, kl=kl, title=EVIL_LINK, axis_label=EVIL_LINK)
+    return path, names
+
+
+def test_markup_in_names_and_metadata_stays_text(browser, hostile_map):
+    path, names = hostile_map
+    browser.open(path)
+    # Coloured by a group column from the start, not "(none)".
+    assert browser.evaluate("document.getElementById('color-by').value") == "family"
+    legend = browser.evaluate(
+        "[...document.querySelectorAll('.legend .traces .legendtext')].map(t => t.textContent)"
+    )
+    assert EVIL_LINK in legend
+    # A small map writes every name beside its point, as text.
+    labels = browser.evaluate("[...document.querySelectorAll('.scatterlayer .textpoint')].map(t => t.textContent)")
+    assert sorted(labels) == sorted(names)
+    axis = browser.evaluate("document.querySelector('.xtitle').textContent")
+    assert axis == EVIL_LINK + " 1" and browser.evaluate("document.title") == EVIL_LINK
+    # Hovering the model named with a link shows its name as typed; picking it rings it and
+    # lists its neighbours, all as text.
+    point = next(p for p in browser.evaluate(POINTS) if p["index"] == 1)
+    browser.mouse("mouseMoved", point["x"], point["y"])
+    label = browser.wait_for("(document.querySelector('.hoverlayer .hovertext') || {}).textContent", timeout=10)
+    assert label.startswith(EVIL_LINK) and f"family: {EVIL_LINK}" in label
+    browser.mouse("mousePressed", point["x"], point["y"])
+    browser.mouse("mouseReleased", point["x"], point["y"])
+    listed = browser.wait_for("[...document.querySelectorAll('#neighbors li')].map(li => li.textContent)", timeout=10)
+    assert any(item.startswith(EVIL_SCRIPT) for item in listed)
+    assert browser.wait_for(
+        "[...document.querySelectorAll('.legend .traces .legendtext')].map(t => t.textContent)"
+        f".includes({json.dumps('nearest to ' + EVIL_LINK)})",
+        timeout=10,
+    )
+    assert browser.evaluate(EVIL_ANCHORS) == 0
+    browser.evaluate(
+        "{ const s = document.getElementById('color-by'); s.value = '<b>size</b>';"
+        "s.dispatchEvent(new Event('change')); }"
+    )
+    assert browser.wait_for("(document.querySelector('.cbtitle') || {}).textContent") == "<b>size</b>"
+    assert browser.evaluate("document.body.dataset.owned") is None

@@ -3,9 +3,11 @@ with plotly.js from the data :func:`jaxmap.analysis.plots.map_html` embeds.
 
 The script reads one JSON object (``#map-data``):
 
-    names        [K] model names
+    names        [K] model names as shown (short display names)
+    references   [K] full model names (the search matches these too)
+    label_points whether every point's name is written beside it (small maps)
     x, y         [K] map coordinates
-    hover        [K] hover text of each model (HTML-escaped, every metadata field)
+    hover        [K] hover text of each model (markup, every string in it escaped)
     colorings    {column: {kind: "category", labels: [K], colors: {label: hex}, order: [...]}
                   | {kind: "numeric", values: [K] (null where missing), log: bool}}
     color_by     the column coloured first (or null)
@@ -56,6 +58,12 @@ SCRIPT = r"""
   const showPaths = document.getElementById('show-paths');
   const GREY = '#b0b0b0';
   let picked = null;
+  // plotly reads trace names, point text and titles as markup (an <a href> in a legend entry
+  // becomes a live link): every string from the data is escaped before plotly sees it. With
+  // "<" escaped no tag can form, so quotes stay as they are (plotly would show &quot; as
+  // typed). The side panel and the menu set textContent, which needs no escaping.
+  const ENTITIES = {'&': '&amp;', '<': '&lt;', '>': '&gt;'};
+  const esc = text => String(text).replace(/[&<>]/g, c => ENTITIES[c]);
 
   const columns = Object.keys(data.colorings);
   select.add(new Option('(none)', ''));
@@ -63,10 +71,19 @@ SCRIPT = r"""
   select.value = data.color_by && data.colorings[data.color_by] ? data.color_by : '';
   if (!data.paths.length) document.getElementById('paths-control').style.display = 'none';
 
+  // A name beside a point near the left or right edge reaches inwards, so that it stays on
+  // the page; plotly does not move names apart, so very close points may share their space
+  // until zoomed.
+  const xLow = Math.min(...data.x), xSpan = Math.max(...data.x) - xLow || 1;
+  const side = i => (data.x[i] - xLow) / xSpan;
+  const namePosition = i => side(i) < 0.25 ? 'top right' : side(i) > 0.75 ? 'top left' : 'top center';
+
   function pointTrace(indices, name, marker, showlegend) {
     return {
-      type: 'scatter', mode: 'markers', name: name, showlegend: showlegend,
-      x: indices.map(i => data.x[i]), y: indices.map(i => data.y[i]),
+      type: 'scatter', mode: data.label_points ? 'markers+text' : 'markers', name: esc(name),
+      showlegend: showlegend, x: indices.map(i => data.x[i]), y: indices.map(i => data.y[i]),
+      text: indices.map(i => esc(data.names[i])), textposition: indices.map(namePosition),
+      textfont: {size: 11, color: '#444'}, cliponaxis: false,
       customdata: indices, hovertext: indices.map(i => data.hover[i]), hoverinfo: 'text',
       marker: Object.assign({size: K > 400 ? 6 : 10, line: {color: 'white', width: 0.6}}, marker),
       meta: 'points',
@@ -87,7 +104,7 @@ SCRIPT = r"""
     const values = present.map(i => coloring.log ? Math.log10(coloring.values[i]) : coloring.values[i]);
     const traces = [pointTrace(present, column, {
       color: values, colorscale: 'Viridis', showscale: true,
-      colorbar: {title: {text: coloring.log ? 'log10 ' + column : column}},
+      colorbar: {title: {text: esc(coloring.log ? 'log10 ' + column : column)}},
     }, false)];
     if (missing.length) traces.push(pointTrace(missing, '(missing)', {color: GREY}, true));
     return traces;
@@ -105,9 +122,11 @@ SCRIPT = r"""
   }
 
   function ringTrace(indices, name, color, labelled, size) {
-    return {type: 'scatter', mode: labelled ? 'markers+text' : 'markers', name: name,
+    // Where every point is named already, a ring's name would be written twice.
+    const named = labelled && !data.label_points;
+    return {type: 'scatter', mode: named ? 'markers+text' : 'markers', name: esc(name),
             x: indices.map(i => data.x[i]), y: indices.map(i => data.y[i]),
-            text: indices.map(i => data.names[i]), textposition: 'top center',
+            text: indices.map(i => esc(data.names[i])), textposition: 'top center',
             customdata: indices, hovertext: indices.map(i => data.hover[i]), hoverinfo: 'text',
             marker: {size: size, color: 'rgba(0,0,0,0)', line: {color: color, width: 2.5}},
             showlegend: true, meta: 'ring'};
@@ -116,7 +135,8 @@ SCRIPT = r"""
   function matches() {
     const query = search.value.trim().toLowerCase();
     if (!query) return null;
-    return data.names.map((n, i) => [n.toLowerCase(), i]).filter(([n]) => n.includes(query)).map(([, i]) => i);
+    const hit = i => [data.names[i], data.references[i]].some(n => n.toLowerCase().includes(query));
+    return [...Array(K).keys()].filter(hit);
   }
 
   function traces() {
@@ -149,8 +169,8 @@ SCRIPT = r"""
   const layout = {
     // The top margin keeps plotly's tool bar off the legend.
     hovermode: 'closest', dragmode: 'pan', margin: {l: 60, r: 20, t: 40, b: 50},
-    xaxis: {title: {text: data.axis_label + ' 1'}, zeroline: false},
-    yaxis: {title: {text: data.axis_label + ' 2'}, zeroline: false, scaleanchor: 'x', scaleratio: 1},
+    xaxis: {title: {text: esc(data.axis_label + ' 1')}, zeroline: false},
+    yaxis: {title: {text: esc(data.axis_label + ' 2')}, zeroline: false, scaleanchor: 'x', scaleratio: 1},
     legend: {itemsizing: 'constant'}, uirevision: 'keep',
   };
   const config = {scrollZoom: true, displaylogo: false, responsive: true};

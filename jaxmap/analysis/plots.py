@@ -296,6 +296,12 @@ def _shown(value) -> str:
     return "" if value is None else str(value)
 
 
+def _as_text(value) -> str:
+    """``value`` escaped for plotly's markup, which decodes ``&lt; &gt; &amp;`` but shows
+    ``&quot;`` as typed: with ``<`` escaped no tag can form, so quotes need no escaping."""
+    return html.escape(str(value), quote=False)
+
+
 def _page_coloring(values: Sequence, count: int) -> dict | None:
     """How the page colours by one column; None for a column that cannot tell models apart."""
     coloring = _coloring(values, count)
@@ -357,6 +363,22 @@ def trajectory_paths(
     return paths
 
 
+# Metadata columns that usually name groups of models, in the order a page colours by the
+# first one present when no column is asked for.
+_GROUP_COLUMNS = ("group", "family", "run", "trajectory", "architecture")
+# Up to this many models, the page writes every name beside its point.
+_NAMED_POINTS = 40
+
+
+def _default_color_by(colorings: Mapping[str, dict]) -> str | None:
+    """The column a page colours by when none is asked for: a usual group column, else the
+    first categorical one (a column with a value per model is no coloring: see
+    :func:`_page_coloring`)."""
+    named = [column for column in _GROUP_COLUMNS if column in colorings]
+    categorical = [column for column, coloring in colorings.items() if coloring["kind"] == "category"]
+    return (named or categorical or [None])[0]
+
+
 def map_html(
     coordinates,
     names: Sequence[str],
@@ -369,6 +391,7 @@ def map_html(
     neighbors: int = 10,
     axis_label: str = "t-SNE",
     title: str = "Model map",
+    display_names: Sequence[str] | None = None,
 ) -> None:
     """Save the map as one self-contained interactive HTML file (plotly.js embedded, no
     network), written atomically.
@@ -376,9 +399,15 @@ def map_html(
     Zoom (wheel, box) and pan; hovering a point shows the model's name and every field of its
     ``metadata`` row (one mapping per model); a menu colours the points by any metadata column
     that tells models apart (legend for categories, colour bar for numbers; ``color_by`` is the
-    first one shown); a search box highlights models whose name contains the query;
-    trajectories (:func:`trajectory_paths`) are drawn as lines; clicking a model lists its
-    ``neighbors`` nearest models by the K×K matrix ``kl`` (in ``kl_unit``).
+    first one shown, by default a column naming groups such as ``family`` or ``architecture``);
+    a search box highlights models whose name contains the query; trajectories
+    (:func:`trajectory_paths`) are drawn as lines; clicking a model lists its ``neighbors``
+    nearest models by the K×K matrix ``kl`` (in ``kl_unit``). A map of up to 40 models writes
+    every name beside its point.
+
+    ``display_names`` (short names, e.g. ``step 15`` for a checkpoint directory) replace the
+    names on the plot, in the legend and in the neighbour list; the hover shows both, and the
+    search matches both. Every string from the data is shown as text, never as markup.
     """
     from plotly.offline import get_plotlyjs
 
@@ -386,16 +415,21 @@ def map_html(
 
     coordinates = _check_coordinates(coordinates, names)
     count = len(names)
+    if display_names is None:
+        display_names = names
+    if len(display_names) != count:
+        raise AnalysisError(f"{len(display_names)} display names for {count} models")
     columns = _metadata_columns(metadata, count)
     if color_by is not None and color_by not in columns:
         raise AnalysisError(f"cannot colour by {color_by!r}: no such metadata column")
     rows = metadata or [{} for _ in names]
     hover = []
-    for name, row in zip(names, rows):
-        fields = [f"<b>{html.escape(str(name))}</b>"] + [
-            f"{html.escape(column)}: {html.escape(_shown(row.get(column)))}"
-            for column in columns
-            if column in row
+    for name, shown_name, row in zip(names, display_names, rows):
+        fields = [f"<b>{_as_text(shown_name)}</b>"]
+        if str(shown_name) != str(name):
+            fields.append(_as_text(name))
+        fields += [
+            f"{_as_text(column)}: {_as_text(_shown(row.get(column)))}" for column in columns if column in row
         ]
         hover.append("<br>".join(fields))
     colorings = {}
@@ -403,6 +437,8 @@ def map_html(
         coloring = _page_coloring([_shown(row.get(column)) or None for row in rows], count)
         if coloring is not None:
             colorings[column] = coloring
+    if color_by is None:
+        color_by = _default_color_by(colorings)
     nearest: list[list[list[float]]] = [[] for _ in names]
     if kl is not None:
         kl = np.asarray(kl, dtype=np.float64)
@@ -413,7 +449,9 @@ def map_html(
         order = np.argsort(masked, axis=1, kind="stable")[:, : min(neighbors, count - 1)]
         nearest = [[[int(j), float(kl[i, j])] for j in row] for i, row in enumerate(order)]
     data = {
-        "names": [str(name) for name in names],
+        "names": [str(name) for name in display_names],
+        "references": [str(name) for name in names],
+        "label_points": count <= _NAMED_POINTS,
         "x": coordinates[:, 0].tolist(),
         "y": coordinates[:, 1].tolist(),
         "hover": hover,

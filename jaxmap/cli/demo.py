@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from . import int_at_least
 
@@ -14,7 +15,9 @@ def register(subparsers) -> None:
         "demo",
         help="map the packaged real models on the built-in text set (offline)",
         description="Score every installed packaged model (see scripts/install.sh) on the "
-        "built-in demo texts; write the store, KL table, neighbours, map and a report.",
+        "built-in demo texts; write the store, KL table, neighbours, map and a report. When "
+        "an optional part (training, its checkpoints, the logit lens) fails, the rest is still "
+        "written and the exit status is 1.",
     )
     demo.add_argument("--out", default="jaxmap-demo", help="output directory (default: %(default)s)")
     demo.add_argument("--texts", type=int_at_least(1), default=DEFAULT_TEXTS, help="number of demo texts (default: %(default)s)")
@@ -42,7 +45,12 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..demo import run_demo
 
-    run_demo(args.out, n_texts=args.texts, models=args.models, dtype=args.dtype, seed=args.seed, progress=not args.quiet,
-             logit_lens=args.logit_lens, lens_texts=args.lens_texts,
-             train_steps=args.train_steps)
-    return 0
+    result = run_demo(
+        args.out, n_texts=args.texts, models=args.models, dtype=args.dtype, seed=args.seed,
+        progress=not args.quiet, logit_lens=args.logit_lens, lens_texts=args.lens_texts,
+        train_steps=args.train_steps,
+    )
+    # A part failed but the map and report of the rest were written: exit 1, not 2 (nothing done).
+    for line in result.failures:
+        print(f"jaxmap demo: error: {line}", file=sys.stderr)
+    return 1 if result.failures else 0
