@@ -329,20 +329,27 @@ def score_job(
             if distributed.process_count() == 1 else _InOrder()
         )
         # Hub weights download in the background, ahead of the scoring, under the disk budget.
-        prefetcher = WeightPrefetcher(todo, disk_budget=disk_budget, delete_after=delete_after)
+        # Models on disk score before earlier ones still downloading, so that a stalled download
+        # holds up no local model; the processes of a multi-host job keep one order.
+        prefetcher = WeightPrefetcher(
+            todo, disk_budget=disk_budget, delete_after=delete_after,
+            ready_first=distributed.process_count() == 1,
+        )
 
         def load(checkpoint: Checkpoint) -> LoadedModel:
             prefetcher.wait(checkpoint)
             return load_model(checkpoint, dtype=dtype, mesh=device_mesh)
 
-        upcoming = loader.submit(load, todo[0]) if todo else None
+        def load_next() -> tuple[Checkpoint | None, concurrent.futures.Future | None]:
+            checkpoint = prefetcher.take_next()
+            return checkpoint, loader.submit(load, checkpoint) if checkpoint is not None else None
+
+        upcoming = load_next()
         try:
-            for position, checkpoint in enumerate(todo):
+            for _ in todo:
                 # The next model loads while this one scores; its weights may wait for this one's
                 # release when the disk budget is tight.
-                current, upcoming = upcoming, (
-                    loader.submit(load, todo[position + 1]) if position + 1 < len(todo) else None
-                )
+                (checkpoint, current), upcoming = upcoming, load_next()
                 # Another job on this store may have committed it since this one began.
                 done = set(distributed.share_from_first(writer.completed_keys() if writer else None))
                 if all(k in done for k in wanted[checkpoint.canonical]):

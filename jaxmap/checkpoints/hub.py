@@ -7,11 +7,20 @@ huggingface_hub's HTTP session (proxies, certificates and the login token still 
 the files out exactly as huggingface_hub's cache does (``blobs/``, ``snapshots/<commit>/``,
 ``refs/``), so either library finds what the other downloaded.
 
-Every request has a timeout (no byte for ``JAXMAP_HUB_TIMEOUT`` seconds, default 20: a slow
-download that keeps moving goes on). A transient failure (timeout, refused or reset connection,
-HTTP 5xx, 408, 429, a download whose size or hash is wrong) is retried ``JAXMAP_HUB_RETRIES``
-times (default 3) with exponential backoff; an interrupted download resumes where it stopped.
-What is left becomes a :class:`~jaxmap.errors.HubError` naming the model and the host problem.
+Every request has a timeout (no byte for ``JAXMAP_HUB_TIMEOUT`` seconds, default 20), and a file
+download must keep moving: one that receives less than ``JAXMAP_HUB_MIN_RATE`` bytes/s (default
+50,000; 0 turns the check off) over ``JAXMAP_HUB_RATE_WINDOW`` seconds (default 60) is stopped,
+since a server that trickles a byte now and then never times out. A transient failure (timeout,
+refused or reset connection, HTTP 5xx, 408, 429, a download too slow or whose size or hash is
+wrong) is retried ``JAXMAP_HUB_RETRIES`` times (default 3) with exponential backoff; an
+interrupted download resumes where it stopped. What is left becomes a
+:class:`~jaxmap.errors.HubError` naming the model and the host problem.
+
+A host that :data:`UNREACHABLE_AFTER` requests in a row (each after its retries) could not reach
+is given up: every request to it fails at once, naming the host and the last error, so that a
+1,000-model list on a hub without a route ends in seconds, not hours. Any answer from the host
+(even an HTTP error) resets the count. After :data:`HOST_RETRY_AFTER` seconds one request tries
+the host again; it resets the count if it gets an answer, and gives the host up again if not.
 
 Resolving a hub id downloads its config, tokenizer files and shard index only; the weights
 download later, with :meth:`jaxmap.checkpoints.Checkpoint.fetch_weights`. This module remembers
@@ -37,21 +46,35 @@ from .._version import __version__
 from ..errors import CheckpointError, HubError, JaxmapError
 
 __all__ = [
+    "DEFAULT_MIN_RATE",
+    "DEFAULT_RATE_WINDOW",
     "DEFAULT_RETRIES",
     "DEFAULT_TIMEOUT",
+    "HOST_RETRY_AFTER",
     "HubFile",
     "HubSnapshot",
     "METADATA_PATTERNS",
+    "UNREACHABLE_AFTER",
     "delete_downloads",
     "download",
     "downloaded_files",
     "fetch_lock",
     "hub_settings",
+    "rate_settings",
     "resolve_snapshot",
 ]
 
 DEFAULT_TIMEOUT = 20.0
 DEFAULT_RETRIES = 3
+# A download slower than 50 kB/s over a minute is stuck, not slow: a 1 GB shard would take 6 hours.
+DEFAULT_MIN_RATE = 50_000
+DEFAULT_RATE_WINDOW = 60.0
+# Requests in a row (each after its retries) that could not reach a host before it is given up:
+# few enough that a hub without a route costs a job three models' tries, not one per model;
+# more than one, so that one model's bad luck does not fail a list.
+UNREACHABLE_AFTER = 3
+# Seconds after which a given-up host is tried again by one request, in case it is back.
+HOST_RETRY_AFTER = 60.0
 # Top-level files that validation and the tokenizer need: config, tokenizers (fast, sentencepiece,
 # BPE, WordPiece, tiktoken, chat templates) and the shard index. Never weights.
 METADATA_PATTERNS = (
@@ -70,6 +93,16 @@ def hub_settings() -> tuple[float, int]:
     if timeout <= 0:
         raise JaxmapError(f"JAXMAP_HUB_TIMEOUT={timeout:g}: expected a positive number of seconds")
     return timeout, retries
+
+
+def rate_settings() -> tuple[float, float]:
+    """``(minimum bytes/s, window seconds)`` from ``JAXMAP_HUB_MIN_RATE`` and
+    ``JAXMAP_HUB_RATE_WINDOW``; a minimum of 0 turns the check off."""
+    rate = _setting("JAXMAP_HUB_MIN_RATE", DEFAULT_MIN_RATE, float, "a number of bytes per second, 0 or more")
+    window = _setting("JAXMAP_HUB_RATE_WINDOW", DEFAULT_RATE_WINDOW, float, "a positive number of seconds")
+    if window <= 0:
+        raise JaxmapError(f"JAXMAP_HUB_RATE_WINDOW={window:g}: expected a positive number of seconds")
+    return rate, window
 
 
 def _setting(name: str, default, kind, expected: str):
@@ -153,6 +186,10 @@ class _NotAHub(Exception):
     """The endpoint answered, but not as a model hub answers."""
 
 
+class _TooSlow(Exception):
+    """A download that received less than the minimum rate over a whole window."""
+
+
 def _problem(error: BaseException, revision: str | None, tries: int, timeout: float) -> tuple[str, bool]:
     """What went wrong, in words, and whether trying again may help."""
     import httpx2
@@ -182,6 +219,8 @@ def _problem(error: BaseException, revision: str | None, tries: int, timeout: fl
         return f"{host} did not answer as a model hub does ({error})", False
     if isinstance(error, _Damaged):
         return f"download from {host} arrived damaged: {error} ({_tries(tries)})", True
+    if isinstance(error, _TooSlow):
+        return f"download from {host} too slow: {error} ({_tries(tries)})", True
     if isinstance(error, httpx2.TimeoutException):
         return f"cannot reach {host}: timed out after {_tries(tries)} ({timeout:g} s each)", True
     if isinstance(error, (httpx2.UnsupportedProtocol, httpx2.LocalProtocolError, httpx2.TooManyRedirects)):
@@ -202,22 +241,84 @@ def _first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else ""
 
 
+def _unreachable(error: BaseException) -> bool:
+    """Whether ``error`` says the host could not be reached (no answer), as opposed to an answer
+    the host gave or a request that could not be made."""
+    import httpx2
+
+    return isinstance(error, httpx2.TransportError) and not isinstance(
+        error, (httpx2.UnsupportedProtocol, httpx2.LocalProtocolError)
+    )
+
+
+@dataclass
+class _HostFailures:
+    """Requests in a row that could not reach one host, the last one's problem, and since when
+    the host is given up (None while it is not)."""
+
+    count: int = 0
+    problem: str = ""
+    given_up_at: float | None = None
+
+
+_HOSTS: dict[str, _HostFailures] = {}
+_HOSTS_LOCK = threading.Lock()
+
+
+def _refuse_if_given_up(reference: str, host: str) -> None:
+    """Raise the given-up host's one-line reason, unless it is time for one request to try again."""
+    with _HOSTS_LOCK:
+        state = _HOSTS.get(host)
+        if state is None or state.given_up_at is None:
+            return
+        if time.monotonic() - state.given_up_at < HOST_RETRY_AFTER:
+            raise HubError(
+                f"{reference}: not tried: the last {state.count} requests could not reach {host} "
+                f"(last: {state.problem})"
+            )
+        # This request tries the host; the others still fail at once until it knows.
+        state.given_up_at = time.monotonic()
+
+
+def _record_host(host: str, problem: str | None) -> None:
+    """Count a request that could not reach ``host`` (``problem``), or forget its failures
+    (``None``: the host answered)."""
+    with _HOSTS_LOCK:
+        if problem is None:
+            _HOSTS.pop(host, None)
+            return
+        state = _HOSTS.setdefault(host, _HostFailures())
+        state.count += 1
+        state.problem = problem
+        if state.count >= UNREACHABLE_AFTER:
+            state.given_up_at = time.monotonic()
+
+
 def _retrying(
     reference: str, call: Callable[[], _T], revision: str | None = None,
     cancel: threading.Event | None = None,
 ) -> _T:
-    """``call()``, retried on transient failures; anything left becomes one HubError line."""
+    """``call()``, retried on transient failures; anything left becomes one HubError line.
+
+    A host given up (see the module docstring) fails at once, without a request.
+    """
     timeout, retries = hub_settings()
+    host = _host()
+    _refuse_if_given_up(reference, host)
     tries = retries + 1
     for attempt in range(1, tries + 1):
         try:
-            return call()
+            result = call()
         except _Cancelled:
             raise HubError(f"{reference}: download cancelled") from None
         except Exception as error:  # noqa: BLE001 - _problem re-raises what it does not know
             problem, transient = _problem(error, revision, attempt, timeout)
             if not transient or attempt == tries:
+                _record_host(host, problem if _unreachable(error) else None)
                 raise HubError(f"{reference}: {problem}") from None
+        else:
+            _record_host(host, None)
+            return result
         pause = min(2.0 ** (attempt - 1), _MAX_BACKOFF)
         if cancel is None:
             time.sleep(pause)
@@ -401,6 +502,7 @@ class _Partial:
         from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
         timeout, _ = hub_settings()
+        min_rate, window = rate_settings()
         headers = build_hf_headers(library_name="jaxmap", library_version=__version__)
         if self.received:
             headers["Range"] = f"bytes={self.received}-"
@@ -410,6 +512,7 @@ class _Partial:
                 hf_raise_for_status(response)
             if response.status_code != 206 and self.received:
                 self._restart()  # the server sent the whole file again
+            window_start, window_received = time.monotonic(), self.received
             with open(self.path, "ab") as out:
                 # As the bytes arrive, so that a cancel takes effect at once.
                 for chunk in response.iter_bytes():
@@ -420,6 +523,17 @@ class _Partial:
                     if self._git is not None:
                         self._git.update(chunk)
                     self.received += len(chunk)
+                    # Checked as bytes arrive: a trickle never lets the timeout fire, and a
+                    # silence longer than the timeout is the timeout's to report.
+                    elapsed = time.monotonic() - window_start
+                    if min_rate and elapsed >= window:
+                        got = self.received - window_received
+                        if got < min_rate * elapsed:
+                            raise _TooSlow(
+                                f"{self.file.name} received {got} bytes in {elapsed:.1f} s, under "
+                                f"JAXMAP_HUB_MIN_RATE ({min_rate:g} bytes/s over {window:g} s)"
+                            )
+                        window_start, window_received = time.monotonic(), self.received
         self._check()
 
     def _check(self) -> None:

@@ -5,7 +5,7 @@ next ones in background threads while the current one scores, so that a 1,000-mo
 hub spends its time computing, not waiting for downloads::
 
     with WeightPrefetcher(checkpoints, ahead=2, delete_after=True) as prefetcher:
-        for checkpoint in checkpoints:
+        while (checkpoint := prefetcher.take_next()) is not None:
             try:
                 prefetcher.wait(checkpoint)      # in the loader thread: weights on disk
                 ...load and score...
@@ -20,6 +20,11 @@ starts only while the bytes of those models plus its own stay within ``disk_budg
 waits until earlier models are released. Sizes come from the hub's file listing, fetched when the
 reference was resolved, so none of this asks the hub anything. Local directories, GGUF files and
 hub models already in the cache need no download and are ready at once.
+
+:meth:`WeightPrefetcher.take_next` says which model to score next: the first in order whose
+download is over (ready or failed), else the first in order. A model whose download stalls thus
+holds up no model that is ready: local models score while it downloads, and it fails when the hub
+module's minimum download rate or timeout stops it.
 
 A download that fails (gated or missing files, an unreachable host, a damaged file) is a failure
 of that model only: :meth:`WeightPrefetcher.wait` raises its error (a
@@ -48,6 +53,7 @@ class _Entry:
     size: int  # bytes to download
     needs_download: bool
     state: str = "waiting"  # waiting → downloading → ready | failed
+    taken: bool = False  # handed out by take_next()
     released: bool = False
     error: Exception | None = None
     thread: threading.Thread | None = None
@@ -72,6 +78,9 @@ class WeightPrefetcher:
         delete_after: :meth:`release` deletes the weight files this process downloaded for the
             model (never files that were in the hub cache before, local directories or
             converted GGUF files).
+        ready_first: :meth:`take_next` prefers models whose download is over to earlier ones
+            still downloading. False keeps the checkpoints' order, for processes that must all
+            load the models in one order (a multi-host job).
     """
 
     def __init__(
@@ -81,11 +90,13 @@ class WeightPrefetcher:
         ahead: int = 2,
         disk_budget: int | None = None,
         delete_after: bool = False,
+        ready_first: bool = True,
     ) -> None:
         if ahead < 0:
             raise ValueError(f"ahead must be 0 or more, not {ahead}")
         self.ahead = ahead
         self.delete_after = delete_after
+        self.ready_first = ready_first
         self._entries: dict[str, _Entry] = {}
         for checkpoint in checkpoints:
             if checkpoint.canonical in self._entries:
@@ -171,6 +182,23 @@ class WeightPrefetcher:
             return self._entries[checkpoint.canonical]
         except KeyError:
             raise ValueError(f"{checkpoint.reference} is not scheduled in this prefetcher") from None
+
+    def take_next(self) -> Checkpoint | None:
+        """The model to score next, of those not taken yet (None when all are): the first in
+        order whose download is over (weights on disk, or failed), else the first in order; with
+        ``ready_first=False`` always the first in order.
+
+        Waiting for a model taken while it still downloads does not deadlock: every model before
+        it was taken, so its download starts once they are released.
+        """
+        with self._lock:
+            untaken = [e for e in self._entries.values() if not e.taken]
+            if not untaken:
+                return None
+            over = (e for e in untaken if e.done.is_set()) if self.ready_first else iter(())
+            chosen = next(over, untaken[0])
+            chosen.taken = True
+            return chosen.checkpoint
 
     def wait(self, checkpoint: Checkpoint, timeout: float | None = None) -> Checkpoint:
         """Block until ``checkpoint``'s weights are on disk; return it.
