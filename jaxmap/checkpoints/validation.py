@@ -6,8 +6,9 @@ headers only (never tensor data): a config that is not a JSON object or that the
 translate, a missing or unreadable tokenizer, a truncated or garbage weight file, a header whose
 shapes, dtypes or offsets do not add up to the file's size, a shard index naming tensors no shard
 holds. Each failure is one :class:`~jaxmap.errors.CheckpointError` line naming the model and the
-file (an unsupported architecture or config field is an
-:class:`~jaxmap.errors.UnsupportedModelError` naming the field).
+file (an unsupported architecture or config field, or an impossible config value such as a size
+that is not a positive integer or heads that do not divide the width, is an
+:class:`~jaxmap.errors.UnsupportedModelError` naming the field and its value).
 """
 
 from __future__ import annotations
@@ -194,7 +195,8 @@ def validate(checkpoint: Checkpoint) -> None:
 
     Raises:
         CheckpointError: a missing, damaged or inconsistent file.
-        UnsupportedModelError: an architecture or config field jaxmap does not implement.
+        UnsupportedModelError: an architecture or config field jaxmap does not implement, or a
+            config value no model can have.
     """
     from ..models import translate_config
 

@@ -46,13 +46,39 @@ _NEUTRAL_FIELDS = frozenset(
 )
 
 
+# Sizes and counts: a value other than a positive integer is a broken config, not a variant.
+_POSITIVE_INTEGERS = frozenset(
+    """
+    vocab_size hidden_size n_embd n_embed d_model word_embed_proj_dim num_hidden_layers n_layer
+    n_layers num_layers num_attention_heads n_head n_heads num_heads attention_heads
+    num_key_value_heads num_kv_heads head_dim intermediate_size n_inner ffn_dim ffn_hidden_size
+    moe_intermediate_size shared_expert_intermediate_size num_experts num_local_experts
+    num_experts_per_tok max_position_embeddings n_positions max_seq_len
+    """.split()
+)
+# The architectures' spellings of the model width, the attention heads and the key/value heads:
+# heads must divide the width (unless the config gives head_dim), key/value heads the heads.
+_SHAPE_FIELDS = {
+    "width": frozenset(("hidden_size", "n_embd", "n_embed", "d_model")),
+    "heads": frozenset(("num_attention_heads", "n_head", "n_heads", "num_heads", "attention_heads")),
+    "kv_heads": frozenset(("num_key_value_heads", "num_kv_heads")),
+}
+
+
 class ConfigReader:
-    """Reads a Hugging Face config dict, tracking which fields the adapter understood."""
+    """Reads a Hugging Face config dict, tracking which fields the adapter understood.
+
+    Values are checked as they are taken, before the adapter computes with them: a size that is
+    not a positive integer, heads that do not divide the width, and aliases that disagree are
+    refused naming the fields and their values.
+    """
 
     def __init__(self, config: dict, architecture: str) -> None:
         self.config = dict(config)
         self.architecture = architecture
         self._taken: set[str] = set()
+        # _SHAPE_FIELDS role -> (field, value) of the ones taken so far.
+        self._shape: dict[str, tuple[str, Any]] = {}
 
     def has(self, name: str) -> bool:
         return self.config.get(name) is not None
@@ -67,21 +93,69 @@ class ConfigReader:
                     f"{self.architecture}: config field {name!r} is required but missing"
                 )
             return default
-        return value
+        return self._checked(name, value)
 
     def take_first(self, names: Iterable[str], default: Any = ...) -> Any:
-        """The first present field among aliases (e.g. ``n_embd`` / ``hidden_size``)."""
+        """The value of a field that configs spell several ways (e.g. ``n_embd`` /
+        ``hidden_size``, transformers' ``attribute_map``); where several are present they must
+        agree."""
         names = list(names)
         for name in names:
             self._taken.add(name)
-        for name in names:
-            if self.config.get(name) is not None:
-                return self.config[name]
-        if default is ...:
+        present = [name for name in names if self.config.get(name) is not None]
+        if not present:
+            if default is ...:
+                raise UnsupportedModelError(
+                    f"{self.architecture}: config needs one of the fields {', '.join(names)}"
+                )
+            return default
+        first = present[0]
+        value = self._checked(first, self.config[first])
+        for other in present[1:]:
+            self.take_copy(other, first, value)
+        return value
+
+    def take_copy(self, name: str, source: str, value: Any) -> None:
+        """Accept ``name``, a field that restates ``value``, the value jaxmap reads or derives
+        from the field ``source`` (transformers writes both, e.g. Falcon's
+        ``num_key_value_heads`` beside ``num_kv_heads``); a different value contradicts
+        ``source`` and is refused naming both."""
+        self._taken.add(name)
+        saved = self.config.get(name)
+        if saved is None or saved == value:
+            return
+        given = self.config.get(source)
+        means = "" if given == value else f", which means {value!r}"
+        raise UnsupportedModelError(
+            f"{self.architecture}: config field {name!r} = {saved!r} contradicts "
+            f"{source!r} = {given!r}{means}"
+        )
+
+    def _checked(self, name: str, value: Any) -> Any:
+        """``value`` of field ``name``, after the checks of sizes and head counts."""
+        if name in _POSITIVE_INTEGERS and (
+            not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1
+        ):
             raise UnsupportedModelError(
-                f"{self.architecture}: config needs one of the fields {', '.join(names)}"
+                f"{self.architecture}: config field {name!r} = {value!r} is not a positive integer"
             )
-        return default
+        for role, names in _SHAPE_FIELDS.items():
+            if name in names:
+                self._shape[role] = (name, value)
+        width, heads, kv_heads = (self._shape.get(role) for role in _SHAPE_FIELDS)
+        if width and heads and not self.has("head_dim") and width[1] % heads[1]:
+            raise self._indivisible(width, heads, "the attention heads must divide the width")
+        if heads and kv_heads and heads[1] % kv_heads[1]:
+            raise self._indivisible(
+                heads, kv_heads, "the key/value heads must divide the attention heads"
+            )
+        return value
+
+    def _indivisible(self, whole: tuple[str, Any], part: tuple[str, Any], why: str):
+        return UnsupportedModelError(
+            f"{self.architecture}: config fields {whole[0]!r} = {whole[1]!r} and "
+            f"{part[0]!r} = {part[1]!r}: {why}"
+        )
 
     def expect(self, name: str, allowed: Iterable[Any], default: Any = None) -> Any:
         """Take a field that jaxmap implements only for some values; refuse the others."""

@@ -36,7 +36,11 @@ def _round_to_bfloat16(values: tuple[float, ...]) -> tuple[float, ...]:
 
 
 def _attention_layout(reader: ConfigReader, heads: int) -> tuple[int, bool]:
-    """(kv heads, whether attention and MLP run in parallel) of the config's architecture."""
+    """(kv heads, whether attention and MLP run in parallel) of the config's architecture.
+
+    transformers 5 also saves the kv heads it derives as ``num_key_value_heads``: accepted where
+    it says the same.
+    """
     new_architecture = reader.take("new_decoder_architecture", False)
     multi_query = reader.take("multi_query", True)
     parallel = reader.take("parallel_attn", True)
@@ -51,6 +55,7 @@ def _attention_layout(reader: ConfigReader, heads: int) -> tuple[int, bool]:
             )
         if norms not in (None, 1, 2):
             raise reader.refuse("num_ln_in_parallel_attn", norms, "Falcon has 1 or 2 norms")
+        reader.take_copy("num_key_value_heads", "num_kv_heads", kv_heads)
         return kv_heads, True
     if not multi_query and kv_heads != heads:
         raise reader.refuse(
@@ -61,7 +66,11 @@ def _attention_layout(reader: ConfigReader, heads: int) -> tuple[int, bool]:
             "num_ln_in_parallel_attn", norms,
             "two norms exist only in the new decoder architecture (transformers fails otherwise)",
         )
-    return (1 if multi_query else heads), parallel
+    if multi_query:
+        reader.take_copy("num_key_value_heads", "multi_query", 1)
+        return 1, parallel
+    reader.take_copy("num_key_value_heads", "num_kv_heads", heads)
+    return heads, parallel
 
 
 def translate(reader: ConfigReader) -> DecoderConfig:

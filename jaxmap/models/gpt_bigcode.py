@@ -27,9 +27,7 @@ def translate(reader: ConfigReader) -> DecoderConfig:
     multi_query = reader.take("multi_query", True)
     kv_heads = 1 if multi_query else heads
     # transformers saves the head count it derives from multi_query.
-    saved_kv_heads = reader.take("num_key_value_heads", kv_heads)
-    if saved_kv_heads != kv_heads:
-        raise reader.refuse("num_key_value_heads", saved_kv_heads, f"multi_query={multi_query} means {kv_heads}")
+    reader.take_copy("num_key_value_heads", "multi_query", kv_heads)
     if reader.take("add_cross_attention", False):
         raise reader.refuse("add_cross_attention", True, "jaxmap scores decoder-only models")
     # Softmax precision flags: jaxmap's softmax is float32 whatever they say.

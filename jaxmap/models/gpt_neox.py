@@ -26,10 +26,10 @@ def translate(reader: ConfigReader) -> DecoderConfig:
     if reader.has("rope_parameters"):
         rope = read_rope_parameters(reader)
     else:
-        # transformers v4 spelling.
+        # transformers v4 spelling; 4.57 also saves rope_theta and partial_rotary_factor beside.
         rope = dict(reader.take("rope_scaling", {}))
-        rope["rope_theta"] = reader.take("rotary_emb_base", 10000.0)
-        rope["partial_rotary_factor"] = reader.take("rotary_pct", 0.25)
+        rope["rope_theta"] = reader.take_first(("rotary_emb_base", "rope_theta"), 10000.0)
+        rope["partial_rotary_factor"] = reader.take_first(("rotary_pct", "partial_rotary_factor"), 0.25)
     rotary_dim = int(head_dim * rope.pop("partial_rotary_factor", 1.0))
     table, max_positions = rope_table(rope, rotary_dim, max_positions, reader.architecture)
     reader.take("attention_bias", True)

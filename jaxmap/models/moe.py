@@ -37,22 +37,6 @@ _TRAINING_ONLY = ("output_router_logits", "router_aux_loss_coef", "router_jitter
 _EXPERT_NAMES = {"block_sparse_moe": ("w1", "w3", "w2"), "mlp": ("gate_proj", "up_proj", "down_proj")}
 
 
-def _expert_count(reader: ConfigReader) -> int:
-    # transformers maps num_experts onto num_local_experts for Mixtral and Qwen3-MoE and saves
-    # whichever name its config class uses; hub configs carry either.
-    given = {
-        name: reader.take(name, None)
-        for name in ("num_local_experts", "num_experts")
-        if reader.take(name, None) is not None
-    }
-    if len(set(given.values())) != 1:
-        raise reader.refuse("num_experts", given, "need one expert count")
-    name, count = next(iter(given.items()))
-    if count < 1:
-        raise reader.refuse(name, count, "a model without experts is not a mixture of experts")
-    return count
-
-
 def _refuse_dense_layers(reader: ConfigReader) -> None:
     """Qwen's MoE configs can make some layers dense MLPs; refused, because the decoder scans
     over layers of one shape (mixing would need two scans or padded experts)."""
@@ -88,8 +72,12 @@ def translate(reader: ConfigReader) -> DecoderConfig:
     """Config translation for Mixtral, Qwen3-MoE and Qwen2-MoE."""
     for name in _TRAINING_ONLY:
         reader.take(name, None)
-    experts = _expert_count(reader)
+    # transformers maps num_experts onto num_local_experts for Mixtral and Qwen3-MoE and saves
+    # whichever name its config class uses; hub configs carry either.
+    experts = reader.take_first(("num_local_experts", "num_experts"))
     per_token = reader.take("num_experts_per_tok")
+    if per_token > experts:
+        raise reader.refuse("num_experts_per_tok", per_token, f"more than the {experts} experts")
     layers = reader.take("num_hidden_layers")
     if reader.architecture == _MIXTRAL:
         expert_width = reader.take("intermediate_size")
