@@ -41,6 +41,7 @@ from .checkpoints import Checkpoint, WeightPrefetcher, expand_references, resolv
 from .engine import DEFAULT_DTYPE, LoadedModel, ModelScores, check_kernels, load_model, score_tokens
 from .errors import JaxmapError, ModelsFailedError, StoreError
 from .models import DTYPES, translate_config
+from .planning import SHARD_RULES, plan_shards
 from .sharding import make_mesh
 from .store import RowExistsError, Store, StoreWriter, open_store
 from .texts import TextSet, load_texts
@@ -130,7 +131,8 @@ def _as_text_set(texts: TextSet | str | Path | Sequence[str]) -> TextSet:
 
 
 def parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int] | None:
-    """``"I/N"`` (0 ≤ I < N) → ``(I, N)``: this job scores models I, I+N, I+2N, ... of the list."""
+    """``"I/N"`` (0 ≤ I < N) → ``(I, N)``: this job scores shard I of N
+    (:func:`jaxmap.planning.plan_shards` says which models)."""
     if shard is None or isinstance(shard, tuple):
         return shard
     index, slash, count = str(shard).partition("/")
@@ -202,15 +204,6 @@ def _write_summary(summary: JobSummary, writer: StoreWriter) -> None:
         temporary.unlink(missing_ok=True)  # the summary is a convenience; the rows are safe
 
 
-def _shard_key(reference: str) -> str:
-    """What makes two spellings of one model one entry before the list is cut into shards: a
-    resolved path for anything on disk (the canonical key a job would give it), else the
-    reference as written. Hub ids are not resolved: every shard must cut the list alike,
-    offline, and a hub branch may move between the starts of two shards."""
-    path = Path(reference).expanduser()
-    return str(path.resolve()) if path.exists() else reference
-
-
 def score_job(
     models: Sequence[str] | str,
     texts: TextSet | str | Path | Sequence[str],
@@ -222,6 +215,7 @@ def score_job(
     progress: bool = True,
     cache_dir: str | Path | None = None,
     shard: str | tuple[int, int] | None = None,
+    shard_by: str = "cost",
     mesh: str | None = None,
     delete_after: bool = False,
     disk_budget: int | None = None,
@@ -237,13 +231,15 @@ def score_job(
     """Score every model on every text into the store ``out``; see the module docstring.
 
     Models whose rows the store already holds (matched by canonical reference) are skipped, so
-    re-running a killed job computes only what is missing. ``shard="I/N"`` takes every N-th
-    model of the list, starting at I, for running one list as N independent jobs (join their
-    stores with :func:`jaxmap.store.merge`); spellings of one model on disk (``m``, ``./m/``)
-    count once before the list is cut. Several jobs may write one store at once: a model that
-    another job committed meanwhile is skipped, and each job adds its record to the run
-    summary. ``mesh`` (``"data=D,model=M"``) spans every device of every process
-    (:mod:`jaxmap.distributed`); by default all of them on the data axis.
+    re-running a killed job computes only what is missing. ``shard="I/N"`` scores shard I of N,
+    for running one list as N independent jobs (join their stores with
+    :func:`jaxmap.store.merge`): with ``shard_by="cost"`` the models are balanced by estimated
+    cost, read from their configs (:func:`jaxmap.planning.plan_shards`; each shard reports its
+    share), with ``"index"`` shard I takes models I, I+N, I+2N, …; spellings of one model on
+    disk (``m``, ``./m/``) count once before the list is cut. Several jobs may write one store
+    at once: a model that another job committed meanwhile is skipped, and each job adds its
+    record to the run summary. ``mesh`` (``"data=D,model=M"``) spans every device of every
+    process (:mod:`jaxmap.distributed`); by default all of them on the data axis.
     Hub models are validated from their config and tokenizer alone; their weights download in
     the background ahead of the scoring (:class:`~jaxmap.checkpoints.WeightPrefetcher`).
     ``delete_after`` deletes a hub model's downloaded weights once it is scored; ``disk_budget``
@@ -272,16 +268,17 @@ def score_job(
         raise JaxmapError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     long_text_setting = _long_text_setting(long_texts, stride, packing)
     shard = parse_shard(shard)
+    if shard_by not in SHARD_RULES:
+        raise JaxmapError(f"unknown shard rule {shard_by!r}; choose one of {', '.join(SHARD_RULES)}")
     say = report or (tqdm.write if progress else (lambda line: None))
     started = time.perf_counter()
     text_set = _as_text_set(texts)
     references = expand_references([models] if isinstance(models, str) else models)
     if shard is not None:
-        # A model spelled two ways must not land on two shards: a single job scores it once.
-        distinct = {}
-        for reference in references:
-            distinct.setdefault(_shard_key(reference), reference)
-        references = list(distinct.values())[shard[0] :: shard[1]]
+        plan = plan_shards(references, shard[1], text_set, by=shard_by, cache_dir=cache_dir)
+        references = plan.models(shard[0])
+        for line in plan.lines(shard[0]):
+            say(line)
     out = Path(out)
     device_mesh = make_mesh(mesh, devices=jax.devices())
     check_kernels(attention, logprob, device_mesh)

@@ -168,6 +168,7 @@ def test_a_command_writing_several_files_keeps_them_all_when_one_fails(
 # replaces with a bad one. A new subcommand must be added here (the scan checks the list).
 _INVOCATIONS = {
     "score": ["{tmp}/no-model", "--texts", "{texts}", "--out", "{tmp}/new.h5"],
+    "plan": ["{tmp}/no-model", "--texts", "{texts}", "--devices", "1xcpu", "--json", "{tmp}/plan.json"],
     "info": ["{store}"],
     "drop": ["{store}", "m0"],
     "merge": ["{store}", "--out", "{tmp}/merged.h5"],

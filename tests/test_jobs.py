@@ -4,6 +4,7 @@ part of a store's identity, sharded jobs merge into the single job's store, and 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -108,6 +109,39 @@ def test_a_model_spelled_two_ways_lands_on_one_shard(tiny_models, text_file, tmp
         [str(tiny_models[0]), str(tiny_models[2])], [str(tiny_models[1])]
     ]
     assert sorted(merge(parts, tmp_path / "all.h5").models) == sorted(str(m) for m in tiny_models[:3])
+
+
+def _config_only(directory, width: int, layers: int) -> str:
+    """A Llama directory with only its config: a shard plan reads its cost, and validation
+    then fails it at once (no weights), so nothing is scored."""
+    from conftest import tiny_llama_config
+
+    directory.mkdir()
+    config = tiny_llama_config(hidden_size=width, intermediate_size=2 * width, num_hidden_layers=layers)
+    (directory / "config.json").write_text(json.dumps({**config.to_dict(), "architectures": ["LlamaForCausalLM"]}))
+    return str(directory)
+
+
+def test_shards_follow_the_cost_plan_and_report_their_share(text_file, tmp_path):
+    large = _config_only(tmp_path / "large", 512, 8)
+    small = [_config_only(tmp_path / f"small-{i}", 64, 2) for i in range(3)]
+    listed = [large, *small]
+    taken, said = [], []
+    for index in range(2):
+        lines = []
+        summary = score_job(listed, text_file, tmp_path / f"cost{index}.h5", progress=False, shard=f"{index}/2", report=lines.append)
+        taken.append([o.reference for o in summary.outcomes])
+        said.append(lines[0])
+    # The large model outweighs the three small ones together: it gets a shard of its own.
+    assert taken == [[large], small]
+    shares = [float(re.match(r"shard \d/2: \d models?, ([\d.]+)% of the estimated cost \(ideal 50.0%\)", line)[1]) for line in said]
+    assert shares[0] > 50 > shares[1] and sum(shares) == pytest.approx(100, abs=0.11)
+    assert said[0].split("plan ")[1] == said[1].split("plan ")[1], "both shards computed one plan"
+
+    summary = score_job(listed, text_file, tmp_path / "index0.h5", progress=False, shard="0/2", shard_by="index")
+    assert [o.reference for o in summary.outcomes] == [large, small[1]]
+    with pytest.raises(JaxmapError, match="unknown shard rule 'size'"):
+        score_job(listed, text_file, tmp_path / "bad.h5", progress=False, shard="0/2", shard_by="size")
 
 
 @pytest.mark.parametrize("bad", ["3/3", "-1/2", "1", "a/b", "1/0"])

@@ -72,8 +72,13 @@ def register(subparsers) -> None:
     score.add_argument("--cache-dir", help="cache for converted GGUF weights (default: ~/.cache/jaxmap)")
     score.add_argument(
         "--shard", metavar="I/N",
-        help="score only models I, I+N, I+2N, ... of the list (0 <= I < N), e.g. one per SLURM "
-        "array task; join the stores with `jaxmap merge`",
+        help="score only shard I of N (0 <= I < N) of the list, e.g. one per SLURM array task; "
+        "join the stores with `jaxmap merge`",
+    )
+    score.add_argument(
+        "--shard-by", default="cost", choices=["cost", "index"],
+        help="with --shard: balance the shards by estimated cost (parameters x tokens, from the "
+        "configs), or take models I, I+N, I+2N, ... of the list (default: %(default)s)",
     )
     score.add_argument(
         "--mesh", metavar="data=D,model=M",
@@ -173,7 +178,7 @@ def run_score(args: argparse.Namespace) -> int:
     summary = score_job(
         args.models, args.texts, out=args.out, dtype=args.dtype, bos_policy=args.bos_policy,
         batch_tokens=args.batch_tokens, progress=not args.quiet and first, cache_dir=args.cache_dir,
-        shard=args.shard, mesh=args.mesh, delete_after=args.delete_after,
+        shard=args.shard, shard_by=args.shard_by, mesh=args.mesh, delete_after=args.delete_after,
         disk_budget=args.disk_budget, report=lambda line: print(line, file=sys.stderr),
         logit_lens=args.logit_lens, save_token_logprobs=args.save_token_logprobs,
         long_texts=args.long_texts, stride=args.stride, packing=args.packing,
