@@ -90,7 +90,7 @@ def make_directory(path: PathLike) -> Path:
 
     Raises :class:`OutputError` naming the path when it is a file or cannot be created.
     """
-    path = Path(path)
+    path = Path(path).expanduser()
     if path.exists() and not path.is_dir():
         raise OutputError(f"{path}: is a file, not a directory; give a directory for the outputs")
     try:
@@ -112,7 +112,7 @@ def check_outputs(
     twice, a directory, write-protected, or in a directory that does not exist. Returns the
     given (not None) outputs as paths.
     """
-    given = [Path(path) for path in paths if path is not None]
+    given = [Path(path).expanduser() for path in paths if path is not None]
     inputs = [given_input for given_input in inputs if given_input is not None]
     for position, target in enumerate(given):
         refuse_inputs(target, inputs)
@@ -170,7 +170,7 @@ def atomic_outputs(
     a file the system refuses to write (a full disk, a read-only file system, no permission),
     naming the path.
     """
-    targets = [None if path is None else Path(path) for path in paths]
+    targets = [None if path is None else Path(path).expanduser() for path in paths]
     # A target that is an enclosing block's temporary (a plot function called by a command that
     # writes several files) is written directly; the enclosing block renames it.
     nested = [target in _OPEN_TEMPORARIES for target in targets]

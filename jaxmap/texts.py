@@ -158,7 +158,7 @@ def load_texts(path: str | Path) -> TextSet:
     a NUL character or lone surrogate in a text or id; an id used twice (both lines named); a
     file with no texts; a UTF-16 or gzip-compressed file (named as such).
     """
-    path = Path(path)
+    path = Path(path).expanduser()
     if path.is_dir():
         raise TextSetError(f"{path}: is a directory, not a JSONL text file")
     ids: list[str] = []

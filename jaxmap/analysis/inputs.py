@@ -163,7 +163,7 @@ def load_loglik(path: str | Path) -> LoglikMatrix:
     wrong: missing, a directory, unreadable, empty, another format, damaged, or not a matrix
     of numbers.
     """
-    path = Path(path)
+    path = Path(path).expanduser()
     if not path.exists():
         raise InputError(f"{path}: no such file")
     if path.is_dir():

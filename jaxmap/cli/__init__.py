@@ -98,6 +98,17 @@ def _one_line(message: str) -> str:
     return " ".join(part.strip() for part in message.splitlines() if part.strip())
 
 
+def _expand_home(args: argparse.Namespace) -> None:
+    """A ``~`` the shell left alone (quoted, or after ``--opt=``) names the home folder here too,
+    in every path argument: store, texts, models, outputs."""
+
+    def expanded(value):
+        return os.path.expanduser(value) if isinstance(value, str) and value.startswith("~") else value
+
+    for name, value in vars(args).items():
+        setattr(args, name, [expanded(v) for v in value] if isinstance(value, list) else expanded(value))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``jaxmap`` console script; returns the exit status.
 
@@ -118,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         noise = contextlib.nullcontext() if quiet.wants_verbose(arguments) else quiet.quiet_third_parties()
         with noise:
             args = build_parser().parse_args(arguments)
+            _expand_home(args)
             command = args.command
             return int(args.func(args) or 0)
     except KeyboardInterrupt as interrupt:
