@@ -34,7 +34,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import distributed
+from . import compile_cache, distributed
 from .batching import LONG_TEXT_POLICIES, PACKINGS
 from ._version import __version__
 from .checkpoints import Checkpoint, WeightPrefetcher, expand_references, resolve, validate
@@ -106,6 +106,12 @@ class JobSummary:
         out += [f"  scored  {o.reference}: {o.tokens_per_second:.0f} tok/s" for o in scored]
         out += [f"  skipped {o.reference}: {o.reason}" for o in skipped if o.reason]
         out += [f"  FAILED  {o.reference}: {o.reason}" for o in failed]
+        if compile_cache.directory() is not None:
+            made = compile_cache.counts()
+            out.append(
+                f"  programs: {made['compiled']} compiled, {made['loaded']} loaded from the "
+                f"compilation cache {compile_cache.directory()}"
+            )
         return out
 
     def to_json(self) -> dict:
@@ -119,6 +125,8 @@ class JobSummary:
             "tokens_per_second": self.tokens_per_second,
             "interrupted": self.interrupted,
             "models": [asdict(o) for o in self.outcomes],
+            **({"compile_cache": {"directory": str(compile_cache.directory()), **compile_cache.counts()}}
+               if compile_cache.directory() else {}),
         }
 
 

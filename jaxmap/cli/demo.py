@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from . import int_at_least
+from .scoring import add_compile_cache_option, use_compile_cache
 
 
 def register(subparsers) -> None:
@@ -38,6 +39,7 @@ def register(subparsers) -> None:
         "--lens-texts", type=int_at_least(0), default=DEFAULT_LENS_TEXTS,
         help="demo texts of the logit-lens store (0: no logit lens; default: %(default)s)",
     )
+    add_compile_cache_option(demo)
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=run)
 
@@ -45,6 +47,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..demo import run_demo
 
+    use_compile_cache(args)
     result = run_demo(
         args.out, n_texts=args.texts, models=args.models, dtype=args.dtype, seed=args.seed,
         progress=not args.quiet, logit_lens=args.logit_lens, lens_texts=args.lens_texts,

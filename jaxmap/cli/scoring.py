@@ -116,6 +116,7 @@ def register(subparsers) -> None:
         help="also store every scored token's log-prob (float32, ragged with per-text offsets; "
         "see docs/store.md)",
     )
+    add_compile_cache_option(score)
     score.add_argument("--quiet", action="store_true", help="no progress bars")
     score.set_defaults(func=run_score)
 
@@ -164,11 +165,30 @@ def _size(text: str) -> int:
     return int(value)
 
 
+def add_compile_cache_option(parser: argparse.ArgumentParser) -> None:
+    """``--compile-cache DIR|none`` for a command that compiles scorers."""
+    parser.add_argument(
+        "--compile-cache", metavar="DIR",
+        help="XLA's persistent compilation cache, shared by every process and run that uses DIR: "
+        "same-shaped programs are compiled once (default: ~/.cache/jaxmap/xla, or $JAXMAP_CACHE/xla; "
+        "'none' turns it off)",
+    )
+
+
+def use_compile_cache(args: argparse.Namespace) -> None:
+    """Turn on the cache ``--compile-cache`` names, before the command's first compilation."""
+    if args.compile_cache != "none":
+        from .. import compile_cache
+
+        compile_cache.enable(args.compile_cache)
+
+
 def run_score(args: argparse.Namespace) -> int:
     from .. import distributed
     from ..outputs import refuse_inputs
 
     refuse_inputs(args.out, [args.texts, *(m for m in args.models if os.path.isfile(m))])
+    use_compile_cache(args)
 
     if args.coordinator or args.num_processes or args.process_id is not None or args.distributed:
         distributed.initialize(args.coordinator, args.num_processes, args.process_id)
