@@ -16,10 +16,13 @@ deterministic given its seed.
 from __future__ import annotations
 
 import json
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -88,17 +91,29 @@ def scratch_config(
     ``LlamaForCausalLM`` or model_type such as ``llama``) at the given sizes, with the
     tokenizer's vocabulary and special tokens. Every other setting is transformers' default for
     that architecture."""
+    from huggingface_hub.errors import StrictDataclassError
     from transformers import AutoConfig
 
     from .models import ARCHITECTURES
 
+    kv_heads = num_key_value_heads or num_attention_heads
+    if hidden_size % num_attention_heads:
+        raise TrainingError(
+            f"--hidden-size {hidden_size} is not a multiple of --heads {num_attention_heads}: "
+            "every attention head takes an equal share of the hidden size"
+        )
+    if num_attention_heads % kv_heads:
+        raise TrainingError(
+            f"--heads {num_attention_heads} is not a multiple of --kv-heads {kv_heads}: every "
+            "key/value head serves an equal group of query heads"
+        )
     name = _architecture_name(architecture)
     defaults = AutoConfig.for_model(ARCHITECTURES[name].model_type)
     sizes = {
         "hidden_size": hidden_size,
         "num_hidden_layers": num_hidden_layers,
         "num_attention_heads": num_attention_heads,
-        "num_key_value_heads": num_key_value_heads or num_attention_heads,
+        "num_key_value_heads": kv_heads,
         "intermediate_size": intermediate_size or 4 * hidden_size,
         "max_position_embeddings": max_position_embeddings,
     }
@@ -115,8 +130,16 @@ def scratch_config(
     if "head_dim" in present:
         settings["head_dim"] = hidden_size // num_attention_heads
     # Built by the config class, so that settings derived from the sizes (such as the per-layer
-    # attention kinds) follow them.
-    config = AutoConfig.for_model(ARCHITECTURES[name].model_type, **settings).to_dict()
+    # attention kinds) follow them, and sizes it cannot build (an odd rotary dimension) are
+    # refused by the architecture's own rules.
+    try:
+        config = AutoConfig.for_model(ARCHITECTURES[name].model_type, **settings).to_dict()
+    except (ValueError, StrictDataclassError) as error:
+        reason = error.__cause__ or error  # huggingface_hub's validation wraps the config's own
+        raise TrainingError(
+            f"{name} cannot be built at --hidden-size {hidden_size}, --heads {num_attention_heads}, "
+            f"--kv-heads {kv_heads}: {' '.join(str(reason).split())}"
+        ) from None
     config.update(
         architectures=[name],
         vocab_size=len(tokenizer),
@@ -197,6 +220,56 @@ def _train_step():
     return step
 
 
+@contextmanager
+def _stop_after_checkpoint() -> Iterator[None]:
+    """Hold a first SIGINT or SIGTERM until the checkpoint being written is complete.
+
+    Orbax writes a checkpoint's arrays from worker threads; stopping the main thread in the
+    middle would leave them writing into the temporary directory it then removes. A second
+    signal is not held: it stops the run at once. Signals without a Python handler (the
+    defaults, outside the ``jaxmap`` command) and runs outside the main thread are left alone.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    handlers = {signum: handler for signum, handler in handlers.items() if callable(handler)}
+    held: list[int] = []
+    restored = False
+
+    def restore() -> None:
+        # Once only: the handler called for a second signal may install handlers of its own.
+        nonlocal restored
+        if not restored:
+            restored = True
+            for signum, handler in handlers.items():
+                signal.signal(signum, handler)
+
+    def hold(signum: int, frame) -> None:
+        if held:
+            restore()
+            handlers[signum](signum, frame)
+        held.append(signum)
+
+    for signum in handlers:
+        signal.signal(signum, hold)
+    try:
+        yield
+    finally:
+        restore()
+    if held:
+        handlers[held[0]](held[0], None)
+
+
+def _kept(out: Path, checkpoints: list[Path]) -> str:
+    """Which checkpoints a run that stopped early leaves in its run directory."""
+    if not checkpoints:
+        return f"no checkpoint was written to {out}"
+    if len(checkpoints) == 1:
+        return f"its 1 checkpoint is kept in {out} ({checkpoints[0].name})"
+    return f"its {len(checkpoints)} checkpoints are kept in {out} ({checkpoints[0].name} … {checkpoints[-1].name})"
+
+
 def train(
     texts,
     out: str | Path,
@@ -231,8 +304,9 @@ def train(
     from tqdm.auto import tqdm
 
     from .checkpoints.orbax import run_steps, save_checkpoint
+    from .errors import OutputError
     from .models.module import DecoderLM, load
-    from .outputs import make_directory
+    from .outputs import atomic_output, make_directory
     from .tokenization import load_tokenizer
 
     for name, value in (("steps", steps), ("batch_size", batch_size), ("seq_len", seq_len), ("save_every", save_every)):
@@ -251,9 +325,9 @@ def train(
         if not isinstance(hf_config, dict):
             from .checkpoints.validation import read_json_object
 
-            hf_config = read_json_object(Path(hf_config), str(hf_config))
+            hf_config = read_json_object(Path(hf_config).expanduser(), str(hf_config))
         if isinstance(tokenizer, (str, Path)):
-            tokenizer = load_tokenizer(tokenizer)
+            tokenizer = load_tokenizer(Path(tokenizer).expanduser())
         module = new_module(hf_config, tokenizer, seed)
     if seq_len + 1 > module.config.max_positions:
         raise TrainingError(f"seq_len {seq_len} + 1 exceeds the model's context of {module.config.max_positions}")
@@ -279,29 +353,40 @@ def train(
             info["train_loss"] = float(np.mean(recent))
         return save_checkpoint(out, step, module.params_tree(), module.hf_config, module.tokenizer, info)
 
-    checkpoints = [save(0, [])]
+    checkpoints: list[Path] = []
     losses: list[float] = []
     pending: list[int] = []
     bar = tqdm(total=steps, desc="training", unit="step", disable=not progress)
-    for step in range(1, steps + 1):
-        if len(pending) < batch_size:
-            pending.extend(order.permutation(len(windows)).tolist())
-        rows, pending = pending[:batch_size], pending[batch_size:]
-        loss = float(jax.device_get(step_fn(module, opt, jax.numpy.asarray(windows[rows]))))
-        if not np.isfinite(loss):
-            bar.close()
-            raise TrainingError(f"the loss became {loss} at step {step}; lower --learning-rate")
-        losses.append(loss)
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss:.3f}")
-        if step % save_every == 0 or step == steps:
-            checkpoints.append(save(step, losses[-save_every:]))
-    bar.close()
-    seconds = time.perf_counter() - started
-    record = {**settings, "seconds": seconds, "losses": losses, "checkpoints": [c.name for c in checkpoints]}
-    temporary = out / ".training.json.tmp"
-    temporary.write_text(json.dumps(record, indent=1) + "\n")
-    temporary.replace(out / "training.json")
+    try:
+        with _stop_after_checkpoint():
+            checkpoints.append(save(0, []))
+        for step in range(1, steps + 1):
+            if len(pending) < batch_size:
+                pending.extend(order.permutation(len(windows)).tolist())
+            rows, pending = pending[:batch_size], pending[batch_size:]
+            loss = float(jax.device_get(step_fn(module, opt, jax.numpy.asarray(windows[rows]))))
+            if not np.isfinite(loss):
+                raise TrainingError(
+                    f"the loss became {loss} at step {step}; lower --learning-rate; {_kept(out, checkpoints)}"
+                )
+            losses.append(loss)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.3f}")
+            if step % save_every == 0 or step == steps:
+                with _stop_after_checkpoint():
+                    checkpoints.append(save(step, losses[-save_every:]))
+        seconds = time.perf_counter() - started
+        record = {**settings, "seconds": seconds, "losses": losses, "checkpoints": [c.name for c in checkpoints]}
+        with atomic_output(out / "training.json") as temporary:
+            temporary.write_text(json.dumps(record, indent=1) + "\n")
+    except KeyboardInterrupt as interrupt:
+        # What the command's one line on stopping says (jaxmap.cli.interrupts.leave).
+        interrupt.outcome = f"{_kept(out, checkpoints)}; training.json was not written"
+        raise
+    except OutputError as error:
+        raise OutputError(f"{error}; {_kept(out, checkpoints)}") from None
+    finally:
+        bar.close()
     if echo:
         echo(f"{out}: {len(checkpoints)} checkpoints, loss {losses[0]:.3f} → {losses[-1]:.3f} in {seconds:.1f} s")
     return TrainResult(out, checkpoints, losses, seconds, batch_size * seq_len, settings, module)

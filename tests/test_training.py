@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -137,3 +138,124 @@ def test_train_cli_fine_tunes_a_model(tiny_models, text_file, tmp_path, capsys):
     assert "loss" in capsys.readouterr().out
     again = main(["train", "--model", str(tiny_models[3]), "--texts", str(text_file), "--out", str(out), "--quiet"])
     assert again == 2 and "earlier run" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "sizes, named",
+    [
+        (["--hidden-size", "30", "--heads", "4"], "--hidden-size 30 is not a multiple of --heads 4"),
+        (["--kv-heads", "3"], "--heads 4 is not a multiple of --kv-heads 3"),
+        (["--hidden-size", "36", "--heads", "4"], "LlamaForCausalLM cannot be built at --hidden-size 36"),
+    ],
+)
+def test_train_refuses_head_sizes_that_do_not_divide_before_any_work(text_file, tmp_path, capsys, sizes, named):
+    build_tokenizer(tmp_path / "tokenizer", adds_bos=True)
+    out = tmp_path / "run"
+    code = main([
+        "train", "--architecture", "llama", "--tokenizer", str(tmp_path / "tokenizer"), "--texts",
+        str(text_file), "--out", str(out), "--quiet", *sizes,
+    ])
+    err = capsys.readouterr().err
+    assert code == 2 and named in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists()
+
+
+def _copy_step(run, tmp_path) -> Path:
+    """A copy of the run's last checkpoint, with config and tokenizer, to damage."""
+    step = tmp_path / "run" / run.checkpoints[-1].name
+    shutil.copytree(run.checkpoints[-1], step)
+    return step
+
+
+def test_a_checkpoint_without_its_ocdbt_manifest_is_named_in_one_line(run, text_file, tmp_path, capfd):
+    step = _copy_step(run, tmp_path)
+    (step / "params" / "manifest.ocdbt").unlink()
+    with pytest.raises(CheckpointError, match=r"params has no manifest\.ocdbt .*cannot be read"):
+        jaxmap.checkpoints.validate(resolve(str(step)))
+    capfd.readouterr()
+    assert main(["score", str(step), "--texts", str(text_file), "--out", str(tmp_path / "s.h5"), "--quiet"]) == 1
+    err = capfd.readouterr().err
+    assert "manifest.ocdbt" in err and str(step) in err
+    assert "a bug in jaxmap" not in err and "Traceback" not in err and "Event loop" not in err, err
+
+
+def test_a_checkpoint_without_its_jaxmap_file_says_that_file_is_missing(run, tmp_path):
+    step = _copy_step(run, tmp_path)
+    (step / "jaxmap_checkpoint.json").unlink()
+    with pytest.raises(CheckpointError, match=r"jaxmap_checkpoint\.json is missing from .*read only with that file"):
+        jaxmap.checkpoints.validate(resolve(str(step)))
+
+
+def _train_args(tokenizer: Path, text_file: Path, out: Path, *more: str) -> list[str]:
+    return [
+        "train", "--architecture", "llama", "--tokenizer", str(tokenizer), "--texts", str(text_file),
+        "--out", str(out), "--hidden-size", "32", "--layers", "1", "--heads", "2", "--batch-size", "2",
+        "--seq-len", "16", "--warmup-steps", "1", "--quiet", *more,
+    ]
+
+
+def test_a_full_disk_stops_training_in_one_line_and_keeps_the_checkpoints(text_file, small_filesystem, tmp_path, capsys):
+    from conftest import fill_filesystem
+
+    build_tokenizer(tmp_path / "tokenizer", adds_bos=True)
+    out = small_filesystem / "run"
+    fill_filesystem(small_filesystem, leave_bytes=600_000)  # a few checkpoints of this size
+    code = main(_train_args(tmp_path / "tokenizer", text_file, out, "--steps", "40", "--save-every", "2"))
+    err = capsys.readouterr().err
+    kept = sorted(p.name for p in out.iterdir())
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert len(kept) >= 2 and kept == [f"step_{step:08d}" for step in range(0, 2 * len(kept), 2)], kept
+    refused = f"step_{2 * len(kept):08d}"
+    assert f"{out}/{refused}: cannot write (the disk is full" in err, err
+    assert f"its {len(kept)} checkpoints are kept in {out} ({kept[0]} … {kept[-1]})" in err, err
+    jaxmap.checkpoints.validate(resolve(str(out / kept[-1])))  # complete, readable
+
+
+def test_a_disk_that_fills_during_the_write_removes_the_partial_checkpoint(run, small_filesystem):
+    """Past the free-space check (the arrays fit, the whole checkpoint does not), so the write
+    itself fails, in orbax's worker threads."""
+    from conftest import fill_filesystem
+
+    from jaxmap.checkpoints.orbax import save_checkpoint
+    from jaxmap.errors import OutputError
+
+    params = run.module.params_tree()
+    array_bytes = sum(np.asarray(leaf).nbytes for leaf in jax.tree.leaves(params))
+    out = small_filesystem / "run"
+    out.mkdir()
+    fill_filesystem(small_filesystem, leave_bytes=array_bytes + 4096)
+    with pytest.raises(OutputError, match=r"step_00000007: cannot write \(the disk is full\)"):
+        save_checkpoint(out, 7, params, run.module.hf_config, run.module.tokenizer)
+    assert list(out.iterdir()) == []
+
+
+def test_sigint_says_how_many_checkpoints_were_kept_and_where(text_file, tmp_path):
+    """A real process stopped by SIGINT while it writes a checkpoint every step: the checkpoint
+    in progress is finished (or never begun), and the line counts what is on disk."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    build_tokenizer(tmp_path / "tokenizer", adds_bos=True)
+    out = tmp_path / "run"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "jaxmap.cli", *_train_args(tmp_path / "tokenizer", text_file, out, "--steps", "2000", "--save-every", "1")],
+        stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(out.glob("step_*"))) < 3 and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        err = process.communicate(timeout=60)[1]
+    finally:
+        process.kill()
+    steps = sorted(p.name for p in out.glob("step_*"))
+    assert process.returncode == 130, err
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == [], "no partial checkpoint"
+    assert err.strip() == (
+        f"jaxmap train: stopped by SIGINT; its {len(steps)} checkpoints are kept in {out} "
+        f"({steps[0]} … {steps[-1]}); training.json was not written"
+    )
+    jaxmap.checkpoints.validate(resolve(str(out / steps[-1])))

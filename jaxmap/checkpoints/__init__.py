@@ -297,7 +297,7 @@ def expand_references(references: Iterable[str]) -> list[str]:
     so that jaxmap expands it) by its matches in step order; keep order, drop repeats."""
     out: list[str] = []
     for reference in references:
-        path = Path(reference)
+        path = Path(reference).expanduser()
         if path.is_file() and path.suffix in _LIST_SUFFIXES:
             items = read_model_list(path)
         else:

@@ -32,13 +32,15 @@ import logging
 import os
 import re
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, OutputError
+from ..outputs import describe_os_error
 
 if TYPE_CHECKING:
     from ..models.decoder import DecoderConfig, Params
@@ -50,6 +52,9 @@ STEP_PREFIX = "step_"
 # Item directories a CheckpointManager step holds the params tree in, in order of preference.
 _ITEM_NAMES = ("params", "state", "default", "items")
 _TREE_MARKER = "_METADATA"
+# The index of an OCDBT tree's arrays; without it orbax finds none of them.
+_OCDBT_MANIFEST = "manifest.ocdbt"
+_TENSORSTORE_ERRNO = re.compile(r"\[os_error_code='(\d+)'\]")
 _STEP_NUMBER = re.compile(r"(\d+)$")
 # Architectures whose HF torch weights are nn.Linear ([out, in]), so a Flax kernel [in, out]
 # is their transpose.
@@ -68,8 +73,57 @@ class OrbaxLayout:
 
 def _quiet_orbax() -> None:
     # Orbax logs every save and restore (and missing optional metadata) through absl at INFO
-    # and WARNING level; jaxmap reports what matters itself.
-    logging.getLogger("absl").setLevel(logging.ERROR)
+    # and WARNING level, and a failed write or read with its traceback at ERROR level from its
+    # worker threads; jaxmap reports what matters itself, in one line.
+    logging.getLogger("absl").setLevel(logging.CRITICAL)
+    if not getattr(sys.unraisablehook, "drops_closed_loops", False):
+        sys.unraisablehook = _drop_closed_loop_callbacks(sys.unraisablehook)
+
+
+def _drop_closed_loop_callbacks(previous: Callable) -> Callable:
+    """``previous``, except for the "Event loop is closed" errors of tensorstore's callbacks.
+
+    When a read or write fails, tensorstore still completes its other pending futures, whose
+    callbacks try to wake orbax's asyncio loop after orbax has closed it; Python prints each
+    such error as an unraisable exception, a dozen tracebacks after the one-line error that
+    jaxmap reports. Every other unraisable exception reaches ``previous``.
+    """
+
+    def hook(unraisable) -> None:
+        value = unraisable.exc_value
+        if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
+            return
+        previous(unraisable)
+
+    hook.drops_closed_loops = True
+    return hook
+
+
+def _os_error(error: BaseException) -> OSError | None:
+    """The operating-system error behind a failed write: an OSError, or tensorstore's
+    ``ValueError`` that carries one as ``[os_error_code='28']`` (what orbax raises)."""
+    if isinstance(error, OSError):
+        return error
+    match = _TENSORSTORE_ERRNO.search(str(error)) if isinstance(error, ValueError) else None
+    if match is None:
+        return None
+    code = int(match.group(1))
+    return OSError(code, os.strerror(code))
+
+
+def _reason(error: Exception) -> str:
+    """An orbax error without tensorstore's spec of the store it opened (hundreds of
+    characters of JSON, after the part that says what went wrong)."""
+    return str(error).split(" [tensorstore_spec=", 1)[0]
+
+
+def absolute(path: str | Path) -> Path:
+    """``path`` with ``~`` expanded, made absolute and its symbolic links followed.
+
+    Orbax must be given such a path to read and write: for a relative one its
+    ``PyTreeCheckpointer.metadata`` returns no item metadata at all.
+    """
+    return Path(path).expanduser().resolve()
 
 
 def _is_tree(path: Path) -> bool:
@@ -154,18 +208,44 @@ def resolve_orbax(reference: str, directory: Path, layout: OrbaxLayout) -> "Chec
     )
 
 
+def _check_tree_files(checkpoint: "Checkpoint") -> None:
+    """Refuse a params tree whose orbax metadata is unreadable or whose OCDBT manifest is
+    missing, naming the file: orbax's own error names the first array it looked for instead, and
+    tensorstore's callbacks print tracebacks after it."""
+    path = checkpoint.orbax.params_path
+    try:
+        metadata = json.loads((path / _TREE_MARKER).read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise CheckpointError(
+            f"{checkpoint.reference}: cannot read {path / _TREE_MARKER} ({getattr(error, 'strerror', None) or error})"
+        ) from None
+    if isinstance(metadata, dict) and metadata.get("use_ocdbt") and not (path / _OCDBT_MANIFEST).is_file():
+        raise CheckpointError(
+            f"{checkpoint.reference}: the orbax checkpoint {path} has no {_OCDBT_MANIFEST} (the index "
+            "of its arrays), so it cannot be read; it was copied or written only in part"
+        )
+
+
 def _tree_metadata(checkpoint: "Checkpoint") -> dict:
     """The saved tree with (shape, dtype) leaves; reads no array data."""
     import jax
     import orbax.checkpoint as ocp
+    from etils import epath
 
     _quiet_orbax()
     path = checkpoint.orbax.params_path
+    _check_tree_files(checkpoint)
+    # The handler rather than PyTreeCheckpointer: the checkpointer turns every failure to read
+    # the tree (a missing array file, a relative path) into metadata without a tree.
+    handler = ocp.PyTreeCheckpointHandler()
     try:
-        metadata = ocp.PyTreeCheckpointer().metadata(path)
+        tree = handler.metadata(epath.Path(absolute(path))).tree
     except Exception as error:  # noqa: BLE001 - orbax raises many kinds for a damaged tree
-        raise CheckpointError(f"{checkpoint.reference}: cannot read the orbax checkpoint {path} ({error})") from None
-    tree = metadata.item_metadata.tree if hasattr(metadata, "item_metadata") else metadata.tree
+        raise CheckpointError(
+            f"{checkpoint.reference}: cannot read the orbax checkpoint {path} ({_reason(error)})"
+        ) from None
+    finally:
+        handler.close()
     if not isinstance(tree, dict):
         raise CheckpointError(f"{checkpoint.reference}: the orbax checkpoint {path} does not hold a dict of params")
     return jax.tree.map(lambda leaf: (tuple(leaf.shape), np.dtype(leaf.dtype)), tree)
@@ -181,11 +261,12 @@ def _restore(checkpoint: "Checkpoint", tree: dict) -> dict:
                                 is_leaf=lambda leaf: isinstance(leaf, tuple))
     try:
         return ocp.PyTreeCheckpointer().restore(
-            checkpoint.orbax.params_path, args=ocp.args.PyTreeRestore(restore_args=restore_args)
+            absolute(checkpoint.orbax.params_path), args=ocp.args.PyTreeRestore(restore_args=restore_args)
         )
     except Exception as error:  # noqa: BLE001 - a damaged array file, named
         raise CheckpointError(
-            f"{checkpoint.reference}: cannot restore the orbax checkpoint {checkpoint.orbax.params_path} ({error})"
+            f"{checkpoint.reference}: cannot restore the orbax checkpoint {checkpoint.orbax.params_path} "
+            f"({_reason(error)})"
         ) from None
 
 
@@ -280,6 +361,14 @@ def validate_orbax(checkpoint: "Checkpoint") -> None:
             f"{checkpoint.reference}: a flax-layout orbax checkpoint of {architecture} is not read "
             "(its torch weights are Conv1D, so the Flax kernel layout is ambiguous)"
         )
+    root = _flax_params_root(tree)
+    if {"embed", "layers"} <= set(root) and checkpoint.orbax.params_path.name == PARAMS_DIR:
+        step = checkpoint.orbax.params_path.parent
+        raise CheckpointError(
+            f"{checkpoint.reference}: {JAXMAP_FILE} is missing from {step}; its params are in the "
+            "layout `jaxmap train` writes, which is read only with that file beside params/, "
+            "config.json and the tokenizer files (copy it from another step of the run and correct its step)"
+        )
     names = _hf_names(checkpoint, tree)
     if not any(name.endswith("embed_tokens.weight") or name.endswith("wte.weight") or name.endswith("embed_in.weight") for name in names):
         shown = ", ".join(sorted(names)[:4])
@@ -311,37 +400,73 @@ def load_orbax_params(checkpoint: "Checkpoint", architecture: str, config: "Deco
     return cast(restored)
 
 
+def _disk_bytes(directory: Path) -> int:
+    """The bytes a directory's files take on disk."""
+    return sum(path.lstat().st_blocks * 512 for path in directory.rglob("*") if path.is_file())
+
+
+def _check_room(run_dir: Path, final: Path, array_bytes: int) -> None:
+    """Refuse a checkpoint that cannot fit in the free space of the run directory's disk.
+
+    Its size is that of the run's latest checkpoint (the same shapes), or before the first one
+    its arrays' bytes. Refusing before orbax writes matters beyond saving the time: when a
+    write fails midway, tensorstore's callbacks for the writes still pending may print
+    "Event loop is closed" tracebacks after the command has reported the error and restored
+    Python's hooks.
+    """
+    if not run_dir.is_dir():
+        return  # created with the checkpoint; a refusal to create it names it then
+    steps = run_steps(run_dir)
+    needed = _disk_bytes(steps[-1]) if steps else array_bytes
+    free = shutil.disk_usage(run_dir).free
+    if free < needed:
+        raise OutputError(
+            f"{final}: cannot write (the disk is full: {free / 1e6:.1f} MB free on the disk of "
+            f"{run_dir}, a checkpoint needs about {needed / 1e6:.1f} MB)"
+        )
+
+
 def save_checkpoint(run_dir: str | Path, step: int, params: "Params", hf_config: dict, tokenizer, info: dict | None = None) -> Path:
     """Write ``RUN/step_<step>/`` in the jaxmap layout (see the module docstring) and return it.
 
     Written into a hidden temporary directory and renamed, so a step directory is complete or
-    absent; an older checkpoint of the same step is replaced.
+    absent; an older checkpoint of the same step is replaced. A write the system refuses (a full
+    disk, no permission) raises :class:`~jaxmap.errors.OutputError` naming the step directory,
+    and the temporary directory is removed.
     """
     import jax
     import orbax.checkpoint as ocp
 
     _quiet_orbax()
-    run_dir = Path(run_dir)
+    run_dir = Path(run_dir).expanduser()
     final = run_dir / f"{STEP_PREFIX}{step:08d}"
     partial = run_dir / f".{final.name}.partial"
     shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
     host = jax.tree.map(np.asarray, params)
-    checkpointer = ocp.PyTreeCheckpointer()
-    checkpointer.save((partial / PARAMS_DIR).resolve(), host)
-    (partial / "config.json").write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
-    tokenizer.save_pretrained(str(partial))
     meta = {"format": 1, "step": step, "architecture": hf_config["architectures"][0], **(info or {})}
-    (partial / JAXMAP_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(partial, final)
+    _check_room(run_dir, final, sum(leaf.nbytes for leaf in jax.tree.leaves(host)))
+    try:
+        partial.mkdir(parents=True)
+        ocp.PyTreeCheckpointer().save(absolute(partial / PARAMS_DIR), host)
+        (partial / "config.json").write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
+        tokenizer.save_pretrained(str(partial))
+        (partial / JAXMAP_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(partial, final)
+    except BaseException as error:
+        shutil.rmtree(partial, ignore_errors=True)
+        cause = _os_error(error)
+        if cause is None:
+            raise
+        raise OutputError(describe_os_error(final, cause)) from None
     return final
 
 
 __all__ = [
     "JAXMAP_FILE",
     "OrbaxLayout",
+    "absolute",
     "expand_checkpoint_sequence",
     "find_layout",
     "load_orbax_params",

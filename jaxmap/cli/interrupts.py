@@ -103,9 +103,13 @@ def restore(previous: dict) -> None:
 def leave(command: str, interrupt: KeyboardInterrupt) -> None:
     """Print what is kept and exit with 130 or 143, skipping interpreter teardown."""
     signum = getattr(interrupt, "signum", signal.SIGINT)
+    # A command that leaves outputs of its own (`jaxmap train`'s checkpoints) says which.
+    outcome = getattr(interrupt, "outcome", None)
     sys.stdout.flush()
     sys.stderr.write(
-        f"jaxmap {command}: stopped by {signal.Signals(signum).name}; committed rows are kept "
+        f"jaxmap {command}: stopped by {signal.Signals(signum).name}; {outcome}\n"
+        if outcome
+        else f"jaxmap {command}: stopped by {signal.Signals(signum).name}; committed rows are kept "
         "(a model still being scored was not stored)\n"
         if command in ("score", "add", "demo")
         else f"jaxmap {command}: stopped by {signal.Signals(signum).name}; no output was changed\n"
