@@ -10,4 +10,7 @@ if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium) \
         >/dev/null || echo "test.sh: could not install chromium; the browser tests will be skipped" >&2
 fi
+# Debian's SLURM and munge for tests/test_slurm.py's private one-node cluster (root only; those
+# tests skip, saying why, where it cannot be had).
+bash scripts/install_slurm.sh
 exec python -m pytest "$@"
