@@ -26,6 +26,7 @@ from .engine import DEFAULT_DTYPE
 from .errors import DemoSourceError, JaxmapError, ModelsFailedError, StoreMismatchError
 from .jobs import score
 from .outputs import atomic_outputs, make_directory
+from .row_metadata import RowMetadata, logit_lens_threads
 from .store import open_store
 
 # Sized so that the whole demo, first GGUF conversion included, ends within eight minutes on two
@@ -114,22 +115,20 @@ class _Phases:
         self.failures.append(" ".join(line.split()))
 
 
-def _display_names(
-    names: Sequence[str], metadata: Sequence[Mapping], steps: Mapping[str, int | None]
-) -> list[str]:
+def _display_names(rows: Sequence[RowMetadata], steps: Mapping[str, int | None]) -> list[str]:
     """Short names for the tables and the map: ``step 15`` for a checkpoint of the demo's run,
     ``smollm2 L12`` for a logit-lens layer, the last part of a path; a model whose short name
     another model shares keeps its full name."""
     short = []
-    for name, meta in zip(names, metadata):
-        if name in steps:
-            short.append(f"step {steps[name]}")
-        elif meta.get("parent_model") is not None and meta.get("layer") is not None:
-            family = Path(str(meta["parent_model"])).name.split("-")[0]
-            short.append(f"{family} L{meta['layer']}")
+    for row in rows:
+        if row.name in steps:
+            short.append(f"step {steps[row.name]}")
+        elif row.is_layer_row and row.parent_model is not None:
+            family = Path(row.parent_model).name.split("-")[0]
+            short.append(f"{family} L{row.layer}")
         else:
-            short.append(Path(name).name or name)
-    return [s if short.count(s) == 1 else name for s, name in zip(short, names)]
+            short.append(Path(row.name).name or row.name)
+    return [s if short.count(s) == 1 else row.name for s, row in zip(short, rows)]
 
 
 def _table(rows: Sequence[str], columns: Sequence[str], matrix: np.ndarray, digits: int) -> list[str]:
@@ -219,11 +218,10 @@ def _demo_logit_lens(
             f"{out_dir} holds an earlier demo with other texts or settings ({error}); give another "
             "--out, or remove that one"
         ) from None
-    names = _display_names(store.models, store.model_meta, {})
-    threads: dict[str, list[tuple[int, int]]] = {}
-    for index, meta in enumerate(store.model_meta):
-        if "layer" in meta:
-            threads.setdefault(meta["parent_model"], []).append((meta["layer"], index))
+    rows = store.row_metadata
+    names = _display_names(rows, {})
+    # Threads by the model's canonical key, as `jaxmap trajectory` draws them (row_metadata.py).
+    threads = logit_lens_threads(rows)
     lines = [
         f"Logit lens ({len(texts)} texts, lens.h5, lens.png): per layer (0 = the embeddings), the",
         "cross-entropy of its reading (bits per byte) and its estimated KL to the model's output",
@@ -233,13 +231,13 @@ def _demo_logit_lens(
     ]
     bits_per_byte = -store.loglik.sum(axis=1) / (store.text_bytes.sum() * np.log(2))
     paths = []
-    for parent, layers in threads.items():
-        path = [index for _, index in sorted(layers)]
+    for parent, path in threads.items():
         paths.append(path)
-        report = trajectory(store.loglik, path, store.models, steps=[layer for layer, _ in sorted(layers)])
+        report = trajectory(store.loglik, path, store.models, steps=[rows[index].step for index in path])
         fitted = report.loglik_fit.exponents[np.isfinite(report.loglik_fit.exponents)]
         exponent = f"{np.median(fitted):.2f}" if fitted.size else "n/a"
-        shown = names[store.models.index(parent)] if parent in store.models else Path(parent).name
+        model = store.find_row(parent)
+        shown = names[model] if model is not None else Path(rows[path[0]].parent_model or parent).name
         lines.append(f"  {shown} ({len(path) - 1} layers): c = {exponent}")
         readings = [
             f"{layer:>2}: {bits_per_byte[index]:6.2f} bpb, KL {kl:9.3g}"
@@ -338,7 +336,7 @@ def run_demo(
     kl_nats = kl_matrix(clipped)
     kl_bpb = kl_matrix(clipped, text_bytes=store.text_bytes)
     names = store.models
-    shown = _display_names(names, store.model_meta, steps)
+    shown = _display_names(store.row_metadata, steps)
 
     lines = []
     if phases.failures:

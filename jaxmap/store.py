@@ -26,6 +26,9 @@ HDF5 layout::
     attrs: format, format_version, text_fingerprint, n_texts, settings (JSON),
            settings_checksum, created_by, journal_sequence (the last journal row folded in)
 
+The per-text columns (loglik, ntokens, truncated) are listed once, in :data:`COLUMNS`, which
+drives the matrix's datasets, the journal's row files and the checksums.
+
 Why a journal: committing a row by rewriting the matrix would cost O(store) per model (76 GB
 written over a 1,000 × 10,000 job). A row is instead written to a temporary file in the
 journal, fsynced and renamed to ``<sequence>.row``: atomic, and O(row). Compaction folds the
@@ -58,12 +61,13 @@ import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Mapping, Sequence
 
 import h5py
 import numpy as np
 
 from .errors import StoreError, StoreMismatchError
+from .row_metadata import RowMetadata
 from .texts import TextSet
 
 FORMAT = "jaxmap-store"
@@ -78,14 +82,57 @@ _SPACE_MARGIN = 1 << 20
 
 
 @dataclass(frozen=True)
+class Column:
+    """A per-text value that every row holds: a K×N dataset of the matrix, a block of each
+    journal row file and a part of each row's checksum, all three in :data:`COLUMNS` order.
+
+    A new column is one entry here, with ``since`` the new :data:`FORMAT_VERSION`: stores of
+    older formats are still read, their rows holding ``fill`` in it, and keep their checksums.
+    """
+
+    name: str
+    # In memory and in the matrix.
+    dtype: np.dtype
+    # In journal row files and in checksums: fixed width, little-endian.
+    stored: str
+    # The first store format that holds the column.
+    since: int = 1
+    # What a row of an older format holds in it.
+    fill: float | int | bool = 0
+
+
+COLUMNS = (
+    Column("loglik", np.dtype(np.float64), "<f8"),
+    Column("ntokens", np.dtype(np.int32), "<i4"),
+    Column("truncated", np.dtype(bool), "u1"),
+)
+# The format that introduced checksums: its columns are hashed as they are, so that the
+# checksums of its rows never change; columns added later are hashed only where they differ
+# from their fill.
+_CHECKSUM_FORMAT = 2
+
+
+def _columns_of(version: int) -> list[Column]:
+    """The per-text columns a store of format ``version`` holds."""
+    return [column for column in COLUMNS if column.since <= version]
+
+
+def _filled(values: dict[str, np.ndarray], n_texts: int) -> dict[str, np.ndarray]:
+    """A row's ``values`` plus, for each column its format did not hold yet, the column's fill."""
+    return {
+        column.name: values[column.name] if column.name in values else np.full(n_texts, column.fill, column.dtype)
+        for column in COLUMNS
+    }
+
+
+@dataclass(frozen=True)
 class Row:
-    """One model's committed row, as stored."""
+    """One model's committed row, as stored: ``columns`` holds every per-text column by name
+    (empty where only names and metadata were read)."""
 
     model: str
     meta_json: str
-    loglik: np.ndarray
-    ntokens: np.ndarray
-    truncated: np.ndarray
+    columns: dict[str, np.ndarray]
     checksum: str | None
     # Every scored token's log-prob (float32, texts in order, ntokens.sum() values), if kept.
     token_logprobs: np.ndarray | None = None
@@ -95,26 +142,31 @@ class Row:
         return json.loads(self.meta_json)
 
     @property
+    def metadata(self) -> RowMetadata:
+        return RowMetadata.parse(self.model, self.meta)
+
+    @property
     def key(self) -> str:
         """What makes two rows the same model (the canonical reference), else the name."""
-        return self.meta.get("key") or self.model
+        return self.metadata.key
 
 
-def row_checksum(model: str, meta_json: str, loglik, ntokens, truncated, token_logprobs=None) -> str:
-    """sha256 over a row's name, metadata and values, in a fixed byte order (a row without
-    token log-probs has the checksum it had before stores could hold them)."""
+def row_checksum(row: Row) -> str:
+    """sha256 over a row's name, metadata and values, in a fixed byte order. Columns added
+    after format 2 are hashed with their name and only where a value differs from their fill,
+    and token log-probs likewise only where the row has them: a row without them has the
+    checksum it had before stores could hold them."""
     digest = hashlib.sha256()
-    digest.update(model.encode("utf-8") + b"\0" + meta_json.encode("utf-8") + b"\0")
-    digest.update(np.ascontiguousarray(loglik, "<f8").tobytes())
-    digest.update(np.ascontiguousarray(ntokens, "<i4").tobytes())
-    digest.update(np.ascontiguousarray(truncated, "u1").tobytes())
-    if token_logprobs is not None:
-        digest.update(b"\0token_logprobs\0" + np.ascontiguousarray(token_logprobs, "<f4").tobytes())
+    digest.update(row.model.encode("utf-8") + b"\0" + row.meta_json.encode("utf-8") + b"\0")
+    for column in COLUMNS:
+        values = np.ascontiguousarray(row.columns[column.name], column.stored)
+        if column.since <= _CHECKSUM_FORMAT:
+            digest.update(values.tobytes())
+        elif (values != column.fill).any():
+            digest.update(b"\0" + column.name.encode("utf-8") + b"\0" + values.tobytes())
+    if row.token_logprobs is not None:
+        digest.update(b"\0token_logprobs\0" + np.ascontiguousarray(row.token_logprobs, "<f4").tobytes())
     return "sha256:" + digest.hexdigest()
-
-
-def _checksum_of(row: "Row") -> str:
-    return row_checksum(row.model, row.meta_json, row.loglik, row.ntokens, row.truncated, row.token_logprobs)
 
 
 def settings_checksum(settings: dict) -> str:
@@ -132,9 +184,8 @@ class Store:
     """An in-memory snapshot of a store's complete rows (matrix and journal)."""
 
     path: Path
-    loglik: np.ndarray
-    ntokens: np.ndarray
-    truncated: np.ndarray
+    # Every per-text column (:data:`COLUMNS`) by name, K×N; the first three are also attributes.
+    columns: Mapping[str, np.ndarray]
     models: list[str]
     model_meta: list[dict]
     text_ids: list[str]
@@ -147,6 +198,21 @@ class Store:
     # was scored without them.
     token_logprobs: list[np.ndarray | None] = field(default_factory=list)
 
+    @property
+    def loglik(self) -> np.ndarray:
+        """K×N log-likelihoods in nats (the sum over each text's scored tokens)."""
+        return self.columns["loglik"]
+
+    @property
+    def ntokens(self) -> np.ndarray:
+        """K×N numbers of scored tokens."""
+        return self.columns["ntokens"]
+
+    @property
+    def truncated(self) -> np.ndarray:
+        """K×N: whether the text was cut to the model's context."""
+        return self.columns["truncated"]
+
     def text_token_logprobs(self, model: int, text: int) -> np.ndarray:
         """The scored tokens' log-probs of one text under one model (rows by index)."""
         values = self.token_logprobs[model] if self.token_logprobs else None
@@ -156,9 +222,21 @@ class Store:
         return values[start : start + int(self.ntokens[model, text])]
 
     @property
+    def row_metadata(self) -> list[RowMetadata]:
+        """Each row's metadata, typed (:class:`~jaxmap.row_metadata.RowMetadata`)."""
+        return [RowMetadata.parse(model, meta) for model, meta in zip(self.models, self.model_meta)]
+
+    @property
     def model_keys(self) -> list[str]:
         """The canonical key of each row (what resuming and merging match on)."""
-        return [meta.get("key") or model for model, meta in zip(self.models, self.model_meta)]
+        return [row.key for row in self.row_metadata]
+
+    def find_row(self, name: str) -> int | None:
+        """The row of the model ``name``, or None when the store has none. ``name`` is the
+        row's name as listed, its canonical key, another spelling of a local model's path, or
+        a hub id without the revision its row pins; a name that fits several rows is refused
+        (:class:`StoreError`, naming them)."""
+        return _find_row(self.row_metadata, name, self.path)
 
     @property
     def text_set(self) -> TextSet:
@@ -169,6 +247,24 @@ class Store:
             tuple({} for _ in self.texts),
             source=str(self.path),
         )
+
+
+def _find_row(rows: Sequence[RowMetadata], name: str, store: Path) -> int | None:
+    """The one row of ``rows`` that ``name`` names (see :meth:`Store.find_row`), or None."""
+    names = [row.name for row in rows]
+    if name in names:
+        return names.index(name)
+    spelled = Path(name).expanduser()
+    resolved = str(spelled.resolve()) if spelled.exists() else None
+    # A logit-lens row's key extends its model's (``org/m@abc@layer3``): a hub id names the model.
+    found = [
+        i for i, row in enumerate(rows)
+        if row.key in (name, resolved) or (not row.is_layer_row and row.key.startswith(f"{name}@"))
+    ]
+    if len(found) > 1:
+        shown = ", ".join(rows[i].name for i in found[:3])
+        raise StoreError(f"{store}: {name!r} names several rows ({shown}{' ...' if len(found) > 3 else ''})")
+    return found[0] if found else None
 
 
 def _decode(values) -> list[str]:
@@ -226,15 +322,16 @@ def _read_matrix(path: Path, handle: h5py.File, values: bool = True) -> tuple[_S
         )
     models = _decode(handle["models"][...])
     metas = _decode(handle["model_meta"][...])
-    if values:
-        loglik, ntokens, truncated = (handle[name][...] for name in ("loglik", "ntokens", "truncated"))
-    else:  # names and metadata only: what a commit needs to refuse a duplicate
-        loglik = ntokens = truncated = np.empty((len(models), 0))
+    n_texts = int(handle.attrs["n_texts"])
+    columns = _columns_of(version)
     # Format 1 had no checksums; a format 2 file without them was altered (see _store_problems).
     checksums_missing = "row_checksum" not in handle
     checksums = [None] * len(models) if checksums_missing else _decode(handle["row_checksum"][...])
-    if not (len(models) == len(metas) == len(loglik) == len(ntokens) == len(truncated) == len(checksums)):
+    counts = {len(models), len(metas), len(checksums)} | {handle[column.name].shape[0] for column in columns}
+    if len(counts) > 1:
         raise StoreError(f"{path}: datasets disagree on the number of rows; the file is damaged")
+    # Without values: names and metadata only, what a commit needs to refuse a duplicate.
+    stored = {c.name: handle[c.name][...].astype(c.dtype, copy=False) for c in columns} if values else {}
     tokens: list[np.ndarray | None] = [None] * len(models)
     if values and "token_offsets" in handle:
         offsets = handle["token_offsets"][...]
@@ -243,13 +340,16 @@ def _read_matrix(path: Path, handle: h5py.File, values: bool = True) -> tuple[_S
             raise StoreError(f"{path}: token_offsets disagree on the number of rows; the file is damaged")
         tokens = [None if row[0] < 0 else everything[row[0] : row[-1]] for row in offsets]
     rows = [
-        Row(m, j, loglik[i], ntokens[i], truncated[i].astype(bool), checksums[i], tokens[i])
+        Row(
+            m, j, _filled({name: matrix[i] for name, matrix in stored.items()}, n_texts) if values else {},
+            checksums[i], tokens[i],
+        )
         for i, (m, j) in enumerate(zip(models, metas))
     ]
     texts = TextSet(
         tuple(_decode(handle["text_ids"][...])),
         tuple(_decode(handle["texts"][...])),
-        tuple({} for _ in range(int(handle.attrs["n_texts"]))),
+        tuple({} for _ in range(n_texts)),
         source=str(path),
     )
     if texts.fingerprint != str(handle.attrs["text_fingerprint"]):
@@ -346,26 +446,27 @@ def _read_row_file(path: Path, n_texts: int, values: bool = True) -> Row:
         header = json.loads(data[offset : offset + header_length])
         model, meta_json, checksum = header["model"], header["meta"], header["checksum"]
         token_count = header.get("token_count")  # absent: a row without token log-probs
+        # Which columns the file holds; absent: written before row files named their format,
+        # whose columns are those of format 2.
+        version = int(header.get("format", 2))
     except (ValueError, KeyError, TypeError, AttributeError):
         raise StoreError(f"{where}: unreadable row header; delete it and score that model again") from None
     offset += header_length
     if not values:
-        empty = np.empty(0)
-        return Row(model, meta_json, empty, empty, empty, checksum)
-    expected = n_texts * (8 + 4 + 1) + 4 * (token_count or 0)
+        return Row(model, meta_json, {}, checksum)
+    columns = _columns_of(version)
+    expected = n_texts * sum(np.dtype(column.stored).itemsize for column in columns) + 4 * (token_count or 0)
     if len(data) - offset != expected:
         raise StoreError(
             f"{where}: row of {model} holds {len(data) - offset} bytes of values, expected "
             f"{expected}; delete it and score that model again"
         )
-    loglik = np.frombuffer(data, "<f8", n_texts, offset).astype(np.float64)
-    ntokens = np.frombuffer(data, "<i4", n_texts, offset + 8 * n_texts).astype(np.int32)
-    truncated = np.frombuffer(data, "u1", n_texts, offset + 12 * n_texts).astype(bool)
-    tokens = (
-        None if token_count is None
-        else np.frombuffer(data, "<f4", token_count, offset + 13 * n_texts).astype(np.float32)
-    )
-    return Row(model, meta_json, loglik, ntokens, truncated, checksum, tokens)
+    stored = {}
+    for column in columns:
+        stored[column.name] = np.frombuffer(data, column.stored, n_texts, offset).astype(column.dtype)
+        offset += n_texts * np.dtype(column.stored).itemsize
+    tokens = None if token_count is None else np.frombuffer(data, "<f4", token_count, offset).astype(np.float32)
+    return Row(model, meta_json, _filled(stored, n_texts), checksum, tokens)
 
 
 def _snapshot(path: Path, values: bool = True) -> _Snapshot:
@@ -415,7 +516,7 @@ def verify_rows(path: str | Path) -> list[tuple[str, str, str]]:
         if row.checksum is None:
             if snapshot.format_version < 2:
                 problems.append((where, row.model, "no checksum (written by store format 1)"))
-        elif _checksum_of(row) != row.checksum:
+        elif row_checksum(row) != row.checksum:
             problems.append((where, row.model, "checksum mismatch: the stored bytes are damaged"))
     return problems
 
@@ -427,7 +528,7 @@ def _verified(path: Path, snapshot: _Snapshot, rows: bool = True) -> _Snapshot:
     if problems:
         raise StoreError(f"{path}: {problems[0]}. Restore the file from a copy or score into a new store")
     for where, row in zip(snapshot.row_sources, snapshot.rows) if rows else ():
-        if row.checksum is not None and _checksum_of(row) != row.checksum:
+        if row.checksum is not None and row_checksum(row) != row.checksum:
             raise StoreError(
                 f"{path}: {where} ({row.model}) fails its checksum: the stored bytes are "
                 f"damaged. Remove it with `jaxmap drop {path} {row.model}` and score it again"
@@ -447,9 +548,10 @@ def open_store(path: str | Path) -> Store:
     n = len(snapshot.texts)
     return Store(
         path=path,
-        loglik=np.array([r.loglik for r in rows], np.float64).reshape(len(rows), n),
-        ntokens=np.array([r.ntokens for r in rows], np.int32).reshape(len(rows), n),
-        truncated=np.array([r.truncated for r in rows], bool).reshape(len(rows), n),
+        columns={
+            column.name: np.array([r.columns[column.name] for r in rows], column.dtype).reshape(len(rows), n)
+            for column in COLUMNS
+        },
         models=[r.model for r in rows],
         model_meta=[r.meta for r in rows],
         text_ids=list(snapshot.texts.ids),
@@ -533,20 +635,16 @@ def _matrix_image(snapshot: _Snapshot, journal_sequence: int) -> bytes:
         handle.create_dataset("text_ids", data=list(texts.ids), dtype=_STRING)
         handle.create_dataset("text_bytes", data=np.asarray(snapshot.text_bytes, np.int64))
         chunks = (1, max(n, 1))
-        for name, dtype, values in (
-            ("loglik", np.float64, [r.loglik for r in rows]),
-            ("ntokens", np.int32, [r.ntokens for r in rows]),
-            ("truncated", bool, [r.truncated for r in rows]),
-        ):
-            data = np.array(values, dtype).reshape(k, n)
-            handle.create_dataset(name, data=data, maxshape=(None, n), chunks=chunks)
-        checksums = [r.checksum or _checksum_of(r) for r in rows]
+        for column in COLUMNS:
+            data = np.array([r.columns[column.name] for r in rows], column.dtype).reshape(k, n)
+            handle.create_dataset(column.name, data=data, maxshape=(None, n), chunks=chunks)
+        checksums = [r.checksum or row_checksum(r) for r in rows]
         if any(r.token_logprobs is not None for r in rows):
             offsets = np.full((k, n + 1), -1, np.int64)
             start = 0
             for i, r in enumerate(rows):
                 if r.token_logprobs is not None:
-                    offsets[i] = start + np.concatenate([[0], np.cumsum(r.ntokens, dtype=np.int64)])
+                    offsets[i] = start + np.concatenate([[0], np.cumsum(r.columns["ntokens"], dtype=np.int64)])
                     start = int(offsets[i, -1])
             kept = [r.token_logprobs for r in rows if r.token_logprobs is not None]
             handle.create_dataset("token_offsets", data=offsets)
@@ -563,7 +661,7 @@ def _matrix_image(snapshot: _Snapshot, journal_sequence: int) -> bytes:
 
 
 def _row_file_bytes(row: Row) -> bytes:
-    fields = {"model": row.model, "meta": row.meta_json, "checksum": row.checksum}
+    fields = {"model": row.model, "meta": row.meta_json, "checksum": row.checksum, "format": FORMAT_VERSION}
     if row.token_logprobs is not None:
         fields["token_count"] = len(row.token_logprobs)
     header = json.dumps(fields, ensure_ascii=False).encode("utf-8")
@@ -572,9 +670,7 @@ def _row_file_bytes(row: Row) -> bytes:
             _ROW_MAGIC,
             len(header).to_bytes(8, "little"),
             header,
-            np.ascontiguousarray(row.loglik, "<f8").tobytes(),
-            np.ascontiguousarray(row.ntokens, "<i4").tobytes(),
-            np.ascontiguousarray(row.truncated, "u1").tobytes(),
+            *(np.ascontiguousarray(row.columns[column.name], column.stored).tobytes() for column in COLUMNS),
             b"" if row.token_logprobs is None else np.ascontiguousarray(row.token_logprobs, "<f4").tobytes(),
         ]
     )
@@ -730,20 +826,27 @@ class StoreWriter:
         truncated: np.ndarray,
         meta: dict,
         token_logprobs: np.ndarray | None = None,
+        **other_columns: np.ndarray,
     ) -> None:
         """Commit one model's row. ``meta["key"]``, if given, is the model's canonical key.
         ``token_logprobs`` (float32, every scored token's log-prob, texts in order: ``ntokens``
         of them per text) is committed with the row, in the same file and checksum.
+        ``other_columns`` are the row's values of the :data:`COLUMNS` after the first three, by
+        name; a column not given holds its fill.
 
         Refuses a row of the wrong length, with non-finite values, or for a model (key) that
         already has one (:class:`RowExistsError`: another writer may have committed it since
         this one opened); the store is then unchanged.
         """
         n = len(self.texts)
-        loglik = np.asarray(loglik, np.float64)
-        if loglik.shape != (n,) or np.shape(ntokens) != (n,) or np.shape(truncated) != (n,):
+        given = {"loglik": loglik, "ntokens": ntokens, "truncated": truncated, **other_columns}
+        unknown = sorted(set(given) - {column.name for column in COLUMNS})
+        if unknown:
+            raise StoreError(f"{self.path}: a store has no per-text column {', '.join(unknown)}")
+        if any(np.shape(values) != (n,) for values in given.values()):
             raise StoreError(f"{self.path}: row for {model} does not have {n} entries")
-        bad = np.flatnonzero(~np.isfinite(loglik))
+        columns = _filled({c.name: np.asarray(given[c.name], c.dtype) for c in COLUMNS if c.name in given}, n)
+        bad = np.flatnonzero(~np.isfinite(columns["loglik"]))
         if bad.size:
             ids = ", ".join(self.texts.ids[i] for i in bad[:3])
             raise StoreError(
@@ -752,22 +855,18 @@ class StoreWriter:
             )
         meta = {**meta, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         meta_json = json.dumps(meta, sort_keys=True, ensure_ascii=False)
-        ntokens = np.asarray(ntokens, np.int32)
-        truncated = np.asarray(truncated, bool)
         if token_logprobs is not None:
             token_logprobs = np.asarray(token_logprobs, np.float32)
-            if token_logprobs.shape != (int(ntokens.sum()),):
+            scored = int(columns["ntokens"].sum())
+            if token_logprobs.shape != (scored,):
                 raise StoreError(
                     f"{self.path}: row for {model} has {token_logprobs.size} token log-probs for "
-                    f"{int(ntokens.sum())} scored tokens; not committed"
+                    f"{scored} scored tokens; not committed"
                 )
             if not np.isfinite(token_logprobs).all():
                 raise StoreError(f"{self.path}: row for {model} has non-finite token log-probs; not committed")
-        row = Row(
-            model, meta_json, loglik, ntokens, truncated,
-            row_checksum(model, meta_json, loglik, ntokens, truncated, token_logprobs),
-            token_logprobs,
-        )
+        unsigned = Row(model, meta_json, columns, None, token_logprobs)
+        row = replace(unsigned, checksum=row_checksum(unsigned))
         with self._locked():
             snapshot = _snapshot(self.path, values=False)
             if row.key in {r.key for r in snapshot.rows}:
@@ -800,7 +899,8 @@ class StoreWriter:
                 self._rewrite(self._current())
 
     def drop(self, models: Iterable[str]) -> list[str]:
-        """Remove the rows of ``models`` (matched by name, canonical key, or resolved path).
+        """Remove the rows of ``models``, each found as :meth:`Store.find_row` finds a row (by
+        name, canonical key, resolved path, or a hub id without its revision).
 
         One atomic rewrite: a kill at any moment leaves either every row or none of them
         removed. Returns the names of the rows removed. Damaged rows can be dropped.
@@ -808,24 +908,18 @@ class StoreWriter:
         wanted = list(models)
         with self._locked():
             snapshot = _snapshot(self.path)
-            matches = [_matching_rows(snapshot.rows, name) for name in wanted]
-            unknown = [name for name, found in zip(wanted, matches) if not found]
+            metadata = [row.metadata for row in snapshot.rows]
+            found = [_find_row(metadata, name, self.path) for name in wanted]
+            unknown = [name for name, index in zip(wanted, found) if index is None]
             if unknown:
                 raise StoreError(
                     f"{self.path}: no row for {', '.join(unknown)} (the store holds "
                     f"{', '.join(r.model for r in snapshot.rows) or 'no rows'})"
                 )
-            removed = sorted({i for found in matches for i in found})
+            removed = sorted(set(found))
             kept = [r for i, r in enumerate(snapshot.rows) if i not in set(removed)]
             self._rewrite(replace(snapshot, rows=kept, row_sources=[]))
             return [snapshot.rows[i].model for i in removed]
-
-
-def _matching_rows(rows: Sequence[Row], name: str) -> list[int]:
-    resolved = str(Path(name).expanduser().resolve()) if Path(name).expanduser().exists() else None
-    return [
-        i for i, row in enumerate(rows) if name in (row.model, row.key) or (resolved and row.key == resolved)
-    ]
 
 
 def drop(path: str | Path, models: Iterable[str]) -> list[str]:

@@ -12,6 +12,7 @@ import pytest
 from jaxmap import demo
 from jaxmap.cli import main
 from jaxmap.demo_texts import DEFAULT_DOMAINS, available_demo_domains
+from jaxmap.row_metadata import RowMetadata
 from jaxmap.training import TrainingError
 
 pytestmark = pytest.mark.skipif(
@@ -105,5 +106,6 @@ def test_checkpoints_and_lens_layers_are_shown_by_short_names(tiny_models, tmp_p
 def test_short_names_that_coincide_keep_the_full_names():
     names = ["/runs/a/final", "/runs/b/final", "/runs/c/step_00000010", "smollm2-135m-instruct", "x@layer3"]
     metadata = [{}, {}, {}, {}, {"parent_model": "smollm2-135m-instruct", "layer": 3}]
-    shown = demo._display_names(names, metadata, {"/runs/c/step_00000010": 10})
+    rows = [RowMetadata.parse(name, meta) for name, meta in zip(names, metadata)]
+    shown = demo._display_names(rows, {"/runs/c/step_00000010": 10})
     assert shown == ["/runs/a/final", "/runs/b/final", "step 10", "smollm2-135m-instruct", "smollm2 L3"]

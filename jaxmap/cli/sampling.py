@@ -15,23 +15,23 @@ from . import int_at_least, quantile
 _LISTED = 5
 
 
-def _row(store, name: str, names: list[str]) -> tuple[str, int]:
-    row = names.index(name)
-    meta = store.model_meta[row]
-    if "layer" in meta:
-        raise JaxmapError(f"{name!r} is a logit-lens layer row of {store.path}, not a model to sample from")
-    return meta.get("reference") or store.models[row], row
+def _stored_model(store, row: int) -> tuple[str, int]:
+    """What loads the store's model of ``row`` again, and the row; a logit-lens row is refused."""
+    metadata = store.row_metadata[row]
+    if metadata.is_layer_row:
+        raise JaxmapError(f"{metadata.name!r} is a logit-lens layer row of {store.path}, not a model to sample from")
+    return metadata.reference, row
 
 
 def _lookup(store, name: str) -> tuple[str, int | None]:
-    """The reference of the store's model ``name`` (as listed, as its canonical key, or another
-    spelling of it) and its row, or ``name`` itself with no row when it is a model reference the
-    store lacks."""
+    """The reference of the store's model ``name`` (found by :meth:`~jaxmap.store.Store.find_row`,
+    else by the canonical key of the model reference ``name``) and its row, or ``name`` itself
+    with no row when it is a model reference the store lacks."""
     from ..checkpoints import resolve
 
-    for names in (store.models, store.model_keys):
-        if name in names:
-            return _row(store, name, names)
+    row = store.find_row(name)
+    if row is not None:
+        return _stored_model(store, row)
     try:
         canonical = resolve(name).canonical
     except JaxmapError as error:
@@ -41,9 +41,8 @@ def _lookup(store, name: str) -> tuple[str, int | None]:
             f"unknown model {name!r}: not a model of {store.path} (which has {listed}{more}) "
             f"and not a model reference ({error})"
         ) from None
-    if canonical in store.model_keys:
-        return _row(store, canonical, store.model_keys)
-    return name, None
+    row = store.find_row(canonical)
+    return (name, None) if row is None else _stored_model(store, row)
 
 
 def _map_estimate(store, row_i: int | None, row_j: int | None, clip_quantile: float) -> dict | None:

@@ -132,66 +132,48 @@ def _read_path_file(path: str) -> tuple[list[str], list[float] | None]:
 
 
 class _Rows:
-    """The store's rows by name, key or path, and their metadata."""
+    """The matrix's rows: their metadata, and the row a name means."""
 
-    def __init__(self, matrix, metas: list[dict]) -> None:
+    def __init__(self, matrix) -> None:
+        from ..row_metadata import RowMetadata
+        from ..store import open_store
+
         self.matrix = matrix
-        self.metas = metas
+        self.store = open_store(matrix.source) if matrix.is_store else None
+        # The rows of a plain matrix are models known by their names alone.
+        self.metadata = (
+            self.store.row_metadata if self.store is not None
+            else [RowMetadata.parse(name, {}) for name in matrix.models]
+        )
 
     def index(self, name: str) -> int:
-        from ..errors import InputError
-
-        models = self.matrix.models
-        if name in models:
-            return models.index(name)
-        resolved = str(Path(name).expanduser().resolve()) if Path(name).expanduser().exists() else None
-        found = [
-            i for i, meta in enumerate(self.metas)
-            if meta.get("key") in (name, resolved)
-            or (str(meta.get("key", "")).startswith(f"{name}@") and "layer" not in meta)
-        ]
-        if len(found) == 1:
-            return found[0]
-        if len(found) > 1:
-            shown = ", ".join(models[i] for i in found[:3])
-            raise InputError(f"{self.matrix.source}: {name!r} names several rows ({shown})")
-        return self.matrix.model_index(name)  # the error lists close names
-
-
-def _metas(matrix) -> list[dict]:
-    if not matrix.is_store:
-        return [{} for _ in matrix.models]
-    from ..store import open_store
-
-    return open_store(matrix.source).model_meta
+        found = self.store.find_row(name) if self.store is not None else None
+        return self.matrix.model_index(name) if found is None else found  # the error lists close names
 
 
 def _choose_path(args, rows: _Rows) -> tuple[list[int], list[float] | None, str]:
     """Row indices of the path, its steps (or None) and a label."""
     from ..errors import InputError
+    from ..row_metadata import logit_lens_threads
 
     models = rows.matrix.models
     if args.layers:
-        parent = rows.index(args.layers)
-        parent_key = rows.metas[parent].get("key") or models[parent]
-        layers = sorted(
-            (meta["layer"], i) for i, meta in enumerate(rows.metas)
-            if meta.get("parent_key") == parent_key and "layer" in meta
-        )
-        if not layers:
+        parent = rows.metadata[rows.index(args.layers)]
+        thread = logit_lens_threads(rows.metadata).get(parent.key)
+        if not thread:
             raise InputError(
-                f"{rows.matrix.source}: no logit-lens rows of {models[parent]}; score it with "
+                f"{rows.matrix.source}: no logit-lens rows of {parent.name}; score it with "
                 "`jaxmap score --logit-lens`"
             )
-        return [i for _, i in layers], [float(layer) for layer, _ in layers], f"{models[parent]} layers"
+        return thread, [float(rows.metadata[i].step) for i in thread], f"{parent.name} layers"
     if args.path_glob:
         # Logit-lens rows share their model's name as a prefix; a glob over checkpoints means
         # the checkpoints, unless it names layers itself.
         lens_too = "@layer" in args.path_glob
         matched = sorted(
             (
-                m for m, meta in zip(models, rows.metas)
-                if fnmatch.fnmatchcase(m, args.path_glob) and (lens_too or "layer" not in meta)
+                row.name for row in rows.metadata
+                if fnmatch.fnmatchcase(row.name, args.path_glob) and (lens_too or not row.is_layer_row)
             ),
             key=_natural_key,
         )
@@ -211,16 +193,14 @@ def _weight_loader(rows: _Rows, path: list[int], cache_dir):
     from ..errors import InputError, JaxmapError
 
     def load(t: int) -> np.ndarray:
-        index = path[t]
-        model = rows.matrix.models[index]
-        meta = rows.metas[index]
-        if "layer" in meta:
-            raise InputError(f"{model}: a logit-lens row has no weights of its own; give --no-weights")
+        row = rows.metadata[path[t]]
+        if row.is_layer_row:
+            raise InputError(f"{row.name}: a logit-lens row has no weights of its own; give --no-weights")
         try:
-            return load_flat_params(meta.get("key") or model, cache_dir=cache_dir)
+            return load_flat_params(row.key, cache_dir=cache_dir)
         except JaxmapError as error:
             raise InputError(
-                f"{model}: cannot load its weights for the weight-space exponent ({error}); "
+                f"{row.name}: cannot load its weights for the weight-space exponent ({error}); "
                 "give --no-weights to skip it"
             ) from None
 
@@ -269,7 +249,7 @@ def _run_trajectory(args: argparse.Namespace) -> int:
 
         image_format(args.plot)
     matrix = load_loglik(args.store)
-    rows = _Rows(matrix, _metas(matrix))
+    rows = _Rows(matrix)
     path, steps, label = _choose_path(args, rows)
     weights = None if (args.no_weights or args.layers) else _weight_loader(rows, path, args.cache_dir)
     text_bytes = _text_bytes(matrix) if args.bits_per_byte else None
@@ -323,11 +303,9 @@ def _run_trajectory(args: argparse.Namespace) -> int:
 
 def _threads(rows: _Rows) -> list[list[int]]:
     """Every model's logit-lens rows in layer order."""
-    by_parent: dict[str, list[tuple[int, int]]] = {}
-    for i, meta in enumerate(rows.metas):
-        if "layer" in meta and "parent_key" in meta:
-            by_parent.setdefault(meta["parent_key"], []).append((meta["layer"], i))
-    return [[i for _, i in sorted(layers)] for layers in by_parent.values() if len(layers) > 1]
+    from ..row_metadata import logit_lens_threads
+
+    return [thread for thread in logit_lens_threads(rows.metadata).values() if len(thread) > 1]
 
 
 def _read_parents(path: str) -> list[tuple[str, str]]:
@@ -353,25 +331,24 @@ def _model_card_pairs(rows: _Rows) -> list[tuple[str, str]]:
     from ..analysis.trajectory import read_base_model
 
     pairs = []
-    for model, meta in zip(rows.matrix.models, rows.metas):
-        key = meta.get("key") or model
-        if "layer" not in meta and Path(key).is_dir():
-            base = read_base_model(key)
+    for row in rows.metadata:
+        if not row.is_layer_row and Path(row.key).is_dir():
+            base = read_base_model(row.key)
             if base:
-                pairs.append((base, model))
+                pairs.append((base, row.name))
     return pairs
 
 
 def _run_lineage(args: argparse.Namespace) -> int:
     from ..analysis import load_loglik
     from ..analysis.trajectory import lineage
-    from ..errors import InputError
+    from ..errors import InputError, StoreError
     from ..outputs import check_outputs
     from .analysis import _about, _text_bytes
 
     check_outputs([args.out], [args.store] + ([args.parents] if args.parents else []))
     matrix = load_loglik(args.store)
-    rows = _Rows(matrix, _metas(matrix))
+    rows = _Rows(matrix)
     if args.parents:
         named = _read_parents(args.parents)
         source = args.parents
@@ -387,12 +364,12 @@ def _run_lineage(args: argparse.Namespace) -> int:
     for parent, child in named:
         try:
             pairs.append((matrix.models[rows.index(parent)], matrix.models[rows.index(child)]))
-        except InputError as error:
+        except (InputError, StoreError) as error:  # StoreError: a name that fits several rows
             raise InputError(f"{source}: {error}") from None
     text_bytes = _text_bytes(matrix) if args.bits_per_byte else None
     with _about(matrix.source):
         # Layers read through the logit lens are not candidate parents.
-        models_only = [i for i, meta in enumerate(rows.metas) if "layer" not in meta]
+        models_only = [i for i, row in enumerate(rows.metadata) if not row.is_layer_row]
         results = lineage(matrix.loglik, matrix.models, pairs, text_bytes=text_bytes, among=models_only)
     unit = "bpb" if args.bits_per_byte else "nats"
     header = ["child", "parent", f"kl_{unit}", "parent_rank", "candidates", "nearest", f"nearest_kl_{unit}"]
