@@ -86,15 +86,6 @@ def map_bos_policy(matrix: LoglikMatrix, requested: str | None) -> str:
     return requested or (policies.pop() if policies else "full")
 
 
-def _text_bytes(matrix: LoglikMatrix) -> np.ndarray:
-    if matrix.text_bytes is None:
-        raise AnalysisError(
-            f"{matrix.source}: bits per byte needs the texts' byte lengths, "
-            "which only a jaxmap store has"
-        )
-    return matrix.text_bytes
-
-
 def add_models(
     map_store: str | Path | LoglikMatrix,
     subset: str | Path | Subset,
@@ -122,7 +113,7 @@ def add_models(
     matrix = map_store if isinstance(map_store, LoglikMatrix) else load_loglik(map_store)
     out = Path(out) if out is not None else subset.path.with_suffix(".h5")
     check_subset_matches(subset, matrix)
-    text_bytes = _text_bytes(matrix) if bits_per_byte else None  # before hours of scoring
+    text_bytes = matrix.require_text_bytes() if bits_per_byte else None  # before hours of scoring
     policy = map_bos_policy(matrix, bos_policy)
     from .checkpoints import expand_references
     from .jobs import score

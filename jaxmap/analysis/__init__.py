@@ -11,7 +11,7 @@ import importlib
 
 from ._arrays import AnalysisError
 from .geometry import clip, double_center, kl_matrix, nearest_neighbors, squared_distances
-from .inputs import InputError, LoglikMatrix, load_loglik
+from .inputs import InputError, LoglikMatrix, load_loglik, map_metadata, read_model_table
 from .outliers import TextOutliers, text_outliers
 from .resampling import (
     ResamplingCurve,
@@ -31,6 +31,8 @@ _LAZY = {
     "plot_map": ".plots",
     "map_html": ".plots",
     "plot_resampling_curve": ".plots",
+    "plot_tree": ".plots",
+    "plot_component_tree": ".plots",
 }
 
 
@@ -55,12 +57,16 @@ __all__ = [
     "kl_matrix",
     "load_loglik",
     "map_html",
+    "map_metadata",
     "nearest_neighbors",
     "place_models",
+    "plot_component_tree",
     "plot_map",
     "plot_resampling_curve",
+    "plot_tree",
     "predict_scores",
     "project",
+    "read_model_table",
     "read_subset",
     "resample",
     "resampled_coordinates",

@@ -17,7 +17,6 @@ The iteration is jitted JAX in float64 (x64 only inside the call, as in :mod:`.g
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -157,44 +156,10 @@ def ica(
     )
 
 
-def plot_component_tree(result: ICAResult, path, labels: list[str] | None = None, title: str = "") -> None:
-    """Draw the maximum spanning tree of the axes (edge width and label: the correlation of
-    squared sources) as an image at ``path`` (format from the suffix)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from scipy.sparse.csgraph import shortest_path
+def __getattr__(name: str):
+    # plot_component_tree moved to .plots, beside the other pictures; the old import warns but works.
+    if name == "plot_component_tree":
+        from .plots import _moved
 
-    count = len(result.non_gaussianity)
-    labels = labels or [f"IC{i + 1}" for i in range(count)]
-    # Place nodes by classical MDS of the tree's path lengths (1 − weight per edge), so that
-    # strongly dependent axes sit together.
-    lengths = np.zeros((count, count))
-    for i, j, weight in result.tree:
-        lengths[i, j] = lengths[j, i] = max(1.0 - weight, 1e-3)
-    if count > 1:
-        distances = shortest_path(lengths, directed=False)
-        centring = np.eye(count) - 1.0 / count
-        values, vectors = np.linalg.eigh(-0.5 * centring @ distances**2 @ centring)
-        top = np.argsort(values)[::-1][:2]
-        positions = vectors[:, top] * np.sqrt(np.maximum(values[top], 0))
-        if positions.shape[1] < 2:
-            positions = np.column_stack([positions, np.zeros(count)])
-    else:
-        positions = np.zeros((1, 2))
-    figure = Figure(figsize=(6.4, 5.2), layout="constrained")
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
-    strongest = max((abs(w) for _, _, w in result.tree), default=1.0) or 1.0
-    for i, j, weight in result.tree:
-        (x0, y0), (x1, y1) = positions[i], positions[j]
-        axes.plot([x0, x1], [y0, y1], color="#555555", linewidth=0.8 + 4 * abs(weight) / strongest, zorder=1)
-        axes.annotate(f"{weight:.2f}", ((x0 + x1) / 2, (y0 + y1) / 2), fontsize=8, color="#333333", ha="center")
-    sizes = 300 + 1200 * result.non_gaussianity / max(result.non_gaussianity.max(), 1e-12)
-    axes.scatter(positions[:, 0], positions[:, 1], s=sizes, color="#1f77b4", alpha=0.85, zorder=2)
-    for (x, y), label in zip(positions, labels):
-        axes.annotate(label, (x, y), ha="center", va="center", fontsize=9, color="white", zorder=3)
-    axes.set_title(title or "Independent axes: maximum spanning tree of squared-source correlation", fontsize=10)
-    axes.set_xticks([])
-    axes.set_yticks([])
-    axes.margins(0.15)
-    figure.savefig(path, dpi=150, format=Path(path).suffix.lstrip(".") or "png")
+        return _moved(name, __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,16 +1,20 @@
-"""Reading a log-likelihood matrix from a store, a ``.npy`` file or a plain HDF5 matrix."""
+"""What the analysis reads: a log-likelihood matrix from a store, a ``.npy`` file or a plain
+HDF5 matrix; a CSV table with one row per model; and the models' metadata shown on a map."""
 
 from __future__ import annotations
 
+import csv
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import h5py
 import numpy as np
 
-from ..errors import InputError
+from ..errors import AnalysisError, InputError
 from ..store import FORMAT as STORE_FORMAT
-from ..store import StoreError, open_store
+from ..store import StoreError, open_store, read_model_meta
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,17 @@ class LoglikMatrix:
             close = difflib.get_close_matches(name, self.models, n=3, cutoff=0.5)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise InputError(f"{self.source}: no model named {name!r}{hint}") from None
+
+    def require_text_bytes(self) -> np.ndarray:
+        """The UTF-8 length of each text, which bits per byte needs; raises
+        :class:`~jaxmap.errors.AnalysisError` naming the file when the matrix does not know
+        them (only a jaxmap store does)."""
+        if self.text_bytes is None:
+            raise AnalysisError(
+                f"{self.source}: bits per byte needs the texts' byte lengths, "
+                "which only a jaxmap store has"
+            )
+        return self.text_bytes
 
 
 def _default_names(count: int) -> list[str]:
@@ -179,3 +194,79 @@ def load_loglik(path: str | Path) -> LoglikMatrix:
     except OSError as error:
         raise InputError(f"{path}: cannot read ({error.strerror or error})") from None
     return _load_npy(path, signature) if suffix == ".npy" else _load_h5(path, signature)
+
+
+def read_model_table(
+    path: str | Path, needed: Sequence[str] = ()
+) -> tuple[str, dict[str, dict[str, str]]]:
+    """The rows of a CSV file by model name, and the name column ("model" if present, else the
+    first). A UTF-8 byte-order mark (as spreadsheets write) is accepted; a model named on two
+    rows is refused, naming both lines, and so is a file without the columns ``needed``."""
+    path = Path(path)
+    if path.is_dir():
+        raise AnalysisError(f"{path}: is a directory, not a CSV file")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            rows = [(reader.line_num, row) for row in reader]
+            columns = reader.fieldnames or []
+    except FileNotFoundError:
+        raise AnalysisError(f"{path}: no such file") from None
+    except UnicodeDecodeError as error:
+        raise AnalysisError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+    except csv.Error as error:
+        raise AnalysisError(f"{path}:{reader.line_num}: not valid CSV ({error})") from None
+    except OSError as error:
+        raise AnalysisError(f"{path}: cannot read ({error.strerror or error})") from None
+    if not columns or not rows:
+        raise AnalysisError(f"{path}: no header or no rows")
+    for column in needed:
+        if column not in columns:
+            raise AnalysisError(f"{path}: no column {column!r} (columns: {', '.join(columns)})")
+    key = "model" if "model" in columns else columns[0]
+    by_name: dict[str, dict[str, str]] = {}
+    line_of: dict[str, int] = {}
+    for line, row in rows:
+        name = row[key]
+        if name in by_name:
+            raise AnalysisError(f"{path}:{line}: model {name!r} has a second row (first on line {line_of[name]})")
+        by_name[name], line_of[name] = row, line
+    return key, by_name
+
+
+# Store metadata that says how a row was computed, not what the model is; kept out of the
+# hover text of the map so that what tells models apart stays readable.
+_RUN_STATISTICS = (
+    "seconds", "tokens", "tokens_per_second", "padding_fraction", "batch_shapes", "compilations",
+    "compile_seconds", "load_seconds", "jaxmap_version", "tokenizer",
+)
+
+
+def map_metadata(
+    matrix: LoglikMatrix, table: str | Path | None = None, color_by: str | None = None
+) -> list[dict]:
+    """One metadata row per model of ``matrix``: what its store records about the model, then
+    the columns of the CSV ``table`` (:func:`read_model_table`), which must name at least one
+    of the models and must have the column ``color_by`` unless the store records it. A note on
+    stderr counts the models without a row in the table."""
+    rows: list[dict] = [{} for _ in matrix.models]
+    if matrix.is_store:
+        rows = [
+            {k: v for k, v in meta.items() if k not in _RUN_STATISTICS}
+            for meta in read_model_meta(matrix.source)
+        ]
+    if table:
+        in_store = any(color_by in row for row in rows) if color_by else True
+        key, by_name = read_model_table(table, [] if in_store else [color_by])
+        found = [by_name.get(model) for model in matrix.models]
+        if all(row is None for row in found):
+            raise AnalysisError(
+                f"{table}: none of its {key!r} values names a model of the map "
+                f"(e.g. {next(iter(by_name))!r} vs {matrix.models[0]!r})"
+            )
+        missing = sum(row is None for row in found)
+        if missing:
+            print(f"note: {missing} of {len(matrix.models)} models have no row in {table}", file=sys.stderr)
+        for row, extra in zip(rows, found):
+            row.update({k: v for k, v in (extra or {}).items() if k != key})
+    return rows

@@ -1,18 +1,20 @@
-"""Pictures for people: the model map (PNG, and interactive offline HTML with plotly) and the
-resampling curve (PNG).
+"""Pictures for people: the model map (PNG, and interactive offline HTML with plotly), the
+resampling curve, trajectories on the map, the model tree as a dendrogram and the maximum
+spanning tree of the independent axes.
 
 Figures are drawn on ``matplotlib.figure.Figure`` objects directly, so nothing here touches
-pyplot's global state or the caller's backend.
+pyplot's global state or the caller's backend. Every file is written atomically.
 """
 
 from __future__ import annotations
 
 import html
 import json
+import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 from matplotlib import colormaps
@@ -25,6 +27,10 @@ from ..errors import OutputError
 from ..outputs import atomic_output
 from ._arrays import AnalysisError
 from .resampling import ResamplingCurve
+
+if TYPE_CHECKING:  # for the annotations only: importing .ica loads scipy's graph routines
+    from .ica import ICAResult
+    from .tree import TreeNode
 
 MISSING = "(missing)"
 _MAX_CATEGORIES = 20  # beyond this a legend stops being readable; the rest become "other"
@@ -107,6 +113,13 @@ def _save(figure: Figure, path: str | Path) -> None:
     image = image_format(path)
     with atomic_output(path) as temporary:
         figure.savefig(temporary, format=image)
+
+
+def _moved(name: str, old_module: str):
+    """This module's ``name``, for a caller still importing it from ``old_module``, where it
+    lived before; the warning tells the caller where it is now."""
+    warnings.warn(f"{old_module}.{name} moved to {__name__}.{name}", DeprecationWarning, stacklevel=3)
+    return globals()[name]
 
 
 def _check_coordinates(coordinates, names: Sequence[str]) -> np.ndarray:
@@ -551,4 +564,80 @@ def plot_trajectories(
     axes.set_xlabel(f"{axis_label} 1")
     axes.set_ylabel(f"{axis_label} 2")
     axes.set_title(title)
+    _save(figure, path)
+
+
+def plot_tree(tree: TreeNode, path: str | Path, *, title: str = "Model tree", unit: str = "") -> None:
+    """Save the tree as a rectangular dendrogram (leaves on the right, branch lengths along x)
+    in the format of ``path``'s suffix, written atomically."""
+    leaves = tree.leaves()
+    figure = Figure(figsize=(9, max(3.0, 0.28 * len(leaves) + 1.2)), dpi=150, layout="constrained")
+    axes = figure.add_subplot()
+    rows = {}
+
+    def draw(node: TreeNode, x: float) -> float:
+        """Draw ``node``'s subtree from its parent's x; returns the node's y."""
+        end = x + node.length
+        if not node.children:
+            y = rows[id(node)] = len(rows)
+            axes.text(end, y, f"  {node.name}", va="center", fontsize=8)
+        else:
+            ys = [draw(child, end) for child in node.children]
+            y = (min(ys) + max(ys)) / 2
+            axes.plot([end, end], [min(ys), max(ys)], color="#333333", linewidth=1)
+        axes.plot([x, end], [y, y], color="#333333", linewidth=1)
+        return y
+
+    draw(tree, 0.0)
+    axes.set_ylim(len(leaves) - 0.5, -0.5)
+    axes.set_yticks([])
+    for side in ("left", "right", "top"):
+        axes.spines[side].set_visible(False)
+    axes.set_xlabel(f"branch length{f' ({unit})' if unit else ''}")
+    axes.set_title(title)
+    axes.margins(x=0.25)  # room for the leaf names right of the deepest leaf
+    _save(figure, path)
+
+
+def plot_component_tree(
+    result: ICAResult, path: str | Path, labels: list[str] | None = None, title: str = ""
+) -> None:
+    """Draw the maximum spanning tree of the independent axes (edge width and label: the
+    correlation of squared sources) as an image in the format of ``path``'s suffix, written
+    atomically."""
+    from scipy.sparse.csgraph import shortest_path
+
+    count = len(result.non_gaussianity)
+    labels = labels or [f"IC{i + 1}" for i in range(count)]
+    # Place nodes by classical MDS of the tree's path lengths (1 − weight per edge), so that
+    # strongly dependent axes sit together.
+    lengths = np.zeros((count, count))
+    for i, j, weight in result.tree:
+        lengths[i, j] = lengths[j, i] = max(1.0 - weight, 1e-3)
+    if count > 1:
+        distances = shortest_path(lengths, directed=False)
+        centring = np.eye(count) - 1.0 / count
+        values, vectors = np.linalg.eigh(-0.5 * centring @ distances**2 @ centring)
+        top = np.argsort(values)[::-1][:2]
+        positions = vectors[:, top] * np.sqrt(np.maximum(values[top], 0))
+        if positions.shape[1] < 2:
+            positions = np.column_stack([positions, np.zeros(count)])
+    else:
+        positions = np.zeros((1, 2))
+    figure = Figure(figsize=(6.4, 5.2), dpi=150, layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    strongest = max((abs(w) for _, _, w in result.tree), default=1.0) or 1.0
+    for i, j, weight in result.tree:
+        (x0, y0), (x1, y1) = positions[i], positions[j]
+        axes.plot([x0, x1], [y0, y1], color="#555555", linewidth=0.8 + 4 * abs(weight) / strongest, zorder=1)
+        axes.annotate(f"{weight:.2f}", ((x0 + x1) / 2, (y0 + y1) / 2), fontsize=8, color="#333333", ha="center")
+    sizes = 300 + 1200 * result.non_gaussianity / max(result.non_gaussianity.max(), 1e-12)
+    axes.scatter(positions[:, 0], positions[:, 1], s=sizes, color="#1f77b4", alpha=0.85, zorder=2)
+    for (x, y), label in zip(positions, labels):
+        axes.annotate(label, (x, y), ha="center", va="center", fontsize=9, color="white", zorder=3)
+    axes.set_title(title or "Independent axes: maximum spanning tree of squared-source correlation", fontsize=10)
+    axes.set_xticks([])
+    axes.set_yticks([])
+    axes.margins(0.15)
     _save(figure, path)

@@ -1,5 +1,5 @@
 """Trees of models from their pairwise KL estimates: neighbour joining and average linkage
-(UPGMA), written as Newick and drawn as a dendrogram.
+(UPGMA), written as Newick (drawn as a dendrogram by :func:`jaxmap.analysis.plots.plot_tree`).
 
 Neighbour joining (Saitou and Nei, 1987) recovers the topology and branch lengths of any
 additive tree metric exactly, and gives an unrooted tree; it is drawn rooted at its last join.
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -223,37 +222,10 @@ def parse_newick(text: str) -> TreeNode:
     return tree
 
 
-def plot_tree(tree: TreeNode, path: str | Path, *, title: str = "Model tree", unit: str = "") -> None:
-    """Save the tree as a rectangular dendrogram (leaves on the right, branch lengths along x)
-    in the format of ``path``'s suffix, written atomically."""
-    from matplotlib.figure import Figure
+def __getattr__(name: str):
+    # plot_tree moved to .plots, beside the other pictures; the old import warns but works.
+    if name == "plot_tree":
+        from .plots import _moved
 
-    from .plots import _save
-
-    leaves = tree.leaves()
-    figure = Figure(figsize=(9, max(3.0, 0.28 * len(leaves) + 1.2)), dpi=150, layout="constrained")
-    axes = figure.add_subplot()
-    rows = {}
-
-    def draw(node: TreeNode, x: float) -> float:
-        """Draw ``node``'s subtree from its parent's x; returns the node's y."""
-        end = x + node.length
-        if not node.children:
-            y = rows[id(node)] = len(rows)
-            axes.text(end, y, f"  {node.name}", va="center", fontsize=8)
-        else:
-            ys = [draw(child, end) for child in node.children]
-            y = (min(ys) + max(ys)) / 2
-            axes.plot([end, end], [min(ys), max(ys)], color="#333333", linewidth=1)
-        axes.plot([x, end], [y, y], color="#333333", linewidth=1)
-        return y
-
-    draw(tree, 0.0)
-    axes.set_ylim(len(leaves) - 0.5, -0.5)
-    axes.set_yticks([])
-    for side in ("left", "right", "top"):
-        axes.spines[side].set_visible(False)
-    axes.set_xlabel(f"branch length{f' ({unit})' if unit else ''}")
-    axes.set_title(title)
-    axes.margins(x=0.25)  # room for the leaf names right of the deepest leaf
-    _save(figure, path)
+        return _moved(name, __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``jaxmap`` argument parser with every subcommand."""
     # Imported here, after the signal handlers are in place: they pull in JAX, which takes a
     # while, and an interrupt during that must still exit cleanly.
-    from . import analysis, demo, planning, sampling, scoring, stores, training, trajectory
+    from . import demo, distances, interpreting, maps, planning, sampling, scoring, stores
+    from . import subsets, training, trajectory
 
     parser = _Parser(
         prog="jaxmap",
@@ -88,7 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="also show other libraries' warnings and log messages (hidden by default)",
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (scoring, planning, stores, analysis, demo, training, trajectory, sampling):
+    for module in (
+        scoring, planning, stores, distances, maps, subsets, interpreting, demo, training,
+        trajectory, sampling,
+    ):
         module.register(subparsers)
     parser.commands = subparsers.choices
     return parser
