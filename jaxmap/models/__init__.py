@@ -15,8 +15,10 @@ import jax.numpy as jnp
 from . import gemma3, gpt2, gpt_neox, gptj, llama, moe, olmo, phi, stablelm
 from . import gpt_bigcode, gpt_neo, opt, starcoder2, xglm
 from . import bloom, falcon, mpt
-from .adapter import ConfigReader, UnsupportedModelError, WeightSource
+from ..errors import UnsupportedModelError
+from .config_reader import ConfigReader
 from .decoder import DecoderConfig, Params, hidden_states, unembedding, unembedding_bias
+from .weights import WeightSource
 
 @dataclass(frozen=True)
 class Architecture:

@@ -12,15 +12,10 @@ import math
 
 import numpy as np
 
-from .adapter import (
-    ConfigReader,
-    WeightSource,
-    assemble_params,
-    norm_params,
-    split_fused_qkv_per_head,
-    torch_linear,
-)
+from .adapter import ConfigField, decoder_config
+from .config_reader import ConfigReader
 from .decoder import DecoderConfig, Params
+from .weights import WeightSource, assemble_params, norm_params, split_fused_qkv_per_head, torch_linears
 
 # max_positions of a model whose positions have no limit: no text is ever truncated.
 NO_CONTEXT_LIMIT = 2**31 - 1
@@ -75,25 +70,17 @@ def translate(reader: ConfigReader) -> DecoderConfig:
     reader.take("slow_but_exact", False)
     for name in _MEGATRON_FIELDS:
         reader.take(name, None)
-    head_dim = hidden // heads
-    return DecoderConfig(
-        vocab_size=reader.take("vocab_size"),
-        hidden_size=hidden,
-        num_layers=layers,
-        num_heads=heads,
-        num_kv_heads=heads,
-        head_dim=head_dim,
-        intermediate_size=4 * hidden,
-        max_positions=NO_CONTEXT_LIMIT,
-        norm="layer",
-        norm_eps=reader.take("layer_norm_epsilon", 1e-5),
+    return decoder_config(
+        reader, hidden=hidden, heads=heads, layers=layers,
+        intermediate_size=4 * hidden, max_positions=NO_CONTEXT_LIMIT,
+        norm="layer", norm_eps=ConfigField("layer_norm_epsilon", 1e-5),
         # Bloom's own gelu is the tanh approximation (its 0.79788456 is sqrt(2/pi) to 8 digits).
         activation="gelu_tanh",
         gated_mlp=False,
+        # Bloom scales q.k only (decoder_config's default attn_scale); the alibi bias is added
+        # unscaled.
         position="alibi",
-        # Bloom scales q.k only; the alibi bias is added unscaled.
-        attn_scale=head_dim**-0.5,
-        tie_embeddings=reader.take("tie_word_embeddings", True),
+        tie_embeddings=ConfigField("tie_word_embeddings", True),
         alibi_slopes=alibi_slopes(heads),
         embed_norm=True,
     )
@@ -114,15 +101,15 @@ def convert(weights: WeightSource, config: DecoderConfig, dtype) -> Params:
             **split_fused_qkv_per_head(
                 weights, f"{prefix}.self_attention.query_key_value", config, dtype
             ),
-            "o": torch_linear(weights, f"{prefix}.self_attention.dense", dtype),
-            "up": torch_linear(weights, f"{prefix}.mlp.dense_h_to_4h", dtype),
-            "down": torch_linear(weights, f"{prefix}.mlp.dense_4h_to_h", dtype),
+            **torch_linears(
+                weights, dtype, o=f"{prefix}.self_attention.dense",
+                up=f"{prefix}.mlp.dense_h_to_4h", down=f"{prefix}.mlp.dense_4h_to_h",
+            ),
         }
 
     return assemble_params(
         weights, config, dtype, layer,
         embed=f"{root}word_embeddings.weight",
         final_norm=norm_params(weights, f"{root}ln_f", True),
-        unembed="lm_head.weight",
         extra={"embed_norm": norm_params(weights, f"{root}word_embeddings_layernorm", True)},
     )

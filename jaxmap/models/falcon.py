@@ -17,18 +17,12 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 
-from .adapter import (
-    ConfigReader,
-    WeightSource,
-    activation,
-    assemble_params,
-    norm_params,
-    read_rope_parameters,
-    rope_table,
-    torch_linear,
-)
+from .adapter import ConfigField, decoder_config
 from .bloom import alibi_slopes
+from .config_reader import ConfigReader
 from .decoder import DecoderConfig, Params
+from .rope import read_rope_parameters, rope_table
+from .weights import WeightSource, assemble_params, norm_params, torch_linear, torch_linears
 
 
 def _round_to_bfloat16(values: tuple[float, ...]) -> tuple[float, ...]:
@@ -103,24 +97,14 @@ def translate(reader: ConfigReader) -> DecoderConfig:
         if partial != 1.0:
             raise reader.refuse("partial_rotary_factor", partial, "Falcon rotates whole heads")
         table, max_positions = rope_table(rope, head_dim, max_positions, reader.architecture)
-        settings.update(
-            position="rope", rotary_dim=head_dim, rope_tables=(table,), layer_rope=(0,) * layers
-        )
-    return DecoderConfig(
-        vocab_size=reader.take("vocab_size"),
-        hidden_size=hidden,
-        num_layers=layers,
-        num_heads=heads,
-        num_kv_heads=kv_heads,
-        head_dim=head_dim,
-        intermediate_size=reader.take("ffn_hidden_size", 4 * hidden),
+        settings.update(position="rope", rotary_dim=head_dim, rope_table=table)
+    return decoder_config(
+        reader, hidden=hidden, heads=heads, layers=layers, num_kv_heads=kv_heads,
+        intermediate_size=ConfigField("ffn_hidden_size", 4 * hidden),
         max_positions=max_positions,
-        norm="layer",
-        norm_eps=reader.take("layer_norm_epsilon", 1e-5),
-        activation=activation(reader, "activation"),
-        gated_mlp=False,
-        attn_scale=head_dim**-0.5,
-        tie_embeddings=reader.take("tie_word_embeddings", True),
+        norm="layer", norm_eps=ConfigField("layer_norm_epsilon", 1e-5),
+        activation=ConfigField("activation"), gated_mlp=False,
+        tie_embeddings=ConfigField("tie_word_embeddings", True),
         parallel_residual=parallel,
         **settings,
     )
@@ -166,14 +150,14 @@ def convert(weights: WeightSource, config: DecoderConfig, dtype) -> Params:
         return {
             **norms(prefix),
             **_split_grouped_qkv(fused, config),
-            "o": torch_linear(weights, f"{prefix}.self_attention.dense", dtype),
-            "up": torch_linear(weights, f"{prefix}.mlp.dense_h_to_4h", dtype),
-            "down": torch_linear(weights, f"{prefix}.mlp.dense_4h_to_h", dtype),
+            **torch_linears(
+                weights, dtype, o=f"{prefix}.self_attention.dense",
+                up=f"{prefix}.mlp.dense_h_to_4h", down=f"{prefix}.mlp.dense_4h_to_h",
+            ),
         }
 
     return assemble_params(
         weights, config, dtype, layer,
         embed="transformer.word_embeddings.weight",
         final_norm=norm_params(weights, "transformer.ln_f", True),
-        unembed="lm_head.weight",
     )

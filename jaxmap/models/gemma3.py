@@ -8,18 +8,11 @@ rope base per layer type.
 
 from __future__ import annotations
 
-from .adapter import (
-    ACTIVATIONS,
-    ConfigReader,
-    WeightSource,
-    activation,
-    assemble_params,
-    norm_params,
-    projections,
-    read_rope_parameters,
-    rope_table,
-)
+from .adapter import ACTIVATIONS, ConfigField, decoder_config
+from .config_reader import ConfigReader
 from .decoder import DecoderConfig, Params
+from .rope import read_rope_parameters, rope_table
+from .weights import WeightSource, assemble_params, norm_params, projections
 
 _LAYER_TYPES = ("sliding_attention", "full_attention")
 
@@ -96,25 +89,18 @@ def translate(reader: ConfigReader) -> DecoderConfig:
     window = 0 if gemma1 else reader.take("sliding_window")
     # Biases are taken from the checkpoint; the flag only says whether to expect them.
     reader.take("attention_bias", False)
-    return DecoderConfig(
-        vocab_size=reader.take("vocab_size"),
-        hidden_size=hidden,
-        num_layers=layers,
-        num_heads=heads,
-        num_kv_heads=reader.take("num_key_value_heads", heads),
-        head_dim=head_dim,
-        intermediate_size=reader.take("intermediate_size"),
-        max_positions=max_positions,
-        norm="rms",
-        norm_eps=reader.take("rms_norm_eps"),
+    return decoder_config(
+        reader, hidden=hidden, heads=heads, layers=layers, head_dim=head_dim,
+        num_kv_heads=ConfigField("num_key_value_heads", heads), max_positions=max_positions,
+        norm="rms", norm_eps=ConfigField("rms_norm_eps"),
         activation=(
             _gemma1_activation(reader) if gemma1
-            else activation(reader, "hidden_activation", "hidden_act")
+            else ConfigField(("hidden_activation", "hidden_act"))
         ),
         gated_mlp=True,
         position="rope",
         attn_scale=(head_dim if gemma1 else reader.take("query_pre_attn_scalar")) ** -0.5,
-        tie_embeddings=reader.take("tie_word_embeddings", True),
+        tie_embeddings=ConfigField("tie_word_embeddings", True),
         rotary_dim=head_dim,
         rope_tables=tuple(tables),
         layer_rope=tuple(_LAYER_TYPES.index(kind) for kind in layer_types),
@@ -152,5 +138,4 @@ def convert(weights: WeightSource, config: DecoderConfig, dtype) -> Params:
         weights, config, dtype, layer,
         embed="model.embed_tokens.weight",
         final_norm=norm("model.norm"),
-        unembed="lm_head.weight",
     )

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from .adapter import ConfigReader, WeightSource, activation, assemble_params, norm_params
+from .adapter import ConfigField, decoder_config
+from .config_reader import ConfigReader
 from .decoder import DecoderConfig, Params
+from .weights import WeightSource, assemble_params, norm_params
 
 
 def translate(reader: ConfigReader) -> DecoderConfig:
@@ -17,24 +19,14 @@ def translate(reader: ConfigReader) -> DecoderConfig:
     scale_attention = reader.take("scale_attn_weights", True)
     head_dim = hidden // heads
     layers = reader.take_first(("n_layer", "num_hidden_layers"))
-    return DecoderConfig(
-        vocab_size=reader.take("vocab_size"),
-        hidden_size=hidden,
-        num_layers=layers,
-        num_heads=heads,
-        num_kv_heads=heads,
-        head_dim=head_dim,
-        intermediate_size=reader.take("n_inner", 4 * hidden),
-        max_positions=reader.take_first(("n_positions", "max_position_embeddings")),
-        norm="layer",
-        norm_eps=reader.take("layer_norm_epsilon", 1e-5),
-        activation=activation(reader, "activation_function"),
-        gated_mlp=False,
-        position="learned",
-        attn_scale=head_dim**-0.5 if scale_attention else 1.0,
-        tie_embeddings=reader.take("tie_word_embeddings", True),
-        rope_tables=(),
-        layer_rope=(),
+    return decoder_config(
+        reader, hidden=hidden, heads=heads, layers=layers,
+        intermediate_size=ConfigField("n_inner", 4 * hidden),
+        max_positions=ConfigField(("n_positions", "max_position_embeddings")),
+        norm="layer", norm_eps=ConfigField("layer_norm_epsilon", 1e-5),
+        activation=ConfigField("activation_function"), gated_mlp=False,
+        position="learned", attn_scale=head_dim**-0.5 if scale_attention else 1.0,
+        tie_embeddings=ConfigField("tie_word_embeddings", True),
     )
 
 
@@ -69,7 +61,6 @@ def convert(weights: WeightSource, config: DecoderConfig, dtype) -> Params:
         weights, config, dtype, layer,
         embed=f"{root}wte.weight",
         final_norm=norm_params(weights, f"{root}ln_f", True),
-        unembed="lm_head.weight",
         # Old checkpoints carry the causal-mask buffers as tensors.
         ignorable=(r"(transformer\.)?h\.\d+\.attn\.(masked_)?bias",),
         extra={"positions": weights(f"{root}wpe.weight", dtype)},

@@ -7,16 +7,17 @@ without it, it is grouped per head as ``[q | k | v]`` (GPT-NeoX's layout).
 
 from __future__ import annotations
 
-from .adapter import (
-    ConfigReader,
+from .adapter import ConfigField, decoder_config
+from .config_reader import ConfigReader
+from .decoder import DecoderConfig, Params
+from .weights import (
     WeightSource,
-    activation,
     assemble_params,
     norm_params,
     split_fused_qkv_per_head,
     torch_linear,
+    torch_linears,
 )
-from .decoder import DecoderConfig, Params
 
 
 def translate(reader: ConfigReader) -> DecoderConfig:
@@ -41,22 +42,15 @@ def translate(reader: ConfigReader) -> DecoderConfig:
     ):
         reader.take(runner_setting, None)
     head_dim = hidden // heads
-    return DecoderConfig(
-        vocab_size=reader.take("vocab_size"),
-        hidden_size=hidden,
-        num_layers=layers,
-        num_heads=heads,
-        num_kv_heads=kv_heads,
-        head_dim=head_dim,
-        intermediate_size=reader.take("n_inner", 4 * hidden),
-        max_positions=reader.take_first(("n_positions", "max_position_embeddings")),
-        norm="layer",
-        norm_eps=reader.take("layer_norm_epsilon", 1e-5),
-        activation=activation(reader, "activation_function"),
-        gated_mlp=False,
+    return decoder_config(
+        reader, hidden=hidden, heads=heads, layers=layers, num_kv_heads=kv_heads,
+        intermediate_size=ConfigField("n_inner", 4 * hidden),
+        max_positions=ConfigField(("n_positions", "max_position_embeddings")),
+        norm="layer", norm_eps=ConfigField("layer_norm_epsilon", 1e-5),
+        activation=ConfigField("activation_function"), gated_mlp=False,
         position="learned",
         attn_scale=head_dim**-0.5 if reader.take("scale_attn_weights", True) else 1.0,
-        tie_embeddings=reader.take("tie_word_embeddings", True),
+        tie_embeddings=ConfigField("tie_word_embeddings", True),
     )
 
 
@@ -80,16 +74,16 @@ def convert(weights: WeightSource, config: DecoderConfig, dtype) -> Params:
             "attn_norm": norm_params(weights, f"{prefix}.ln_1", True),
             "mlp_norm": norm_params(weights, f"{prefix}.ln_2", True),
             **split_qkv(weights, f"{prefix}.attn.c_attn", config, dtype),
-            "o": torch_linear(weights, f"{prefix}.attn.c_proj", dtype, bias=True),
-            "up": torch_linear(weights, f"{prefix}.mlp.c_fc", dtype, bias=True),
-            "down": torch_linear(weights, f"{prefix}.mlp.c_proj", dtype, bias=True),
+            **torch_linears(
+                weights, dtype, bias=True, o=f"{prefix}.attn.c_proj",
+                up=f"{prefix}.mlp.c_fc", down=f"{prefix}.mlp.c_proj",
+            ),
         }
 
     return assemble_params(
         weights, config, dtype, layer,
         embed="transformer.wte.weight",
         final_norm=norm_params(weights, "transformer.ln_f", True),
-        unembed="lm_head.weight",
         # Old checkpoints carry the causal-mask buffers as tensors.
         ignorable=(r"transformer\.h\.\d+\.attn\.(masked_)?bias", r"transformer\.bias"),
         extra={"positions": weights("transformer.wpe.weight", dtype)},

@@ -3,8 +3,10 @@ attention, and no 1/sqrt(head_dim) scaling of the attention scores."""
 
 from __future__ import annotations
 
-from .adapter import ConfigReader, WeightSource, activation, assemble_params, norm_params, torch_linear
+from .adapter import ConfigField, decoder_config
+from .config_reader import ConfigReader
 from .decoder import DecoderConfig, Params
+from .weights import WeightSource, assemble_params, norm_params, torch_linears
 
 
 def _layer_windows(reader: ConfigReader, layers: int) -> tuple[int, ...]:
@@ -37,23 +39,15 @@ def translate(reader: ConfigReader) -> DecoderConfig:
     layers = reader.take_first(("num_layers", "num_hidden_layers"))
     for training_only in ("resid_dropout", "embed_dropout", "gradient_checkpointing"):
         reader.take(training_only, None)
-    return DecoderConfig(
-        vocab_size=reader.take("vocab_size"),
-        hidden_size=hidden,
-        num_layers=layers,
-        num_heads=heads,
-        num_kv_heads=heads,
-        head_dim=hidden // heads,
-        intermediate_size=reader.take("intermediate_size", 4 * hidden),
-        max_positions=reader.take("max_position_embeddings"),
-        norm="layer",
-        norm_eps=reader.take("layer_norm_epsilon", 1e-5),
-        activation=activation(reader, "activation_function"),
-        gated_mlp=False,
-        position="learned",
+    return decoder_config(
+        reader, hidden=hidden, heads=heads, layers=layers,
+        intermediate_size=ConfigField("intermediate_size", 4 * hidden),
+        max_positions=ConfigField("max_position_embeddings"),
+        norm="layer", norm_eps=ConfigField("layer_norm_epsilon", 1e-5),
+        activation=ConfigField("activation_function"), gated_mlp=False,
         # GPT-Neo was trained without scaling the attention scores.
-        attn_scale=1.0,
-        tie_embeddings=reader.take("tie_word_embeddings", True),
+        position="learned", attn_scale=1.0,
+        tie_embeddings=ConfigField("tie_word_embeddings", True),
         layer_window=_layer_windows(reader, layers),
     )
 
@@ -67,19 +61,20 @@ def convert(weights: WeightSource, config: DecoderConfig, dtype) -> Params:
         return {
             "attn_norm": norm_params(weights, f"{prefix}.ln_1", True),
             "mlp_norm": norm_params(weights, f"{prefix}.ln_2", True),
-            "q": torch_linear(weights, f"{attention}.q_proj", dtype, bias=False),
-            "k": torch_linear(weights, f"{attention}.k_proj", dtype, bias=False),
-            "v": torch_linear(weights, f"{attention}.v_proj", dtype, bias=False),
-            "o": torch_linear(weights, f"{attention}.out_proj", dtype, bias=True),
-            "up": torch_linear(weights, f"{prefix}.mlp.c_fc", dtype, bias=True),
-            "down": torch_linear(weights, f"{prefix}.mlp.c_proj", dtype, bias=True),
+            **torch_linears(
+                weights, dtype, bias=False,
+                q=f"{attention}.q_proj", k=f"{attention}.k_proj", v=f"{attention}.v_proj",
+            ),
+            **torch_linears(
+                weights, dtype, bias=True, o=f"{attention}.out_proj",
+                up=f"{prefix}.mlp.c_fc", down=f"{prefix}.mlp.c_proj",
+            ),
         }
 
     return assemble_params(
         weights, config, dtype, layer,
         embed="transformer.wte.weight",
         final_norm=norm_params(weights, "transformer.ln_f", True),
-        unembed="lm_head.weight",
         # Old checkpoints carry the (local) causal-mask buffers as tensors.
         ignorable=(r"transformer\.h\.\d+\.attn\.attention\.(masked_)?bias",),
         extra={"positions": weights("transformer.wpe.weight", dtype)},

@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-from .adapter import (
-    ConfigReader,
-    WeightSource,
-    activation,
-    assemble_params,
-    norm_params,
-    read_rope_parameters,
-    rope_table,
-    split_fused_qkv_per_head,
-    torch_linear,
-)
+from .adapter import ConfigField, decoder_config
+from .config_reader import ConfigReader
 from .decoder import DecoderConfig, Params
+from .rope import read_rope_parameters, rope_table
+from .weights import WeightSource, assemble_params, norm_params, split_fused_qkv_per_head, torch_linears
 
 
 def translate(reader: ConfigReader) -> DecoderConfig:
@@ -33,25 +26,12 @@ def translate(reader: ConfigReader) -> DecoderConfig:
     rotary_dim = int(head_dim * rope.pop("partial_rotary_factor", 1.0))
     table, max_positions = rope_table(rope, rotary_dim, max_positions, reader.architecture)
     reader.take("attention_bias", True)
-    return DecoderConfig(
-        vocab_size=reader.take("vocab_size"),
-        hidden_size=hidden,
-        num_layers=layers,
-        num_heads=heads,
-        num_kv_heads=heads,
-        head_dim=head_dim,
-        intermediate_size=reader.take("intermediate_size"),
-        max_positions=max_positions,
-        norm="layer",
-        norm_eps=reader.take("layer_norm_eps", 1e-5),
-        activation=activation(reader, "hidden_act"),
-        gated_mlp=False,
-        position="rope",
-        attn_scale=head_dim**-0.5,
-        tie_embeddings=reader.take("tie_word_embeddings", False),
-        rotary_dim=rotary_dim,
-        rope_tables=(table,),
-        layer_rope=(0,) * layers,
+    return decoder_config(
+        reader, hidden=hidden, heads=heads, layers=layers, max_positions=max_positions,
+        norm="layer", norm_eps=ConfigField("layer_norm_eps", 1e-5),
+        activation=ConfigField("hidden_act"), gated_mlp=False,
+        position="rope", rotary_dim=rotary_dim, rope_table=table,
+        tie_embeddings=ConfigField("tie_word_embeddings", False),
         parallel_residual=reader.take("use_parallel_residual", True),
     )
 
@@ -65,9 +45,10 @@ def convert(weights: WeightSource, config: DecoderConfig, dtype) -> Params:
             "attn_norm": norm_params(weights, f"{prefix}.input_layernorm", True),
             "mlp_norm": norm_params(weights, f"{prefix}.post_attention_layernorm", True),
             **split_fused_qkv_per_head(weights, f"{prefix}.attention.query_key_value", config, dtype),
-            "o": torch_linear(weights, f"{prefix}.attention.dense", dtype),
-            "up": torch_linear(weights, f"{prefix}.mlp.dense_h_to_4h", dtype),
-            "down": torch_linear(weights, f"{prefix}.mlp.dense_4h_to_h", dtype),
+            **torch_linears(
+                weights, dtype, o=f"{prefix}.attention.dense",
+                up=f"{prefix}.mlp.dense_h_to_4h", down=f"{prefix}.mlp.dense_4h_to_h",
+            ),
         }
 
     return assemble_params(

@@ -16,16 +16,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from .adapter import (
-    ConfigReader,
-    WeightSource,
-    activation,
-    assemble_params,
-    norm_params,
-    rope_table,
-    torch_linear,
-)
+from .adapter import ConfigField, decoder_config
+from .config_reader import ConfigReader
 from .decoder import DecoderConfig, Params
+from .rope import rope_table
+from .weights import WeightSource, assemble_params, norm_params, torch_linear, torch_linears
 
 # CodeGen's fused projection is interleaved over the 4 model-parallel shards it was trained on.
 _CODEGEN_SHARDS = 4
@@ -59,25 +54,13 @@ def translate(reader: ConfigReader) -> DecoderConfig:
     table, max_positions = rope_table(
         {"rope_theta": 10000.0}, rotary_dim, max_positions, reader.architecture
     )
-    return DecoderConfig(
-        vocab_size=reader.take("vocab_size"),
-        hidden_size=hidden,
-        num_layers=layers,
-        num_heads=heads,
-        num_kv_heads=heads,
-        head_dim=head_dim,
-        intermediate_size=reader.take("n_inner", 4 * hidden),
-        max_positions=max_positions,
-        norm="layer",
-        norm_eps=reader.take("layer_norm_epsilon", 1e-5),
-        activation=activation(reader, "activation_function"),
-        gated_mlp=False,
-        position="rope",
-        attn_scale=head_dim**-0.5,
-        tie_embeddings=reader.take("tie_word_embeddings", False),
-        rotary_dim=rotary_dim,
-        rope_tables=(table,),
-        layer_rope=(0,) * layers,
+    return decoder_config(
+        reader, hidden=hidden, heads=heads, layers=layers, head_dim=head_dim,
+        intermediate_size=ConfigField("n_inner", 4 * hidden), max_positions=max_positions,
+        norm="layer", norm_eps=ConfigField("layer_norm_epsilon", 1e-5),
+        activation=ConfigField("activation_function"), gated_mlp=False,
+        position="rope", rotary_dim=rotary_dim, rope_table=table,
+        tie_embeddings=ConfigField("tie_word_embeddings", False),
         parallel_residual=True,
     )
 
@@ -131,15 +114,13 @@ def convert(weights: WeightSource, config: DecoderConfig, dtype) -> Params:
             "k": {"kernel": _permute_heads(kernels["k"], order, config.num_heads)},
             "v": {"kernel": kernels["v"]},
             "o": torch_linear(weights, f"{prefix}.attn.out_proj", dtype, bias=False),
-            "up": torch_linear(weights, f"{prefix}.mlp.fc_in", dtype),
-            "down": torch_linear(weights, f"{prefix}.mlp.fc_out", dtype),
+            **torch_linears(weights, dtype, up=f"{prefix}.mlp.fc_in", down=f"{prefix}.mlp.fc_out"),
         }
 
     return assemble_params(
         weights, config, dtype, layer,
         embed="transformer.wte.weight",
         final_norm=norm_params(weights, "transformer.ln_f", True),
-        unembed="lm_head.weight",
         # Old checkpoints carry the causal-mask buffers as tensors.
         ignorable=(r"transformer\.h\.\d+\.attn\.(bias|masked_bias|causal_mask)",),
         extra={"unembed_bias": weights("lm_head.bias")},

@@ -8,18 +8,12 @@ layout with per-head q/k RMSNorms before rope (and usually no biases).
 
 from __future__ import annotations
 
-from .adapter import (
-    ConfigReader,
-    UnsupportedModelError,
-    activation,
-    WeightSource,
-    assemble_params,
-    norm_params,
-    read_rope_parameters,
-    rope_table,
-    torch_linear,
-)
+from ..errors import UnsupportedModelError
+from .adapter import ConfigField, decoder_config
+from .config_reader import ConfigReader
 from .decoder import DecoderConfig, Params
+from .rope import read_rope_parameters, rope_table
+from .weights import WeightSource, assemble_params, norm_params, torch_linear
 
 _QWEN = ("Qwen2ForCausalLM", "Qwen3ForCausalLM")
 # Architectures whose sliding_window, when set, applies to every layer.
@@ -82,31 +76,18 @@ def translate(
     # Biases are taken from the checkpoint; these flags only say whether to expect them.
     reader.take("attention_bias", False)
     reader.take("mlp_bias", False)
-    config = DecoderConfig(
-        vocab_size=reader.take("vocab_size"),
-        hidden_size=hidden,
-        num_layers=layers,
-        num_heads=heads,
-        num_kv_heads=reader.take("num_key_value_heads", heads),
-        head_dim=head_dim,
-        intermediate_size=reader.take("intermediate_size"),
-        max_positions=max_positions,
-        norm=norm,
-        norm_eps=reader.take("rms_norm_eps") if norm_eps is None else norm_eps,
-        activation=activation(reader, "hidden_act"),
-        gated_mlp=True,
-        position="rope",
-        attn_scale=head_dim**-0.5,
-        tie_embeddings=reader.take("tie_word_embeddings", False),
-        rotary_dim=rotary_dim,
-        rope_tables=(table,),
-        layer_rope=(0,) * layers,
-        layer_window=layer_window
-        if layer_window is not None
-        else _layer_windows(reader, layers, always_sliding=reader.architecture in _ALWAYS_SLIDING),
-        qk_norm=reader.architecture in _QK_NORM,
+    if layer_window is None:
+        always_sliding = reader.architecture in _ALWAYS_SLIDING
+        layer_window = _layer_windows(reader, layers, always_sliding=always_sliding)
+    return decoder_config(
+        reader, hidden=hidden, heads=heads, layers=layers, head_dim=head_dim,
+        num_kv_heads=ConfigField("num_key_value_heads", heads), max_positions=max_positions,
+        norm=norm, norm_eps=ConfigField("rms_norm_eps") if norm_eps is None else norm_eps,
+        activation=ConfigField("hidden_act"), gated_mlp=True,
+        position="rope", rotary_dim=rotary_dim, rope_table=table,
+        tie_embeddings=ConfigField("tie_word_embeddings", False),
+        layer_window=layer_window, qk_norm=reader.architecture in _QK_NORM,
     )
-    return config
 
 
 def attention_params(weights: WeightSource, prefix: str, config: DecoderConfig, dtype) -> dict:
@@ -124,17 +105,23 @@ def attention_params(weights: WeightSource, prefix: str, config: DecoderConfig, 
 
 
 def assemble(
-    weights: WeightSource, config: DecoderConfig, dtype, layer, final_norm: dict | None = None
+    weights: WeightSource,
+    config: DecoderConfig,
+    dtype,
+    layer,
+    final_norm: dict | None = None,
+    extra: dict | None = None,
 ) -> Params:
     """The params of a Llama-layout checkpoint from per-layer params ``layer(i)``
-    (``model.embed_tokens``, ``model.norm`` unless ``final_norm`` is given, ``lm_head``)."""
+    (``model.embed_tokens``, ``model.norm`` unless ``final_norm`` is given, ``lm_head``), plus
+    the ``extra`` params (:func:`.weights.assemble_params`)."""
     return assemble_params(
         weights, config, dtype, layer,
         embed="model.embed_tokens.weight",
         final_norm=norm_params(weights, "model.norm", False) if final_norm is None else final_norm,
-        unembed="lm_head.weight",
         # Old checkpoints carry rotary frequencies as tensors.
         ignorable=(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq",),
+        extra=extra,
     )
 
 

@@ -19,9 +19,11 @@ import dataclasses
 
 import numpy as np
 
+from ..errors import UnsupportedModelError
 from . import llama
-from .adapter import ConfigReader, UnsupportedModelError, WeightSource, torch_linear
+from .config_reader import ConfigReader
 from .decoder import DecoderConfig, Params
+from .weights import WeightSource, torch_linear
 
 _MIXTRAL = "MixtralForCausalLM"
 _QWEN2_MOE = "Qwen2MoeForCausalLM"

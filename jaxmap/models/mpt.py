@@ -15,8 +15,10 @@ import math
 import numpy as np
 
 from ..errors import UnsupportedModelError
-from .adapter import ConfigReader, WeightSource, assemble_params, norm_params, torch_linear
+from .adapter import ConfigField, decoder_config
+from .config_reader import ConfigReader
 from .decoder import DecoderConfig, Params
+from .weights import WeightSource, assemble_params, norm_params, torch_linear
 
 # attn_config fields that only matter for settings jaxmap refuses, for training, or for the
 # kernel that computes the same attention.
@@ -106,23 +108,15 @@ def translate(reader: ConfigReader) -> DecoderConfig:
     reader.take("learned_pos_emb", True)
     for name in _NEUTRAL_FIELDS:
         reader.take(name, None)
-    return DecoderConfig(
-        vocab_size=reader.take("vocab_size"),
-        hidden_size=hidden,
-        num_layers=layers,
-        num_heads=heads,
-        num_kv_heads=heads,
-        head_dim=head_dim,
+    return decoder_config(
+        reader, hidden=hidden, heads=heads, layers=layers,
         intermediate_size=int(reader.take("expansion_ratio", 4) * hidden),
-        max_positions=reader.take("max_seq_len", 2048),
-        norm="layer",
-        norm_eps=reader.take("layer_norm_epsilon", 1e-5),
-        activation="gelu",
-        gated_mlp=False,
-        position="alibi",
+        max_positions=ConfigField("max_seq_len", 2048),
+        norm="layer", norm_eps=ConfigField("layer_norm_epsilon", 1e-5),
+        activation="gelu", gated_mlp=False,
         # MPT adds the bias after scaling q.k.
-        attn_scale=head_dim**-0.5 if softmax_scale is None else softmax_scale,
-        tie_embeddings=reader.take("tie_word_embeddings", True),
+        position="alibi", attn_scale=head_dim**-0.5 if softmax_scale is None else softmax_scale,
+        tie_embeddings=ConfigField("tie_word_embeddings", True),
         alibi_slopes=alibi_slopes(heads, alibi_bias_max),
         clip_qkv=clip_qkv,
     )
@@ -156,5 +150,4 @@ def convert(weights: WeightSource, config: DecoderConfig, dtype) -> Params:
         weights, config, dtype, layer,
         embed="transformer.wte.weight",
         final_norm=norm_params(weights, "transformer.norm_f", False),
-        unembed="lm_head.weight",
     )

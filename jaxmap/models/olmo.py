@@ -16,8 +16,9 @@ import dataclasses
 import numpy as np
 
 from . import llama
-from .adapter import ConfigReader, WeightSource, norm_params, projections
+from .config_reader import ConfigReader
 from .decoder import DecoderConfig, Params
+from .weights import WeightSource, norm_params, projections
 
 _OLMO = "OlmoForCausalLM"
 

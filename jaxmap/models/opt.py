@@ -11,16 +11,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from .adapter import (
-    ConfigReader,
-    UnsupportedModelError,
-    WeightSource,
-    activation,
-    assemble_params,
-    norm_params,
-    torch_linear,
-)
+from ..errors import UnsupportedModelError
+from .adapter import ConfigField, decoder_config
+from .config_reader import ConfigReader
 from .decoder import DecoderConfig, Params
+from .weights import WeightSource, assemble_params, fairseq_projections, norm_params
 
 # OPT's learned position table starts with two rows that no position uses (a fairseq leftover).
 _POSITION_OFFSET = 2
@@ -47,22 +42,13 @@ def translate(reader: ConfigReader) -> DecoderConfig:
     reader.take("layer_norm_elementwise_affine", True)
     for training_only in ("dropout", "activation_dropout", "layerdrop", "init_std"):
         reader.take(training_only, None)
-    return DecoderConfig(
-        vocab_size=reader.take("vocab_size"),
-        hidden_size=hidden,
-        num_layers=layers,
-        num_heads=heads,
-        num_kv_heads=heads,
-        head_dim=hidden // heads,
-        intermediate_size=reader.take("ffn_dim"),
-        max_positions=reader.take("max_position_embeddings"),
-        norm="layer",
-        norm_eps=_LAYER_NORM_EPS,
-        activation=activation(reader, "activation_function"),
-        gated_mlp=False,
-        position="learned",
-        attn_scale=(hidden // heads) ** -0.5,
-        tie_embeddings=tied and projected_width == hidden,
+    return decoder_config(
+        reader, hidden=hidden, heads=heads, layers=layers,
+        intermediate_size=ConfigField("ffn_dim"),
+        max_positions=ConfigField("max_position_embeddings"),
+        norm="layer", norm_eps=_LAYER_NORM_EPS,
+        activation=ConfigField("activation_function"), gated_mlp=False,
+        position="learned", tie_embeddings=tied and projected_width == hidden,
         post_norm=not pre_norm,
         # transformers builds the final norm only for pre-norm models that keep it.
         has_final_norm=pre_norm and not remove_final_norm,
@@ -84,16 +70,10 @@ def convert(weights: WeightSource, config: DecoderConfig, dtype) -> Params:
 
     def layer(i: int) -> dict:
         prefix = f"{root}.layers.{i}"
-        attention = f"{prefix}.self_attn"
         return {
             "attn_norm": _layer_norm(weights, f"{prefix}.self_attn_layer_norm", width),
             "mlp_norm": _layer_norm(weights, f"{prefix}.final_layer_norm", width),
-            "q": torch_linear(weights, f"{attention}.q_proj", dtype),
-            "k": torch_linear(weights, f"{attention}.k_proj", dtype),
-            "v": torch_linear(weights, f"{attention}.v_proj", dtype),
-            "o": torch_linear(weights, f"{attention}.out_proj", dtype),
-            "up": torch_linear(weights, f"{prefix}.fc1", dtype),
-            "down": torch_linear(weights, f"{prefix}.fc2", dtype),
+            **fairseq_projections(weights, prefix, dtype),
         }
 
     # float32, so that projections are folded in before the cast to ``dtype``.

@@ -10,17 +10,12 @@ fused ``gate_up_proj``, optional partial rotary and an optional sliding window o
 
 from __future__ import annotations
 
-from .adapter import (
-    ConfigReader,
-    WeightSource,
-    activation,
-    assemble_params,
-    norm_params,
-    read_rope_parameters,
-    rope_table,
-    torch_linear,
-)
+from . import llama
+from .adapter import ConfigField, decoder_config
+from .config_reader import ConfigReader
 from .decoder import DecoderConfig, Params
+from .rope import read_rope_parameters, rope_table
+from .weights import WeightSource, norm_params, torch_linear
 
 _PHI3 = "Phi3ForCausalLM"
 
@@ -68,25 +63,12 @@ def translate(reader: ConfigReader) -> DecoderConfig:
         if qk_norm and head_dim != hidden // heads:
             # transformers sizes the q/k LayerNorms hidden_size // heads whatever head_dim says.
             raise reader.refuse("head_dim", head_dim, "with qk_layernorm it must be hidden_size // heads")
-    return DecoderConfig(
-        vocab_size=reader.take("vocab_size"),
-        hidden_size=hidden,
-        num_layers=layers,
-        num_heads=heads,
-        num_kv_heads=reader.take("num_key_value_heads", heads),
-        head_dim=head_dim,
-        intermediate_size=reader.take("intermediate_size"),
-        max_positions=max_positions,
-        norm=norm,
-        norm_eps=eps,
-        activation=activation(reader, "hidden_act"),
-        gated_mlp=phi3,
-        position="rope",
-        attn_scale=head_dim**-0.5,
-        tie_embeddings=reader.take("tie_word_embeddings", False),
-        rotary_dim=rotary_dim,
-        rope_tables=(table,),
-        layer_rope=(0,) * layers,
+    return decoder_config(
+        reader, hidden=hidden, heads=heads, layers=layers, head_dim=head_dim,
+        num_kv_heads=ConfigField("num_key_value_heads", heads), max_positions=max_positions,
+        norm=norm, norm_eps=eps, activation=ConfigField("hidden_act"), gated_mlp=phi3,
+        position="rope", rotary_dim=rotary_dim, rope_table=table,
+        tie_embeddings=ConfigField("tie_word_embeddings", False),
         layer_window=(window,) * layers if window else (),
         parallel_residual=not phi3,
         qk_norm=qk_norm,
@@ -139,16 +121,9 @@ def convert(weights: WeightSource, config: DecoderConfig, dtype) -> Params:
     phi3 = config.gated_mlp  # only Phi-3's translation asks for a gated MLP
     layer_params = _phi3_layer if phi3 else _phi_layer
     extra = {} if phi3 else {"unembed_bias": weights("lm_head.bias")}
-    return assemble_params(
+    return llama.assemble(
         weights, config, dtype, lambda i: layer_params(weights, i, config, dtype),
-        embed="model.embed_tokens.weight",
-        final_norm=(
-            norm_params(weights, "model.norm", False)
-            if phi3
-            else norm_params(weights, "model.final_layernorm", True)
-        ),
-        unembed="lm_head.weight",
-        # Old checkpoints carry rotary frequencies as tensors.
-        ignorable=(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq",),
+        # Phi-3's final norm is Llama's model.norm.
+        final_norm=None if phi3 else norm_params(weights, "model.final_layernorm", True),
         extra=extra,
     )

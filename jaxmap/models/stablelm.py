@@ -11,17 +11,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from .adapter import (
-    ConfigReader,
-    WeightSource,
-    activation,
-    assemble_params,
-    norm_params,
-    projections,
-    read_rope_parameters,
-    rope_table,
-)
+from . import llama
+from .adapter import ConfigField, decoder_config
+from .config_reader import ConfigReader
 from .decoder import DecoderConfig, Params
+from .rope import read_rope_parameters, rope_table
+from .weights import WeightSource, norm_params, projections
 
 
 def translate(reader: ConfigReader) -> DecoderConfig:
@@ -41,25 +36,13 @@ def translate(reader: ConfigReader) -> DecoderConfig:
     )
     # The biases are read from the checkpoint; the flag only says whether to expect them.
     reader.take("use_qkv_bias", False)
-    return DecoderConfig(
-        vocab_size=reader.take("vocab_size"),
-        hidden_size=hidden,
-        num_layers=layers,
-        num_heads=heads,
-        num_kv_heads=reader.take("num_key_value_heads", heads),
-        head_dim=head_dim,
-        intermediate_size=reader.take("intermediate_size"),
-        max_positions=max_positions,
-        norm="layer",
-        norm_eps=reader.take("layer_norm_eps", 1e-5),
-        activation=activation(reader, "hidden_act"),
-        gated_mlp=True,
-        position="rope",
-        attn_scale=head_dim**-0.5,
-        tie_embeddings=reader.take("tie_word_embeddings", False),
-        rotary_dim=rotary_dim,
-        rope_tables=(table,),
-        layer_rope=(0,) * layers,
+    return decoder_config(
+        reader, hidden=hidden, heads=heads, layers=layers,
+        num_kv_heads=ConfigField("num_key_value_heads", heads), max_positions=max_positions,
+        norm="layer", norm_eps=ConfigField("layer_norm_eps", 1e-5),
+        activation=ConfigField("hidden_act"), gated_mlp=True,
+        position="rope", rotary_dim=rotary_dim, rope_table=table,
+        tie_embeddings=ConfigField("tie_word_embeddings", False),
         parallel_residual=reader.take("use_parallel_residual", False),
         qk_norm=reader.take("qk_layernorm", False),
     )
@@ -91,11 +74,6 @@ def convert(weights: WeightSource, config: DecoderConfig, dtype) -> Params:
             out["k_norm"] = _per_head_norm(weights, f"{attention}.k_layernorm", config.num_kv_heads)
         return out
 
-    return assemble_params(
-        weights, config, dtype, layer,
-        embed="model.embed_tokens.weight",
-        final_norm=norm_params(weights, "model.norm", True),
-        unembed="lm_head.weight",
-        # Old checkpoints carry rotary frequencies as tensors.
-        ignorable=(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq",),
+    return llama.assemble(
+        weights, config, dtype, layer, final_norm=norm_params(weights, "model.norm", True)
     )

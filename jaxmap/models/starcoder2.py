@@ -4,17 +4,12 @@ every layer."""
 
 from __future__ import annotations
 
-from .adapter import (
-    ConfigReader,
-    WeightSource,
-    activation,
-    assemble_params,
-    norm_params,
-    read_rope_parameters,
-    rope_table,
-    torch_linear,
-)
+from . import llama
+from .adapter import ConfigField, decoder_config
+from .config_reader import ConfigReader
 from .decoder import DecoderConfig, Params
+from .rope import read_rope_parameters, rope_table
+from .weights import WeightSource, norm_params, torch_linear, torch_linears
 
 
 def translate(reader: ConfigReader) -> DecoderConfig:
@@ -41,25 +36,13 @@ def translate(reader: ConfigReader) -> DecoderConfig:
     reader.expect("norm_type", ["layer_norm"], "layer_norm")
     reader.expect("mlp_type", ["default"], "default")
     reader.take("layer_norm_epsilon", None)
-    return DecoderConfig(
-        vocab_size=reader.take("vocab_size"),
-        hidden_size=hidden,
-        num_layers=layers,
-        num_heads=heads,
-        num_kv_heads=reader.take("num_key_value_heads", heads),
-        head_dim=head_dim,
-        intermediate_size=reader.take("intermediate_size"),
-        max_positions=max_positions,
-        norm="layer",
-        norm_eps=reader.take("norm_epsilon", 1e-5),
-        activation=activation(reader, "hidden_act"),
-        gated_mlp=False,
-        position="rope",
-        attn_scale=head_dim**-0.5,
-        tie_embeddings=reader.take("tie_word_embeddings", True),
-        rotary_dim=head_dim,
-        rope_tables=(table,),
-        layer_rope=(0,) * layers,
+    return decoder_config(
+        reader, hidden=hidden, heads=heads, layers=layers, head_dim=head_dim,
+        num_kv_heads=ConfigField("num_key_value_heads", heads), max_positions=max_positions,
+        norm="layer", norm_eps=ConfigField("norm_epsilon", 1e-5),
+        activation=ConfigField("hidden_act"), gated_mlp=False,
+        position="rope", rotary_dim=head_dim, rope_table=table,
+        tie_embeddings=ConfigField("tie_word_embeddings", True),
         layer_window=(int(window),) * layers,
     )
 
@@ -69,21 +52,13 @@ def convert(weights: WeightSource, config: DecoderConfig, dtype) -> Params:
 
     def layer(i: int) -> dict:
         prefix = f"model.layers.{i}"
-        out = {
+        return {
             "attn_norm": norm_params(weights, f"{prefix}.input_layernorm", True),
             "mlp_norm": norm_params(weights, f"{prefix}.post_attention_layernorm", True),
-            "up": torch_linear(weights, f"{prefix}.mlp.c_fc", dtype),
-            "down": torch_linear(weights, f"{prefix}.mlp.c_proj", dtype),
+            **torch_linears(weights, dtype, up=f"{prefix}.mlp.c_fc", down=f"{prefix}.mlp.c_proj"),
+            **{name: torch_linear(weights, f"{prefix}.self_attn.{name}_proj", dtype) for name in "qkvo"},
         }
-        for name in ("q", "k", "v", "o"):
-            out[name] = torch_linear(weights, f"{prefix}.self_attn.{name}_proj", dtype)
-        return out
 
-    return assemble_params(
-        weights, config, dtype, layer,
-        embed="model.embed_tokens.weight",
-        final_norm=norm_params(weights, "model.norm", True),
-        unembed="lm_head.weight",
-        # Old checkpoints carry rotary frequencies as tensors.
-        ignorable=(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq",),
+    return llama.assemble(
+        weights, config, dtype, layer, final_norm=norm_params(weights, "model.norm", True)
     )

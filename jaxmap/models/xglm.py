@@ -11,8 +11,10 @@ import math
 
 import numpy as np
 
-from .adapter import ConfigReader, WeightSource, activation, assemble_params, norm_params, torch_linear
+from .adapter import ConfigField, decoder_config
+from .config_reader import ConfigReader
 from .decoder import DecoderConfig, Params
+from .weights import WeightSource, assemble_params, fairseq_projections, norm_params
 
 # Position p reads row p + 2 of the table (fairseq reserved rows for padding).
 _POSITION_OFFSET = 2
@@ -33,22 +35,12 @@ def translate(reader: ConfigReader) -> DecoderConfig:
     padding_row = reader.take("pad_token_id", None)
     if padding_row is not None and _POSITION_OFFSET <= padding_row < max_positions + _POSITION_OFFSET:
         raise reader.refuse("pad_token_id", padding_row, "it would zero a used position embedding")
-    return DecoderConfig(
-        vocab_size=reader.take("vocab_size"),
-        hidden_size=hidden,
-        num_layers=layers,
-        num_heads=heads,
-        num_kv_heads=heads,
-        head_dim=hidden // heads,
-        intermediate_size=reader.take("ffn_dim"),
-        max_positions=max_positions,
-        norm="layer",
-        norm_eps=_LAYER_NORM_EPS,
-        activation=activation(reader, "activation_function"),
-        gated_mlp=False,
-        position="learned",
-        attn_scale=(hidden // heads) ** -0.5,
-        tie_embeddings=reader.take("tie_word_embeddings", True),
+    return decoder_config(
+        reader, hidden=hidden, heads=heads, layers=layers,
+        intermediate_size=ConfigField("ffn_dim"), max_positions=max_positions,
+        norm="layer", norm_eps=_LAYER_NORM_EPS,
+        activation=ConfigField("activation_function"), gated_mlp=False,
+        position="learned", tie_embeddings=ConfigField("tie_word_embeddings", True),
         embed_scale=math.sqrt(hidden) if reader.take("scale_embedding", True) else None,
     )
 
@@ -73,16 +65,10 @@ def convert(weights: WeightSource, config: DecoderConfig, dtype) -> Params:
 
     def layer(i: int) -> dict:
         prefix = f"model.layers.{i}"
-        attention = f"{prefix}.self_attn"
         return {
             "attn_norm": norm_params(weights, f"{prefix}.self_attn_layer_norm", True),
             "mlp_norm": norm_params(weights, f"{prefix}.final_layer_norm", True),
-            "q": torch_linear(weights, f"{attention}.q_proj", dtype),
-            "k": torch_linear(weights, f"{attention}.k_proj", dtype),
-            "v": torch_linear(weights, f"{attention}.v_proj", dtype),
-            "o": torch_linear(weights, f"{attention}.out_proj", dtype),
-            "up": torch_linear(weights, f"{prefix}.fc1", dtype),
-            "down": torch_linear(weights, f"{prefix}.fc2", dtype),
+            **fairseq_projections(weights, prefix, dtype),
         }
 
     table = sinusoidal_positions(config.max_positions, config.hidden_size)
@@ -90,7 +76,6 @@ def convert(weights: WeightSource, config: DecoderConfig, dtype) -> Params:
         weights, config, dtype, layer,
         embed="model.embed_tokens.weight",
         final_norm=norm_params(weights, "model.layer_norm", True),
-        unembed="lm_head.weight",
         # Old checkpoints carry the sinusoidal table as a buffer.
         ignorable=(r"model\.embed_positions\.weights",),
         extra={"positions": table.astype(np.dtype(dtype))},
