@@ -9,11 +9,16 @@ or safetensors, and tearing the interpreter down around it is what crashed befor
 A second signal while stopping leaves at once, with the same exit status: nothing is half
 written at any moment (rows are committed atomically), so there is nothing left to protect.
 
-A handler's exception is dropped when the handler happens to run inside a garbage-collector
-callback (JAX registers one; it runs often while JAX is being imported), and Python only prints
-"Exception ignored". :func:`install` therefore also hooks ``sys.unraisablehook``: a dropped
-:class:`Interrupted` is raised again a moment later by a SIGALRM timer, in the command's own
-code, where it can stop the command.
+Two places must not see the exception, so the first signal is held back there and raised a
+moment later by a SIGALRM timer, in the command's own code:
+
+- an import in progress: raised inside a module being initialised (numpy's and jaxlib's compiled
+  modules among them) it leaves that module half built, and what follows is an ImportError, an
+  abort or a segmentation fault, or a library's broad ``except`` swallows it and the command
+  runs on as if no signal had come;
+- a garbage-collector callback (JAX registers one; it runs often while JAX is being imported):
+  Python drops a handler's exception there and only prints "Exception ignored", so
+  :func:`install` also hooks ``sys.unraisablehook`` to catch it.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import sys
 
 _HANDLED = (signal.SIGINT, signal.SIGTERM)
 _REDELIVERY_DELAY_S = 0.02
-_dropped: list[int] = []
+_held: list[int] = []  # the first signal, while it is held back
 
 
 class Interrupted(KeyboardInterrupt):
@@ -46,29 +51,50 @@ def _stop_now(signum: int, _frame) -> None:
     os._exit(exit_status(signum))
 
 
-def _first(signum: int, _frame) -> None:
-    for handled in _HANDLED:
-        signal.signal(handled, _again)
+def _importing(frame) -> bool:
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _raise_later(signum: int) -> None:
+    _held[:] = [signum]
+    signal.setitimer(signal.ITIMER_REAL, _REDELIVERY_DELAY_S)
+
+
+def _raise_unless_importing(signum: int, frame) -> None:
+    if _importing(frame):
+        _raise_later(signum)
+        return
+    _held.clear()
     raise Interrupted(signum)
 
 
+def _first(signum: int, frame) -> None:
+    for handled in _HANDLED:
+        signal.signal(handled, _again)
+    _raise_unless_importing(signum, frame)
+
+
 def _again(signum: int, frame) -> None:
-    if _dropped:  # a timer to raise the dropped first one is set: this is still that stop
-        raise Interrupted(_dropped.pop())
+    if _held:  # the first one is still held back: this is still that stop
+        _raise_unless_importing(_held[0], frame)
+        return
     _stop_now(signum, frame)
 
 
-def _raise_dropped(_signum: int, _frame) -> None:
-    if _dropped:
-        raise Interrupted(_dropped.pop())
+def _raise_held(_signum: int, frame) -> None:
+    if _held:
+        _raise_unless_importing(_held[0], frame)
 
 
 def _unraisable_hook(previous_hook):
     def hook(unraisable) -> None:
         if isinstance(unraisable.exc_value, Interrupted):
             # Raising here would be dropped too; a timer raises it once this hook has returned.
-            _dropped[:] = [unraisable.exc_value.signum]
-            signal.setitimer(signal.ITIMER_REAL, _REDELIVERY_DELAY_S)
+            _raise_later(unraisable.exc_value.signum)
             return
         previous_hook(unraisable)
 
@@ -83,7 +109,7 @@ def install() -> dict:
     """
     try:
         previous = {handled: signal.signal(handled, _first) for handled in _HANDLED}
-        previous[signal.SIGALRM] = signal.signal(signal.SIGALRM, _raise_dropped)
+        previous[signal.SIGALRM] = signal.signal(signal.SIGALRM, _raise_held)
     except ValueError:
         return {}
     previous["unraisablehook"] = sys.unraisablehook
@@ -93,6 +119,8 @@ def install() -> dict:
 
 def restore(previous: dict) -> None:
     """Put back the handlers :func:`install` replaced."""
+    signal.setitimer(signal.ITIMER_REAL, 0)  # a held signal's timer must not outlive its handler
+    _held.clear()
     hook = previous.pop("unraisablehook", None)
     if hook is not None:
         sys.unraisablehook = hook
