@@ -3,15 +3,11 @@ log-likelihood| ≤ 1e-3 nats, for every architecture and the variants that chan
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import transformers
 
-import jaxmap
+from parity import case_hf_config, check_parity, check_refused
 
-from conftest import TEXTS, reference_loglik, save_random_model, score_matching_transformers
-
-TOLERANCE = 1e-3
 SMALL = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, vocab_size=300)
 
 
@@ -129,26 +125,7 @@ CASES = {
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_matches_transformers(case, tmp_path, text_file):
-    make_config, options = CASES[case]
-    policy = options.get("policy", "full")
-    directory = save_random_model(
-        tmp_path / "model",
-        make_config(),
-        seed=len(case),
-        adds_bos=options.get("adds_bos", True),
-        norm_center=options.get("norm_center", 1.0),
-    )
-    expected, expected_counts = reference_loglik(directory, TEXTS, policy)
-    store = score_matching_transformers(
-        directory, text_file, tmp_path, expected, expected_counts, case, TOLERANCE,
-        bos_policy=policy,
-    )
-    n_ctx = store.model_meta[0]["n_ctx"]
-    if n_ctx < 50:
-        assert store.truncated[0].any(), "short contexts must truncate some texts"
-    assert (store.ntokens[0][store.truncated[0]] == n_ctx - 1).all()
-    # The texts must exercise the model: most carry real, differing log-likelihoods.
-    assert np.count_nonzero(expected) >= len(TEXTS) - 3
+    check_parity(case, CASES[case], tmp_path, text_file)
 
 
 # Per new architecture: config fields that would change the maths in ways jaxmap lacks.
@@ -165,20 +142,13 @@ REFUSED = {
 
 @pytest.mark.parametrize("case", sorted(REFUSED))
 def test_new_architectures_refuse_unsupported_fields_by_name(case):
-    from jaxmap.models import translate_config
-
-    parity_case, architecture, field, value = REFUSED[case]
-    hf_config = {**CASES[parity_case][0]().to_dict(), "architectures": [architecture]}
-    translate_config(hf_config, "tiny")  # the unmodified config is accepted
-    hf_config[field] = value
-    with pytest.raises(jaxmap.errors.UnsupportedModelError, match=repr(field)[1:-1]):
-        translate_config(hf_config, "tiny")
+    check_refused(CASES, REFUSED[case])
 
 
 def test_gemma_legacy_gelu_means_the_tanh_approximation():
     from jaxmap.models import translate_config
 
     # transformers rewrites the original releases' "gelu" before saving, so parity cannot see it.
-    hf_config = {**CASES["gemma-mqa-legacy-gelu"][0]().to_dict(), "architectures": ["GemmaForCausalLM"]}
+    hf_config = case_hf_config(CASES, "gemma-mqa-legacy-gelu", "GemmaForCausalLM")
     hf_config.update(hidden_act="gelu", hidden_activation="gelu_pytorch_tanh")
     assert translate_config(hf_config, "tiny")[1].activation == "gelu_tanh"

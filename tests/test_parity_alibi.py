@@ -14,9 +14,8 @@ import transformers
 import jaxmap
 from jaxmap.models.bloom import NO_CONTEXT_LIMIT
 
-from conftest import TEXTS, reference_loglik, save_random_model, score_matching_transformers
-
-TOLERANCE = 1e-3
+from conftest import save_random_model
+from parity import case_hf_config, check_parity, check_refused
 
 
 def bloom(**overrides):
@@ -96,6 +95,9 @@ CASES = {
     ),
     # MPT: 6 and 12 heads interleave the slopes of 8 and 16; a short context truncates.
     "mpt-6-heads": (lambda: mpt(d_model=48, n_heads=6), {}),
+    # MosaicML's own checkpoints name their remote-code class; its tensors are named like the
+    # port's. Shaped like mpt-6-heads, so it reuses that case's compiled scorers.
+    "mpt-6-heads-mosaicml-class": (lambda: mpt(d_model=48, n_heads=6), {"architecture": "MPTForCausalLM"}),
     "mpt-12-heads-short-no-bos": (lambda: mpt(d_model=48, n_heads=12, max_seq_len=30), {"adds_bos": False}),
     "mpt-clip-softmax-scale-untied-paper": (
         lambda: mpt(
@@ -110,29 +112,14 @@ CASES = {
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_matches_transformers(case, tmp_path, text_file):
-    make_config, options = CASES[case]
-    policy = options.get("policy", "full")
-    directory = save_random_model(
-        tmp_path / "model", make_config(), seed=len(case), adds_bos=options.get("adds_bos", True)
-    )
-    expected, expected_counts = reference_loglik(directory, TEXTS, policy)
-    store = score_matching_transformers(
-        directory, text_file, tmp_path, expected, expected_counts, case, TOLERANCE,
-        bos_policy=policy,
-    )
+    (parity,) = check_parity(case, CASES[case], tmp_path, text_file)
+    store = parity.store
     # Falcon's bfloat16 bias rounds absolute positions, so its texts never share rows; the
     # other ALiBi forms are relative and pack.
     assert ("cannot pack" in store.model_meta[0]["batching"]) == ("falcon" in case and "alibi" in case)
-    got = store.loglik[0]
-    n_ctx = store.model_meta[0]["n_ctx"]
     if case.startswith("bloom"):
         # Bloom's config names no context (ALiBi): no text is cut.
-        assert n_ctx == NO_CONTEXT_LIMIT and not store.truncated[0].any()
-    if n_ctx < 50:
-        assert store.truncated[0].any(), "short contexts must truncate some texts"
-    assert (store.ntokens[0][store.truncated[0]] == n_ctx - 1).all()
-    # The texts must exercise the model: most carry real, differing log-likelihoods.
-    assert np.count_nonzero(expected) >= len(TEXTS) - 3
+        assert parity.n_ctx == NO_CONTEXT_LIMIT and not store.truncated[0].any()
 
 
 HEAD_COUNTS = [*range(1, 41), 64, 71, 112]
@@ -176,7 +163,7 @@ def test_falcon_bias_rounds_like_transformers_far_into_the_context():
     from jaxmap.models.decoder import alibi_bias
 
     length, heads, head_dim = 700, 20, 4
-    hf_config = {**CASES["falcon-rw-mha-sequential-alibi-20-heads"][0]().to_dict(), "architectures": ["FalconForCausalLM"]}
+    hf_config = case_hf_config(CASES, "falcon-rw-mha-sequential-alibi-20-heads", "FalconForCausalLM")
     config = translate_config(hf_config, "tiny")[1]
     assert config.num_heads == heads
     positions = np.arange(length)
@@ -188,10 +175,6 @@ def test_falcon_bias_rounds_like_transformers_far_into_the_context():
     # The rounding is there to be matched: exact slopes would be off by far more.
     exact = np.asarray(config.alibi_slopes)[:, None, None] * (np.arange(length)[None, :] - np.arange(length)[:, None])
     assert np.abs(exact / math.sqrt(head_dim) - expected).max() > 0.1
-
-
-def _hf_config(parity_case: str, architecture: str) -> dict:
-    return {**CASES[parity_case][0]().to_dict(), "architectures": [architecture]}
 
 
 # (parity case, architecture, field path, value): config fields jaxmap refuses by name.
@@ -226,19 +209,7 @@ REFUSED = {
 
 @pytest.mark.parametrize("case", sorted(REFUSED))
 def test_unsupported_fields_are_refused_by_name(case):
-    from jaxmap.models import translate_config
-
-    parity_case, architecture, path, value = REFUSED[case]
-    hf_config = _hf_config(parity_case, architecture)
-    translate_config(hf_config, "tiny")  # the unmodified config is accepted
-    *parents, field = path.split(".")
-    target = hf_config
-    for parent in parents:
-        target[parent] = dict(target[parent])
-        target = target[parent]
-    target[field] = value
-    with pytest.raises(jaxmap.errors.UnsupportedModelError, match=field):
-        translate_config(hf_config, "tiny")
+    check_refused(CASES, REFUSED[case])
 
 
 def test_mosaicml_checkpoint_config_translates():

@@ -10,9 +10,8 @@ import transformers
 
 import jaxmap
 
-from conftest import TEXTS, reference_loglik, save_random_model, score_matching_transformers
+from parity import case_hf_config, check_parity, check_refused, save_case
 
-TOLERANCE = 1e-3
 # Contexts this short truncate the longest texts (learned tables end there).
 SHORT_CONTEXT = 30
 
@@ -98,23 +97,7 @@ CASES = {
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_matches_transformers(case, tmp_path, text_file):
-    make_config, options = CASES[case]
-    directory = save_random_model(
-        tmp_path / "model", make_config(), seed=len(case), adds_bos=options.get("adds_bos", True)
-    )
-    for policy in ("full", "paper"):
-        expected, expected_counts = reference_loglik(directory, TEXTS, policy)
-        store = score_matching_transformers(
-            directory, text_file, tmp_path, expected, expected_counts, f"{case}-{policy}",
-            TOLERANCE, bos_policy=policy, batch_tokens=512,
-        )
-        got = store.loglik[0]
-        n_ctx = store.model_meta[0]["n_ctx"]
-        if n_ctx == SHORT_CONTEXT:
-            assert store.truncated[0].any(), "short contexts must truncate some texts"
-        assert (store.ntokens[0][store.truncated[0]] == n_ctx - 1).all()
-        # The texts must exercise the model: most carry real, differing log-likelihoods.
-        assert np.count_nonzero(expected) >= len(TEXTS) - 3
+    check_parity(case, CASES[case], tmp_path, text_file, policies=("full", "paper"), batch_tokens=512)
 
 
 # Config fields that would change the maths in ways these ports lack: refused by name.
@@ -135,7 +118,7 @@ REFUSED = {
         "bigcode-multi-query", "GPTBigCodeForCausalLM", "scale_attn_by_inverse_layer_idx", True
     ),
     "starcoder2-partial-rotary": (
-        "starcoder2-gqa-sliding", "Starcoder2ForCausalLM", "partial_rotary_factor", 0.5
+        "starcoder2-gqa-sliding", "Starcoder2ForCausalLM", "rope_parameters.partial_rotary_factor", 0.5
     ),
     "starcoder2-activation": ("starcoder2-gqa-sliding", "Starcoder2ForCausalLM", "hidden_act", "mish"),
     "starcoder2-unknown": ("starcoder2-gqa-sliding", "Starcoder2ForCausalLM", "qk_norm", True),
@@ -145,17 +128,7 @@ REFUSED = {
 
 @pytest.mark.parametrize("case", sorted(REFUSED))
 def test_unsupported_fields_are_refused_by_name(case):
-    from jaxmap.models import translate_config
-
-    parity_case, architecture, field, value = REFUSED[case]
-    hf_config = {**CASES[parity_case][0]().to_dict(), "architectures": [architecture]}
-    translate_config(hf_config, "tiny")  # the unmodified config is accepted
-    if field == "partial_rotary_factor":
-        hf_config["rope_parameters"] = {**hf_config["rope_parameters"], field: value}
-    else:
-        hf_config[field] = value
-    with pytest.raises(jaxmap.errors.UnsupportedModelError, match=repr(field)[1:-1]):
-        translate_config(hf_config, "tiny")
+    check_refused(CASES, REFUSED[case])
 
 
 # Fields that released checkpoints' config.json files carry beyond what transformers 5 writes
@@ -181,7 +154,7 @@ def test_released_checkpoint_fields_are_accepted(case):
     from jaxmap.models import translate_config
 
     architecture, extra = RELEASED_EXTRA_FIELDS[case]
-    hf_config = {**CASES[case][0]().to_dict(), "architectures": [architecture]}
+    hf_config = case_hf_config(CASES, case, architecture)
     expected = translate_config(hf_config, "tiny")[1]
     assert translate_config({**hf_config, **extra}, "tiny")[1] == expected
 
@@ -190,8 +163,8 @@ def test_opt_reads_checkpoints_saved_without_the_model_prefix(tmp_path, text_fil
     """facebook/opt-* checkpoints name their tensors ``decoder.*`` (no ``model.``)."""
     from safetensors.numpy import load_file, save_file
 
-    make_config, options = CASES["opt-post-ln-projected-tied"]
-    directory = save_random_model(tmp_path / "model", make_config(), seed=3)
+    case = "opt-post-ln-projected-tied"
+    directory = save_case(case, CASES[case], tmp_path / "model", seed=3)
     scores = [
         jaxmap.score([str(directory)], text_file, out=tmp_path / "prefixed.h5", progress=False).loglik[0]
     ]

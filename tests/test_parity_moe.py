@@ -10,13 +10,12 @@ import numpy as np
 import pytest
 import transformers
 
-import jaxmap
 from jaxmap.engine import load_model
 from jaxmap.errors import UnsupportedModelError
 
-from conftest import TEXTS, reference_loglik, save_random_model, score_matching_transformers
+from conftest import TEXTS, save_random_model
+from parity import case_hf_config, check_parity, check_refused, save_case, score
 
-TOLERANCE = 1e-3
 SMALL = dict(
     hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
     vocab_size=300, max_position_embeddings=256,
@@ -84,35 +83,10 @@ def chosen_expert_sets(directory, texts: list[str]) -> dict[int, set[tuple[int, 
     return chosen
 
 
-def score(directory, text_file, out, policy: str) -> jaxmap.Store:
-    return jaxmap.score(
-        [str(directory)], text_file, out=out, bos_policy=policy, batch_tokens=128, progress=False
-    )
-
-
-def check_parity(case: str, make_config, options: dict, tmp_path, text_file) -> tuple:
-    """Save a random model, score it with jaxmap and transformers; assert parity. Returns the
-    model directory, jaxmap's log-likelihoods and the max |delta|."""
-    policy = options.get("policy", "full")
-    directory = save_random_model(
-        tmp_path / "model", make_config(), seed=len(case),
-        adds_bos=options.get("adds_bos", True), norm_center=options.get("norm_center", 1.0),
-    )
-    expected, expected_counts = reference_loglik(directory, TEXTS, policy)
-    store = score_matching_transformers(
-        directory, text_file, tmp_path, expected, expected_counts, case, TOLERANCE,
-        bos_policy=policy,
-    )
-    got = store.loglik[0]
-    delta = np.abs(got - expected).max()
-    assert np.count_nonzero(expected) >= len(TEXTS) - 3
-    return directory, got, delta
-
-
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_matches_transformers(case, tmp_path, text_file):
-    make_config, options = CASES[case]
-    directory, _, _ = check_parity(case, make_config, options, tmp_path, text_file)
+    (parity,) = check_parity(case, CASES[case], tmp_path, text_file)
+    directory = parity.directory
     # The random routers are sharp enough that tokens go to different experts in every layer.
     config = json.loads((directory / "config.json").read_text())
     experts = config.get("num_local_experts") or config["num_experts"]
@@ -129,10 +103,7 @@ def test_stacked_expert_layout_scores_the_same(tmp_path, text_file):
     from transformers import AutoModelForCausalLM
 
     for case in ("mixtral-top2-of-4", "qwen2-moe-shared-expert-paper"):
-        make_config, options = CASES[case]
-        directory = save_random_model(
-            tmp_path / case, make_config(), seed=3, adds_bos=options.get("adds_bos", True)
-        )
+        directory = save_case(case, CASES[case], tmp_path / case, seed=3)
         hub_layout = score(directory, text_file, tmp_path / f"{case}-hub.h5", "full").loglik[0]
         model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
         state = {name: tensor.contiguous() for name, tensor in model.state_dict().items()}
@@ -217,14 +188,7 @@ REFUSED = {
 
 @pytest.mark.parametrize("case", sorted(REFUSED))
 def test_refuses_unsupported_fields_by_name(case):
-    from jaxmap.models import translate_config
-
-    parity_case, architecture, field, value = REFUSED[case]
-    hf_config = {**CASES[parity_case][0]().to_dict(), "architectures": [architecture]}
-    translate_config(hf_config, "tiny")  # the unmodified config is accepted
-    hf_config[field] = value
-    with pytest.raises(UnsupportedModelError, match=repr(field)[1:-1]):
-        translate_config(hf_config, "tiny")
+    check_refused(CASES, REFUSED[case])
 
 
 def test_mixtral_sliding_window_applies_to_every_layer():
@@ -267,7 +231,7 @@ def test_qwen3_moe_sliding_window_applies_to_every_layer():
 def test_training_only_router_fields_are_neutral(case, architecture):
     from jaxmap.models import translate_config
 
-    hf_config = {**CASES[case][0]().to_dict(), "architectures": [architecture]}
+    hf_config = case_hf_config(CASES, case, architecture)
     baseline = translate_config(hf_config, "tiny")
     changed = {
         **hf_config, "output_router_logits": True, "router_aux_loss_coef": 0.5,

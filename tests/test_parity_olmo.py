@@ -9,9 +9,7 @@ import numpy as np
 import pytest
 import transformers
 
-from jaxmap.errors import UnsupportedModelError
-
-from test_parity_moe import check_parity, score
+from parity import case_hf_config, check_parity, check_refused, score
 
 SMALL = dict(
     hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
@@ -38,26 +36,25 @@ CASES = {
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_matches_transformers(case, tmp_path, text_file):
-    make_config, options = CASES[case]
-    directory, got, _ = check_parity(case, make_config, options, tmp_path, text_file)
-    config_path = directory / "config.json"
+    (parity,) = check_parity(case, CASES[case], tmp_path, text_file)
+    config_path = parity.directory / "config.json"
     config = json.loads(config_path.read_text())
     if config.get("clip_qkv") is not None:
         # The clip binds: without it the same weights score differently.
         config_path.write_text(json.dumps({**config, "clip_qkv": None}))
-        unclipped = score(directory, text_file, tmp_path / "unclipped.h5", options["policy"])
-        assert np.abs(unclipped.loglik[0] - got).max() > 0.05
+        unclipped = score(parity.directory, text_file, tmp_path / "unclipped.h5", parity.policy)
+        assert np.abs(unclipped.loglik[0] - parity.got).max() > 0.05
 
 
 def test_olmo2_q_k_norms_span_the_whole_projection():
     from jaxmap.models import translate_config
 
-    hf_config = {**CASES["olmo2"][0]().to_dict(), "architectures": ["Olmo2ForCausalLM"]}
+    hf_config = case_hf_config(CASES, "olmo2", "Olmo2ForCausalLM")
     config = translate_config(hf_config, "tiny")[1]
     assert (config.qk_norm, config.qk_norm_scope, config.pre_norm, config.sandwich_norm) == (
         True, "full", False, True,
     )
-    olmo = {**CASES["olmo"][0]().to_dict(), "architectures": ["OlmoForCausalLM"]}
+    olmo = case_hf_config(CASES, "olmo", "OlmoForCausalLM")
     config = translate_config(olmo, "tiny")[1]
     assert (config.norm, config.norm_eps, config.qk_norm, config.pre_norm) == ("layer", 1e-5, False, True)
 
@@ -74,11 +71,4 @@ REFUSED = {
 
 @pytest.mark.parametrize("case", sorted(REFUSED))
 def test_refuses_unsupported_fields_by_name(case):
-    from jaxmap.models import translate_config
-
-    parity_case, architecture, field, value = REFUSED[case]
-    hf_config = {**CASES[parity_case][0]().to_dict(), "architectures": [architecture]}
-    translate_config(hf_config, "tiny")  # the unmodified config is accepted
-    hf_config[field] = value
-    with pytest.raises(UnsupportedModelError, match=repr(field)[1:-1]):
-        translate_config(hf_config, "tiny")
+    check_refused(CASES, REFUSED[case])

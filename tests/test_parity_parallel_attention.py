@@ -8,11 +8,8 @@ import numpy as np
 import pytest
 import transformers
 
-import jaxmap
+from parity import case_hf_config, check_parity, check_refused
 
-from conftest import TEXTS, reference_loglik, save_random_model, score_matching_transformers
-
-TOLERANCE = 1e-3
 SMALL = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, vocab_size=300)
 
 
@@ -97,22 +94,7 @@ CASES = {
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_matches_transformers(case, tmp_path, text_file):
-    make_config, options = CASES[case]
-    policy = options.get("policy", "full")
-    directory = save_random_model(
-        tmp_path / "model", make_config(), seed=len(case), adds_bos=options.get("adds_bos", True)
-    )
-    expected, expected_counts = reference_loglik(directory, TEXTS, policy)
-    store = score_matching_transformers(
-        directory, text_file, tmp_path, expected, expected_counts, case, TOLERANCE,
-        bos_policy=policy,
-    )
-    got = store.loglik[0]
-    n_ctx = store.model_meta[0]["n_ctx"]
-    if n_ctx < 50:
-        assert store.truncated[0].any(), "short contexts must truncate some texts"
-    # The texts must exercise the model: most carry real, differing log-likelihoods.
-    assert np.count_nonzero(expected) >= len(TEXTS) - 3
+    check_parity(case, CASES[case], tmp_path, text_file)
 
 
 def test_interleaved_rotary_is_rotate_half_after_the_permutation():
@@ -158,14 +140,7 @@ REFUSED = {
 
 @pytest.mark.parametrize("case", sorted(REFUSED))
 def test_unsupported_fields_are_refused_by_name(case):
-    from jaxmap.models import translate_config
-
-    parity_case, architecture, field, value = REFUSED[case]
-    hf_config = {**CASES[parity_case][0]().to_dict(), "architectures": [architecture]}
-    translate_config(hf_config, "tiny")  # the unmodified config is accepted
-    hf_config[field] = value
-    with pytest.raises(jaxmap.errors.UnsupportedModelError, match=repr(field)[1:-1]):
-        translate_config(hf_config, "tiny")
+    check_refused(CASES, REFUSED[case])
 
 
 @pytest.mark.parametrize(
@@ -179,5 +154,5 @@ def test_unsupported_fields_are_refused_by_name(case):
 def test_fields_of_released_configs_that_change_nothing_are_accepted(parity_case, architecture, fields):
     from jaxmap.models import translate_config
 
-    base = {**CASES[parity_case][0]().to_dict(), "architectures": [architecture]}
+    base = case_hf_config(CASES, parity_case, architecture)
     assert translate_config({**base, **fields}, "tiny") == translate_config(base, "tiny")

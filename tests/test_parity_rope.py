@@ -14,15 +14,14 @@ import numpy as np
 import pytest
 import transformers
 
-import jaxmap
 from jaxmap.errors import UnsupportedModelError
 from jaxmap.models import translate_config
 
-from conftest import TEXTS, reference_loglik, save_random_model, score_matching_transformers
+from conftest import TEXTS, save_random_model
+from parity import check_parity
 
 torch = pytest.importorskip("torch")
 
-TOLERANCE = 1e-3
 ORIGINAL = 16
 SMALL = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, vocab_size=300)
 # With BOS these are 15, 16, 18 and 19 tokens long; without, 14, 15, 17 and 18.
@@ -62,13 +61,14 @@ LONGROPE = {
 }
 DYNAMIC = {"rope_type": "dynamic", "factor": 8.0}
 
-# name -> config factory; transformers runs dynamic NTK past max_position_embeddings (16
-# here), and jaxmap scores such a model up to factor times that.
+# name -> (config factory, options); transformers runs dynamic NTK past max_position_embeddings
+# (16 here), and jaxmap scores such a model up to factor times that, so transformers is run that
+# far too, each text on a fresh model.
 CASES = {
-    "llama-yarn-mscale-untruncated": lambda: llama(128, YARN_MSCALE),
-    "llama-longrope": lambda: llama(256, LONGROPE),
-    "llama-dynamic": lambda: llama(ORIGINAL, DYNAMIC),
-    "phi3-longrope": phi3,
+    "llama-yarn-mscale-untruncated": (lambda: llama(128, YARN_MSCALE), {}),
+    "llama-longrope": (lambda: llama(256, LONGROPE), {}),
+    "llama-dynamic": (lambda: llama(ORIGINAL, DYNAMIC), {"n_ctx": ORIGINAL * 8, "alone": True}),
+    "phi3-longrope": (phi3, {}),
 }
 # (policy, tokenizer adds BOS): the paper policy without BOS shifts every length by one.
 POLICIES = {"full": ("full", True), "paper": ("paper", False)}
@@ -81,39 +81,29 @@ def rope_text_file(tmp_path_factory):
     return path
 
 
-def _reference(directory, policy: str, n_ctx: int, alone: bool):
-    """transformers' log-likelihoods; ``alone`` loads a fresh model per text, because dynamic
-    NTK keeps the frequencies of the longest sequence it has seen for later, shorter ones."""
-    if not alone:
-        return reference_loglik(directory, ROPE_TEXTS, policy, n_ctx=n_ctx)
-    pairs = [reference_loglik(directory, [text], policy, n_ctx=n_ctx) for text in ROPE_TEXTS]
-    return np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs])
-
-
 @pytest.mark.parametrize("policy", sorted(POLICIES))
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_matches_transformers_across_the_original_context(case, policy, tmp_path, rope_text_file):
     bos_policy, adds_bos = POLICIES[policy]
-    config = CASES[case]()
-    directory = save_random_model(tmp_path / "model", config, seed=len(case), adds_bos=adds_bos)
-    hf_config = json.loads((directory / "config.json").read_text())
+    make_config, options = CASES[case]
+    # Packed rows hold texts below and above the original context side by side: each token
+    # must take the frequencies of its own text's length.
+    (parity,) = check_parity(
+        case, (make_config, {**options, "policy": bos_policy, "adds_bos": adds_bos}), tmp_path,
+        rope_text_file, texts=ROPE_TEXTS,
+    )
+    hf_config = json.loads((parity.directory / "config.json").read_text())
     _, decoder_config = translate_config(hf_config, case)
     dynamic = "dynamic" in case
     n_ctx = decoder_config.max_positions
-    assert n_ctx == (ORIGINAL * 8 if dynamic else config.max_position_embeddings)
+    assert n_ctx == (ORIGINAL * 8 if dynamic else make_config().max_position_embeddings)
+    # transformers' texts were cut to the context jaxmap scores.
+    assert n_ctx == options.get("n_ctx", n_ctx) == parity.n_ctx
 
-    expected, counts = _reference(directory, bos_policy, n_ctx, alone=dynamic)
-    # Packed rows hold texts below and above the original context side by side: each token
-    # must take the frequencies of its own text's length.
-    store = score_matching_transformers(
-        directory, rope_text_file, tmp_path, expected, counts, f"{case}/{policy}", TOLERANCE,
-        bos_policy=bos_policy,
-    )
-    lengths = counts + 1
+    lengths = parity.counts + 1
     assert (lengths == ORIGINAL).any() or (lengths == ORIGINAL - 1).any()
     assert (lengths == ORIGINAL + 1).any() or (lengths == ORIGINAL + 2).any()
     assert (lengths > 2 * ORIGINAL).sum() >= 3, "long texts must exercise the long frequencies"
-    assert np.count_nonzero(expected) >= len(ROPE_TEXTS) - 3
 
 
 def _hf_rope(config, seq_len=None):
@@ -174,7 +164,7 @@ def test_rows_of_one_batch_choose_their_own_frequencies(tmp_path):
 
     rng = np.random.default_rng(0)
     for name in ("llama-longrope", "llama-dynamic"):
-        directory = save_random_model(tmp_path / name, CASES[name](), seed=3)
+        directory = save_random_model(tmp_path / name, CASES[name][0](), seed=3)
         model = load_model(str(directory))
         row_lengths = [ORIGINAL, ORIGINAL + 1, 5, 3 * ORIGINAL]
         width = max(row_lengths)
