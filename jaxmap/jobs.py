@@ -63,6 +63,20 @@ class ModelOutcome:
     tokens: int = 0
     seconds: float = 0.0
     tokens_per_second: float = 0.0
+    # Seconds per phase, for those the model reached: resolve, validate, download (in the
+    # background), wait (the job waiting for its download and load), load, tokenize, compile,
+    # score, commit. A row's metadata keeps those before the commit as "phase_seconds".
+    phases: dict[str, float] = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def _timed(phases: dict[str, float], name: str):
+    """Add the seconds the block takes to ``phases[name]``, whether or not it raises."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        phases[name] = phases.get(name, 0.0) + time.perf_counter() - started
 
 
 @dataclass
@@ -169,17 +183,17 @@ def layer_row_name(model: str, layer: int) -> str:
     return f"{model}@layer{layer}"
 
 
-def _failure(reference: str, error: BaseException) -> ModelOutcome:
+def _failure(reference: str, error: BaseException, phases: dict[str, float] | None = None) -> ModelOutcome:
     if isinstance(error, JaxmapError):
         # The summary names the model already.
-        return ModelOutcome(reference, "failed", str(error).removeprefix(f"{reference}: "))
+        return ModelOutcome(reference, "failed", str(error).removeprefix(f"{reference}: "), phases=dict(phases or {}))
     # A bug in jaxmap, not a problem of the model: one model's bug must not stop a 1,000-model
     # job, but its traceback is kept in the run summary.
     first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
     return ModelOutcome(
         reference, "failed",
         f"{type(error).__name__}: {first_line} (a bug in jaxmap; the traceback is in the run summary)",
-        traceback="".join(traceback.format_exception(error)),
+        traceback="".join(traceback.format_exception(error)), phases=dict(phases or {}),
     )
 
 
@@ -307,13 +321,17 @@ def score_job(
         # Resolve and validate everything before scoring anything; loading reuses these.
         todo: list[Checkpoint] = []
         wanted: dict[str, list[str]] = {}  # canonical key -> the keys of the rows it gives
+        phases_of: dict[str, dict[str, float]] = {}  # canonical key -> seconds per phase
         for reference in tqdm(references, desc="validating", unit="model", disable=not progress or len(references) < 2):
+            phases: dict[str, float] = {}
             try:
-                checkpoint = resolve(reference, cache_dir=cache_dir, progress=progress)
-                validate(checkpoint)
-                _, config = translate_config(checkpoint.config(), checkpoint.reference)
+                with _timed(phases, "resolve"):
+                    checkpoint = resolve(reference, cache_dir=cache_dir, progress=progress)
+                with _timed(phases, "validate"):
+                    validate(checkpoint)
+                    _, config = translate_config(checkpoint.config(), checkpoint.reference)
             except Exception as error:  # noqa: BLE001 - recorded; the other models go on
-                summary.outcomes.append(_failure(reference, error))
+                summary.outcomes.append(_failure(reference, error, phases))
                 say(f"jaxmap: {reference}: cannot be scored: {summary.outcomes[-1].reason}")
                 continue
             key = checkpoint.canonical
@@ -321,9 +339,10 @@ def score_job(
                 [layer_row_name(key, i) for i in range(config.num_layers + 1)] if logit_lens else []
             )
             if all(k in done for k in keys) or key in wanted:
-                summary.outcomes.append(ModelOutcome(reference, "skipped"))
+                summary.outcomes.append(ModelOutcome(reference, "skipped", phases=phases))
                 continue
             wanted[key] = keys
+            phases_of[key] = phases
             todo.append(checkpoint)
 
         # The token cache sits beside the store, which only process 0 may touch.
@@ -342,7 +361,10 @@ def score_job(
         )
 
         def load(checkpoint: Checkpoint) -> LoadedModel:
-            prefetcher.wait(checkpoint)
+            try:
+                prefetcher.wait(checkpoint)
+            finally:
+                phases_of[checkpoint.canonical]["download"] = prefetcher.download_seconds(checkpoint)
             return load_model(checkpoint, dtype=dtype, mesh=device_mesh)
 
         def load_next() -> tuple[Checkpoint | None, concurrent.futures.Future | None]:
@@ -358,7 +380,9 @@ def score_job(
                 # Another job on this store may have committed it since this one began.
                 done = set(distributed.share_from_first(writer.completed_keys() if writer else None))
                 if all(k in done for k in wanted[checkpoint.canonical]):
-                    outcome = ModelOutcome(checkpoint.reference, "skipped", BY_ANOTHER_JOB)
+                    outcome = ModelOutcome(
+                        checkpoint.reference, "skipped", BY_ANOTHER_JOB, phases=phases_of[checkpoint.canonical],
+                    )
                 else:
                     outcome = _score_one(
                         current, checkpoint, text_set, writer, token_cache, dtype, bos_policy,
@@ -367,6 +391,7 @@ def score_job(
                             "long_texts": long_texts, "stride": stride, "packing": packing,
                             "attention": attention, "logprob": logprob,
                         },
+                        phases=phases_of[checkpoint.canonical],
                     )
                 prefetcher.release(checkpoint)
                 summary.outcomes.append(outcome)
@@ -441,24 +466,31 @@ def _score_one(
     committed: set[str] = frozenset(),
     save_token_logprobs: bool = False,
     scoring: dict | None = None,
+    phases: dict[str, float] | None = None,
 ) -> ModelOutcome:
     """Load (already under way), score and commit one model (and with ``logit_lens`` its layer
-    rows, those whose keys are not ``committed`` yet); a failure becomes the outcome."""
+    rows, those whose keys are not ``committed`` yet); a failure becomes the outcome. The
+    seconds of each phase are added to ``phases``."""
     reference = checkpoint.reference
+    phases = {} if phases is None else phases
     try:
-        model: LoadedModel = loading.result()
+        with _timed(phases, "wait"):
+            model: LoadedModel = loading.result()
+        phases["load"] = model.load_seconds
         truncating = (scoring or {}).get("long_texts", "truncate") == "truncate"
         keep_tokens = model.config.max_positions if truncating else None
-        tokens, tokenizer_id = cached_tokenize(text_set, model.tokenizer, bos_policy, token_cache, keep_tokens)
+        with _timed(phases, "tokenize"):
+            tokens, tokenizer_id = cached_tokenize(text_set, model.tokenizer, bos_policy, token_cache, keep_tokens)
         result = score_tokens(
             model, tokens, batch_tokens, progress, logit_lens=logit_lens,
             keep_token_logprobs=save_token_logprobs, **(scoring or {}),
         )
+        phases["compile"], phases["score"] = result.stats["compile_seconds"], result.stats["seconds"]
         _check_finite(reference, result, text_set)
         if logit_lens and not np.isfinite(result.layer_loglik).all():
             raise JaxmapError("non-finite log-likelihood in a logit-lens layer row")
     except Exception as error:  # noqa: BLE001 - one bad model must not stop a 1,000-model job
-        outcome = _failure(reference, error)
+        outcome = _failure(reference, error, phases)
         say(f"jaxmap: {reference}: failed: {outcome.reason}")
         return outcome
     meta = {
@@ -476,6 +508,7 @@ def _score_one(
         "tokenizer": tokenizer_id,
         "jaxmap_version": __version__,
         "load_seconds": model.load_seconds,
+        "phase_seconds": dict(phases),
         **result.stats,
     }
     # A store that cannot take the row (full disk, damaged) stops the job: later rows would
@@ -497,6 +530,7 @@ def _score_one(
         ]
     stop, committed_here = None, 0
     if writer is not None:
+        committing = time.perf_counter()
         try:
             for name, values, row_meta in rows:
                 if row_meta["key"] not in committed:
@@ -510,6 +544,7 @@ def _score_one(
                         pass  # another job on this store committed it while this one scored
         except StoreError as error:
             stop = error
+        phases["commit"] = time.perf_counter() - committing
     problem, committed_here = distributed.share_from_first([str(stop) if stop else None, committed_here])
     if problem is not None:
         raise stop or StoreError(f"process 0 could not commit {reference}: {problem}")
@@ -525,7 +560,7 @@ def _score_one(
     return ModelOutcome(
         reference, "scored" if committed_here else "skipped", "" if committed_here else BY_ANOTHER_JOB,
         tokens=stats["tokens"], seconds=stats["seconds"],
-        tokens_per_second=stats["tokens_per_second"],
+        tokens_per_second=stats["tokens_per_second"], phases=dict(phases),
     )
 
 

@@ -1,6 +1,6 @@
 """Checkpoints: validation of real damaged files, canonical references (one model, one row), and
 hub access against real HTTP servers on 127.0.0.1: one that never answers, one that answers 404,
-and one that serves tiny models as the hub's HTTP API does, for lazy weight downloads, retries,
+and one that serves tiny models as the hub's HTTP API does (tests/fake_hub.py), for lazy weight downloads, retries,
 the prefetcher's budget and delete_after, end to end."""
 
 from __future__ import annotations
@@ -15,9 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import unquote, urlparse
 
 import numpy as np
 import pytest
@@ -25,7 +23,7 @@ import pytest
 from jaxmap.checkpoints import WeightPrefetcher, resolve, validate
 from jaxmap.errors import CheckpointError, HubError, JaxmapError, UnsupportedModelError
 
-WEIGHTS = "model.safetensors"
+from fake_hub import WEIGHTS, FakeHub, git_blob_id, serve
 
 
 # -- validation of real damaged files ------------------------------------------------------------
@@ -198,10 +196,6 @@ def test_a_gguf_file_and_a_packaged_name_have_canonical_keys(tmp_path, monkeypat
 # -- a hub cache laid out as huggingface_hub lays it out ----------------------------------------------
 
 
-def _git_blob_id(data: bytes) -> str:
-    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
-
-
 def _lay_out_cache(root: Path, repo_id: str, model: Path, commit: str, files: list[str] | None = None) -> Path:
     """Write ``model``'s files as huggingface_hub caches a snapshot: blobs, relative symlinks, refs/main."""
     repo = root / f"models--{repo_id.replace('/', '--')}"
@@ -212,7 +206,7 @@ def _lay_out_cache(root: Path, repo_id: str, model: Path, commit: str, files: li
         if files is not None and file.name not in files:
             continue
         data = file.read_bytes()
-        blob = repo / "blobs" / (hashlib.sha256(data).hexdigest() if file.suffix == ".safetensors" else _git_blob_id(data))
+        blob = repo / "blobs" / (hashlib.sha256(data).hexdigest() if file.suffix == ".safetensors" else git_blob_id(data))
         blob.write_bytes(data)
         (snapshot / file.name).symlink_to(os.path.relpath(blob, snapshot))
     (repo / "refs").mkdir(exist_ok=True)
@@ -264,138 +258,6 @@ def test_an_offline_cache_without_weights_fails_validation_naming_the_offline_se
 # -- a model hub on 127.0.0.1 ------------------------------------------------------------------------
 
 
-class FakeHub:
-    """Serves repositories from memory through the two endpoints the hub's clients use:
-    ``/api/models/{repo}[/revision/{rev}]`` (commit and file listing) and
-    ``/{repo}/resolve/{rev}/{file}`` (file contents, with Range). Logs every request.
-
-    ``faults[(repo, file or "api")]`` is a list of misbehaviours, one consumed per request:
-    ``503``, ``gated``, ``html`` (not a hub), ``cut`` (half the body, then the connection
-    closes), ``damaged`` (one byte flipped), ``stall`` (no answer for 5 s), ``slow``.
-    """
-
-    def __init__(self) -> None:
-        self.repos: dict[str, dict] = {}
-        self.faults: dict[tuple[str, str], list[str]] = {}
-        self.log: list[tuple[float, str, str, str | None]] = []  # (time, repo, file or "api", Range)
-        self._lock = threading.Lock()
-
-    def add(self, repo_id: str, model: Path) -> str:
-        commit = hashlib.sha1(repo_id.encode()).hexdigest()
-        files = {f.name: f.read_bytes() for f in sorted(model.iterdir())}
-        self.repos[repo_id] = {"id": repo_id, "sha": commit, "files": files, "refs": {"main": commit, "v1": commit}}
-        return commit
-
-    def find(self, repo_id: str) -> dict | None:
-        return next((r for key, r in self.repos.items() if key.lower() == repo_id.lower()), None)
-
-    def fault(self, repo_id: str, name: str) -> str | None:
-        with self._lock:
-            pending = self.faults.get((repo_id.lower(), name))
-            return pending.pop(0) if pending else None
-
-    def requests(self, name: str | None = None, repo: str | None = None) -> list[tuple[float, str, str, str | None]]:
-        with self._lock:
-            return [r for r in self.log if (name is None or r[2] == name) and (repo is None or r[1] == repo)]
-
-    def listing(self, repo: dict) -> dict:
-        siblings = []
-        for name, data in repo["files"].items():
-            entry = {"rfilename": name, "size": len(data), "blobId": _git_blob_id(data)}
-            if name.endswith(".safetensors"):
-                entry["lfs"] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest(), "pointerSize": 134}
-            siblings.append(entry)
-        return {"id": repo["id"], "sha": repo["sha"], "siblings": siblings}
-
-
-class _HubHandler(BaseHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-    def _send(self, status: int, body: bytes = b"", headers: dict | None = None, declared: int | None = None) -> None:
-        self.send_response(status)
-        for key, value in (headers or {}).items():
-            self.send_header(key, value)
-        self.send_header("Content-Length", str(len(body) if declared is None else declared))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def do_GET(self):  # noqa: N802 - the http.server interface
-        hub: FakeHub = self.server.hub
-        parts = [unquote(p) for p in urlparse(self.path).path.strip("/").split("/")]
-        try:
-            if parts[:2] == ["api", "models"] and len(parts) >= 4:
-                self._api(hub, "/".join(parts[2:4]), parts[5] if len(parts) > 5 and parts[4] == "revision" else "main")
-            elif len(parts) >= 5 and parts[2] == "resolve":
-                self._file(hub, "/".join(parts[:2]), parts[3], "/".join(parts[4:]))
-            else:
-                self._send(404)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the client gave up on a stalled answer
-
-    def _misbehave(self, fault: str | None) -> bool:
-        if fault == "503":
-            self._send(503, b"busy")
-        elif fault == "gated":
-            self._send(403, b"gated", {"X-Error-Code": "GatedRepo", "X-Error-Message": "Access restricted"})
-        elif fault == "html":
-            self._send(200, b"<html>a web page</html>", {"Content-Type": "text/html"})
-        elif fault == "stall":
-            time.sleep(5)
-            self._send(503)
-        else:
-            return False
-        return True
-
-    def _api(self, hub: FakeHub, repo_id: str, revision: str) -> None:
-        with hub._lock:
-            hub.log.append((time.monotonic(), repo_id, "api", None))
-        if self._misbehave(hub.fault(repo_id, "api")):
-            return
-        repo = hub.find(repo_id)
-        if repo is None:
-            return self._send(404, b"{}", {"X-Error-Code": "RepoNotFound"})
-        if revision not in repo["refs"] and revision != repo["sha"]:
-            return self._send(404, b"{}", {"X-Error-Code": "RevisionNotFound"})
-        self._send(200, json.dumps(hub.listing(repo)).encode(), {"Content-Type": "application/json"})
-
-    def _file(self, hub: FakeHub, repo_id: str, revision: str, name: str) -> None:
-        with hub._lock:
-            hub.log.append((time.monotonic(), repo_id, name, self.headers.get("Range")))
-        fault = hub.fault(repo_id, name)
-        if self._misbehave(fault):
-            return
-        repo = hub.find(repo_id)
-        if repo is None or revision != repo["sha"] or name not in repo["files"]:
-            return self._send(404, b"{}", {"X-Error-Code": "EntryNotFound"})
-        data, status, headers = repo["files"][name], 200, {}
-        if (wanted := self.headers.get("Range")) and wanted.startswith("bytes=") and wanted.endswith("-"):
-            start = int(wanted[6:-1])
-            status, headers = 206, {"Content-Range": f"bytes {start}-{len(data) - 1}/{len(data)}"}
-            data = data[start:]
-        if fault == "damaged":
-            data = data[:-1] + bytes([data[-1] ^ 0xFF])
-        if fault == "cut":
-            self._send(status, data[: len(data) // 2], headers, declared=len(data))
-            self.close_connection = True
-        elif fault == "slow":
-            self._send(status, b"", headers, declared=len(data))
-            for start in range(0, len(data), 8192):
-                self.wfile.write(data[start : start + 8192])
-                self.wfile.flush()
-                time.sleep(0.1)
-        else:
-            self._send(status, data, headers)
-
-
-def _serve(hub: FakeHub):
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _HubHandler)
-    server.hub = hub
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
-    thread.start()
-    return server, f"http://127.0.0.1:{server.server_address[1]}"
-
-
 @pytest.fixture
 def fake_hub(tiny_models, tmp_path, monkeypatch):
     """A FakeHub serving acme/m0…m2 (tiny_models 0…2), set as huggingface_hub's endpoint, with an
@@ -404,7 +266,7 @@ def fake_hub(tiny_models, tmp_path, monkeypatch):
 
     hub = FakeHub()
     hub.commits = [hub.add(f"acme/m{i}", tiny_models[i]) for i in range(3)]
-    server, url = _serve(hub)
+    server, url = serve(hub)
     hub.url, hub.cache = url, tmp_path / "hub-cache"
     monkeypatch.setattr(constants, "ENDPOINT", url)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub.cache))
@@ -697,7 +559,7 @@ def test_a_host_that_never_answers_fails_within_timeout_times_tries(silent_host,
 
 
 def test_a_missing_hub_model_is_one_line(text_file, tmp_path):
-    server, endpoint = _serve(FakeHub())
+    server, endpoint = serve(FakeHub())
     try:
         result, _ = _jaxmap(["score", "acme/tiny", "--texts", str(text_file), "--out", str(tmp_path / "s.h5"), "--quiet"], endpoint, tmp_path)
     finally:
@@ -713,7 +575,7 @@ def test_a_hub_job_downloads_lazily_and_deletes_after_scoring(tiny_models, text_
 
     hub = FakeHub()
     commits = [hub.add(f"acme/m{i}", tiny_models[i]) for i in range(2)]
-    server, endpoint = _serve(hub)
+    server, endpoint = serve(hub)
     try:
         result, _ = _jaxmap(
             ["score", "acme/m0", "acme/m1", "--texts", str(text_file), "--out", str(tmp_path / "hub.h5"), "--quiet", "--delete-after"],

@@ -15,7 +15,7 @@ import pytest
 from jaxmap.checkpoints import hub, resolve
 from jaxmap.errors import HubError, JaxmapError
 from jaxmap.jobs import score_job
-from test_checkpoints import WEIGHTS, FakeHub, _HubHandler
+from fake_hub import WEIGHTS, FakeHub, HubHandler, serve
 
 HUB_REFERENCES = [f"acme/m{i}" for i in range(30)]
 # huggingface_hub asks the endpoint for its registry of agent harnesses once per process, on the
@@ -36,12 +36,8 @@ def endpoint(tmp_path, monkeypatch):
 
 
 def _serve(handler, fake: FakeHub):
-    from http.server import ThreadingHTTPServer
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.hub = fake
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    return server, f"127.0.0.1:{server.server_address[1]}"
+    server, url = serve(fake, handler, poll_interval=0.05)
+    return server, url.removeprefix("http://")
 
 
 def _expect_given_up(summary, host: str, tries: int) -> None:
@@ -122,7 +118,7 @@ def test_a_host_that_never_answers_is_given_up_and_local_models_score(endpoint, 
     assert 0 < accepted() <= hub.UNREACHABLE_AFTER * 2 + HF_OWN_REQUESTS, "three models' two tries, none after"
 
 
-class _Handler(_HubHandler):
+class _Handler(HubHandler):
     """The fake hub, except that it drops every connection for repositories in ``hub.dropped``
     without an answer, and trickles ``hub.trickled`` repositories' weights a byte at a time."""
 
@@ -139,7 +135,7 @@ class _Handler(_HubHandler):
             return super()._file(fake, repo_id, revision, name)
         with fake._lock:
             fake.log.append((time.monotonic(), repo_id, name, self.headers.get("Range")))
-        data = fake.find(repo_id)["files"][name]
+        data = fake.data(fake.find(repo_id), name)
         self._send(200, b"", declared=len(data))
         deadline = time.monotonic() + 10  # the client gives up long before
         for byte in data:

@@ -56,6 +56,7 @@ class _Entry:
     taken: bool = False  # handed out by take_next()
     released: bool = False
     error: Exception | None = None
+    seconds: float = 0.0  # the download's, once over
     thread: threading.Thread | None = None
     done: threading.Event = field(default_factory=threading.Event)
 
@@ -158,11 +159,13 @@ class WeightPrefetcher:
 
     def _download(self, entry: _Entry) -> None:
         error: Exception | None = None
+        started = time.perf_counter()
         try:
             entry.checkpoint.fetch_weights(cancel=self._cancel)
         except Exception as caught:  # noqa: BLE001 - recorded; wait() raises it in the job's thread
             error = caught
         with self._lock:
+            entry.seconds = time.perf_counter() - started
             if error is None:
                 entry.state = "ready"
                 entry.done.set()
@@ -233,6 +236,11 @@ class WeightPrefetcher:
             delete_now = self.delete_after and entry.state in ("ready", "failed")
             self._start_what_fits()
         return entry.checkpoint.release_weights() if delete_now else 0
+
+    def download_seconds(self, checkpoint: Checkpoint) -> float:
+        """Seconds ``checkpoint``'s weights took to download and check, once the download is
+        over (0.0 before, and for a model that needed none)."""
+        return self._entry(checkpoint).seconds
 
     @property
     def failures(self) -> dict[str, str]:
