@@ -322,6 +322,7 @@ def score_job(
         todo: list[Checkpoint] = []
         wanted: dict[str, list[str]] = {}  # canonical key -> the keys of the rows it gives
         phases_of: dict[str, dict[str, float]] = {}  # canonical key -> seconds per phase
+        shape_of: dict[str, object] = {}  # canonical key -> its decoder config
         for reference in tqdm(references, desc="validating", unit="model", disable=not progress or len(references) < 2):
             phases: dict[str, float] = {}
             try:
@@ -343,7 +344,17 @@ def score_job(
                 continue
             wanted[key] = keys
             phases_of[key] = phases
+            shape_of[key] = config
             todo.append(checkpoint)
+        # Models of one shape share their compiled scorers (weights are arguments): scored one
+        # after another, each shape's scorers are compiled (or loaded from the compilation
+        # cache) once, where a list interleaving more shapes than the engine keeps compiled
+        # (engine.MAX_COMPILED) would evict and rebuild them model after model. The list's
+        # order within a shape, shapes in the order they first appear; the same on every host.
+        first_seen: dict[object, int] = {}
+        for checkpoint in todo:
+            first_seen.setdefault(shape_of[checkpoint.canonical], len(first_seen))
+        todo.sort(key=lambda checkpoint: first_seen[shape_of[checkpoint.canonical]])
 
         # The token cache sits beside the store, which only process 0 may touch.
         token_cache = writer.path.with_name(writer.path.name + ".tokens") if writer is not None else None
