@@ -84,9 +84,11 @@ BROKEN = {
     "nan": ("a layer-0 weight matrix is all NaN", r"non-finite log-likelihood"),
 }
 PHASES = ("resolve", "validate", "download", "wait", "load", "tokenize", "compile", "score", "commit")
-SCORED_LINE = re.compile(r"^(?P<ref>\S+): (?P<tokens>\d+) tokens in ")
+# The job's lines about each model; on stderr they may follow a progress bar on one line.
+SCORED_LINE = re.compile(r"(?P<ref>soak/[\w.-]+): (?P<tokens>\d+) tokens in ")
+COMPILED = re.compile(r"(\d+) new compilation")
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-FAILED_LINE = re.compile(r"^jaxmap: (?P<ref>\S+): (?:failed|cannot be scored): (?P<reason>.*)$")
+FAILED_LINE = re.compile(r"jaxmap: (?P<ref>soak/[\w.-]+): (?:failed|cannot be scored): (?P<reason>.*)$")
 MIB = 2**20
 
 
@@ -261,7 +263,8 @@ class Segment:
     returncode: int | None = None
     killed: bool = False
     first_row_after: float | None = None  # seconds from the start to its first committed row
-    scored: list[tuple[float, str]] = field(default_factory=list)  # (seconds, reference)
+    scored: list[tuple[float, str, int, int | None]] = field(default_factory=list)
+    # (seconds, reference, scorer compilations it needed, VmRSS KiB just after its row)
     failed: list[tuple[float, str, str]] = field(default_factory=list)  # (seconds, reference, reason)
     samples: list[tuple[float, int, int, int, int]] = field(default_factory=list)
     # (seconds, VmRSS KiB, models finished in this segment, weight bytes, partial bytes)
@@ -289,15 +292,19 @@ def run_segment(
                     now = time.monotonic() - started
                     # The job's lines share stderr with its progress bars.
                     line = ANSI.sub("", line).split("\r")[-1].strip()
-                    if match := SCORED_LINE.match(line):
+                    if match := SCORED_LINE.search(line):
                         with lock:
-                            segment.scored.append((now, match["ref"]))
+                            compiled = COMPILED.search(line)
+                            segment.scored.append((
+                                now, match["ref"], int(compiled[1]) if compiled else 0,
+                                _status_kib(process.pid, "VmRSS"),
+                            ))
                             if segment.first_row_after is None:
                                 segment.first_row_after = now
                             rows = segment.rows_before + len(segment.scored)
                         if segment.kill_after_rows is not None and rows >= segment.kill_after_rows:
                             reached.set()
-                    elif match := FAILED_LINE.match(line):
+                    elif match := FAILED_LINE.search(line):
                         with lock:
                             segment.failed.append((now, match["ref"], match["reason"]))
 
@@ -349,6 +356,30 @@ def _stats(values: list[float]) -> dict:
     return {
         "count": int(array.size), "median": float(np.median(array)), "p95": float(np.percentile(array, 95)),
         "mean": float(array.mean()), "max": float(array.max()), "total": float(array.sum()),
+    }
+
+
+def _steady_growth(scored: list[tuple], shortest: int = 5) -> dict:
+    """Resident memory between compilations: over every run of at least ``shortest`` rows in a
+    row that compiled nothing, the KiB VmRSS grew per row (all runs pooled: a leak per model
+    shows here, apart from what compiling adds); and over rows that compiled, KiB per program."""
+    grown = rows = 0
+    stretch: list[int] = []
+    for _, _, compiled, rss in scored + [(0, "", 1, None)]:
+        if compiled == 0 and rss is not None:
+            stretch.append(rss)
+            continue
+        if len(stretch) >= shortest:
+            grown += stretch[-1] - stretch[0]
+            rows += len(stretch) - 1
+        stretch = []
+    programs = sum(c for _, _, c, _ in scored)
+    compiling = sum(
+        b[3] - a[3] for a, b in zip(scored, scored[1:]) if b[2] and a[3] is not None and b[3] is not None
+    )
+    return {
+        "kib_per_row_without_compiling": grown / rows if rows else None, "rows_without_compiling": rows,
+        "programs": programs, "kib_per_program": compiling / programs if programs else None,
     }
 
 
@@ -419,7 +450,7 @@ def analyse(settings: dict, models: list[Model], segments: list[Segment], work: 
         memory.append({
             "segment": s.number, "models": finished, "rss_first_model_mib": after_first[0] / 1024,
             "rss_max_mib": max(rss) / 1024, "rss_end_mib": rss[-1] / 1024,
-            "slope_kib_per_model": slope, "slope_from_model": warm,
+            "slope_kib_per_model": slope, "slope_from_model": warm, **_steady_growth(s.scored),
         })
     weight_peak = max((x[3] for s in segments for x in s.samples), default=0)
     left_weights, left_partial = weight_bytes(work / "hub-cache")
@@ -443,7 +474,10 @@ def analyse(settings: dict, models: list[Model], segments: list[Segment], work: 
         "segments": [
             {"segment": s.number, "seconds": s.seconds, "killed": s.killed, "returncode": s.returncode,
              "rows_before": s.rows_before, "rows_committed": len(s.scored), "failed": len(s.failed),
-             "kill_after_rows": s.kill_after_rows, "kill_delay": s.kill_delay, "first_row_after": s.first_row_after}
+             "kill_after_rows": s.kill_after_rows, "kill_delay": s.kill_delay, "first_row_after": s.first_row_after,
+             "weights_at_start": s.samples[0][3] if s.samples else None,
+             "weights_peak": max((x[3] for x in s.samples), default=None),
+             "partial_peak": max((x[4] for x in s.samples), default=None)}
             for s in segments
         ],
         "memory": memory,
@@ -476,6 +510,10 @@ def verdict(result: dict) -> list[str]:
     if result["failures"]["good_models_failed"]:
         problems.append(f"good models failed: {result['failures']['good_models_failed']}")
     return problems
+
+
+def _mb(count: int | None) -> float | None:
+    return None if count is None else count / 1e6
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
@@ -515,14 +553,16 @@ def markdown(result: dict, command: str) -> str:
         "",
         "## Starts and kills",
         "",
-        "| start | seconds | rows committed | failures | killed after row | + delay s | exit | first row after s |",
-        "|---|---|---|---|---|---|---|---|",
+        "| start | seconds | rows committed | failures | killed after row | + delay s | exit | first row after s "
+        "| hub-cache weights at start / peak MB |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for seg in result["segments"]:
         out.append(
             f"| {seg['segment']} | {seg['seconds']:.0f} | {seg['rows_committed']} | {seg['failed']} | "
             f"{seg['kill_after_rows'] if seg['killed'] else '–'} | {_fmt(seg['kill_delay'], 2) if seg['killed'] else '–'} | "
-            f"{'SIGKILL' if seg['killed'] else seg['returncode']} | {_fmt(seg['first_row_after'], 1)} |"
+            f"{'SIGKILL' if seg['killed'] else seg['returncode']} | {_fmt(seg['first_row_after'], 1)} | "
+            f"{_fmt(_mb(seg['weights_at_start']), 2)} / {_fmt(_mb(seg['weights_peak']), 2)} |"
         )
     out += [
         "",
@@ -554,12 +594,20 @@ def markdown(result: dict, command: str) -> str:
         "",
         "## Resident memory",
         "",
-        "| start | models | RSS after the first model MiB | max MiB | at the end MiB | slope KiB/model (from model) |",
-        "|---|---|---|---|---|---|",
+        "VmRSS of the job, sampled every few tenths of a second and read again after each row. "
+        "*Slope*: least squares against models finished, over the second half of the start. "
+        "*Between compilations*: pooled over every run of 5 or more rows in a row that compiled "
+        "nothing (a leak per model shows there); *per program*: across the rows that compiled.",
+        "",
+        "| start | models | after the first model MiB | max MiB | at the end MiB | slope KiB/model (from model) "
+        "| KiB/row between compilations (rows) | KiB per program compiled (programs) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for m in result["memory"]:
         out.append(f"| {m['segment']} | {m['models']} | {m['rss_first_model_mib']:.0f} | {m['rss_max_mib']:.0f} | "
-                   f"{m['rss_end_mib']:.0f} | {_fmt(m['slope_kib_per_model'], 1)} ({m['slope_from_model']}) |")
+                   f"{m['rss_end_mib']:.0f} | {_fmt(m['slope_kib_per_model'], 1)} ({m['slope_from_model']}) | "
+                   f"{_fmt(m['kib_per_row_without_compiling'], 1)} ({m['rows_without_compiling']}) | "
+                   f"{_fmt(m['kib_per_program'], 0)} ({m['programs']}) |")
     out += [
         "",
         "## Compilations",
