@@ -226,6 +226,7 @@ def _write_summary(summary: JobSummary, writer: StoreWriter) -> None:
         temporary.unlink(missing_ok=True)  # the summary is a convenience; the rows are safe
 
 
+@distributed.together
 def score_job(
     models: Sequence[str] | str,
     texts: TextSet | str | Path | Sequence[str],
@@ -282,7 +283,10 @@ def score_job(
     text set, a foreign store, a full disk).
 
     In a multi-host run every process calls this with the same arguments; process 0 alone
-    writes the store and the run summary.
+    writes the store and the run summary. A model that one process cannot validate, load or
+    tokenize fails on every process (the reason names the process) and the job goes on; any
+    other failure of one process stops every process with the same error, naming it
+    (:func:`jaxmap.distributed.together`).
     """
     if bos_policy not in POLICIES:
         raise JaxmapError(f"unknown BOS policy {bos_policy!r}; choose one of {', '.join(POLICIES)}")
@@ -316,7 +320,8 @@ def score_job(
     summary = JobSummary(str(out))
     # Held for the whole job, shared with other jobs on this store: merge refuses it meanwhile.
     with writer.job() if writer is not None else contextlib.nullcontext():
-        done = set(distributed.share_from_first(writer.completed_keys() if writer else None))
+        # Only process 0 reads the store; the processes agree on what to score after validating.
+        done = set(writer.completed_keys()) if writer is not None else set()
 
         # Resolve and validate everything before scoring anything; loading reuses these.
         todo: list[Checkpoint] = []
@@ -355,6 +360,8 @@ def score_job(
         for checkpoint in todo:
             first_seen.setdefault(shape_of[checkpoint.canonical], len(first_seen))
         todo.sort(key=lambda checkpoint: first_seen[shape_of[checkpoint.canonical]])
+        if distributed.joined():
+            todo = _agree_on_models(references, todo, summary, say)
 
         # The token cache sits beside the store, which only process 0 may touch.
         token_cache = writer.path.with_name(writer.path.name + ".tokens") if writer is not None else None
@@ -389,8 +396,9 @@ def score_job(
                 # release when the disk budget is tight.
                 (checkpoint, current), upcoming = upcoming, load_next()
                 # Another job on this store may have committed it since this one began.
-                done = set(distributed.share_from_first(writer.completed_keys() if writer else None))
-                if all(k in done for k in wanted[checkpoint.canonical]):
+                # (Process 0 decides: it alone reads the store.)
+                done = set(writer.completed_keys()) if writer is not None else set()
+                if distributed.share_from_first(all(k in done for k in wanted[checkpoint.canonical])):
                     outcome = ModelOutcome(
                         checkpoint.reference, "skipped", BY_ANOTHER_JOB, phases=phases_of[checkpoint.canonical],
                     )
@@ -462,6 +470,66 @@ class _InOrder:
         """Nothing runs in the background."""
 
 
+class _FailedElsewhere(JaxmapError):
+    """A model that another process of a multi-host run could not prepare (the message says
+    which process and why)."""
+
+
+def _agree_on_models(
+    references: list[str], todo: list[Checkpoint], summary: JobSummary, say: Callable[[str], None],
+) -> list[Checkpoint]:
+    """Multi-host: make every process's validation outcomes one, the same on every process.
+
+    Process 0 alone knows the store, so its "skipped" (already there, or a second spelling of a
+    model) stands; otherwise a model that any process could not validate fails everywhere, with
+    the reason of the first process that failed it, naming that process unless every process
+    failed it alike. The models to score come in process 0's order. Updates ``summary`` and
+    returns the models to score.
+    """
+    mine: dict[str, list[str]] = {}
+    for outcome in summary.outcomes:
+        mine.setdefault(outcome.reference, [outcome.status, outcome.reason])
+    for checkpoint in todo:
+        mine[checkpoint.reference] = ["todo", ""]
+    names = list(dict.fromkeys(references))
+    everyone = distributed.gather(
+        "validated", {"models": [mine[name] for name in names], "order": [c.reference for c in todo]},
+    )
+    if any(len(theirs["models"]) != len(names) for theirs in everyone):
+        counts = ", ".join(f"process {p}: {len(t['models'])}" for p, t in enumerate(everyone))
+        raise _Disagreement(f"the processes were given different model lists ({counts} models)")
+    mine_checkpoints = {checkpoint.reference: checkpoint for checkpoint in todo}
+    to_score: set[str] = set()
+    for position, name in enumerate(names):
+        statuses = [theirs["models"][position] for theirs in everyone]
+        if statuses[0][0] == "skipped":
+            agreed = ["skipped", statuses[0][1]]
+        else:
+            reason = distributed.merged_reason([why if status == "failed" else None for status, why in statuses])
+            if reason is None and any(status != "todo" for status, _ in statuses):
+                raise _Disagreement(
+                    f"{name}: process 0 would score it, but another process counts it as another "
+                    "model of the list: the hosts' files differ"
+                )
+            agreed = ["todo", ""] if reason is None else ["failed", reason]
+        if agreed[0] == "todo":  # every process would score it
+            to_score.add(name)
+        elif agreed != mine[name]:
+            # This process's outcome for the model changes to the agreed one.
+            before = [o for o in summary.outcomes if o.reference == name]
+            summary.outcomes = [o for o in summary.outcomes if o.reference != name]
+            summary.outcomes.append(
+                ModelOutcome(name, agreed[0], agreed[1], phases=before[0].phases if before else {})
+            )
+            if agreed[0] == "failed":
+                say(f"jaxmap: {name}: cannot be scored: {agreed[1]}")
+    return [mine_checkpoints[name] for name in everyone[0]["order"] if name in to_score]
+
+
+class _Disagreement(distributed.DistributedError):
+    agreed = True  # every process reads the same outcomes, so every process raises it alike
+
+
 def _score_one(
     loading: concurrent.futures.Future,
     checkpoint: Checkpoint,
@@ -484,6 +552,9 @@ def _score_one(
     seconds of each phase are added to ``phases``."""
     reference = checkpoint.reference
     phases = {} if phases is None else phases
+    # In a multi-host run every process prepares the model on its own, then they score it
+    # together: they agree first that every one of them is ready.
+    several, stage = distributed.joined(), "prepare"
     try:
         with _timed(phases, "wait"):
             model: LoadedModel = loading.result()
@@ -492,16 +563,29 @@ def _score_one(
         keep_tokens = model.config.max_positions if truncating else None
         with _timed(phases, "tokenize"):
             tokens, tokenizer_id = cached_tokenize(text_set, model.tokenizer, bos_policy, token_cache, keep_tokens)
+        if several:
+            elsewhere = distributed.merged_reason(distributed.gather(f"ready {reference}", None))
+            if elsewhere is not None:
+                raise _FailedElsewhere(elsewhere)
+        stage = "score"
         result = score_tokens(
             model, tokens, batch_tokens, progress, logit_lens=logit_lens,
             keep_token_logprobs=save_token_logprobs, **(scoring or {}),
         )
+        stage = "check"
         phases["compile"], phases["score"] = result.stats["compile_seconds"], result.stats["seconds"]
         _check_finite(reference, result, text_set)
         if logit_lens and not np.isfinite(result.layer_loglik).all():
             raise JaxmapError("non-finite log-likelihood in a logit-lens layer row")
     except Exception as error:  # noqa: BLE001 - one bad model must not stop a 1,000-model job
+        if several and (stage == "score" or isinstance(error, distributed.DistributedError)):
+            # The other processes may be waiting inside the work done together, or the
+            # processes cannot meet: this stops every process (distributed.together).
+            raise
         outcome = _failure(reference, error, phases)
+        if several and stage == "prepare" and not isinstance(error, _FailedElsewhere):
+            # The others wait to hear from this process before scoring: it failed here.
+            outcome.reason = distributed.merged_reason(distributed.gather(f"ready {reference}", outcome.reason))
         say(f"jaxmap: {reference}: failed: {outcome.reason}")
         return outcome
     meta = {
@@ -542,23 +626,25 @@ def _score_one(
     stop, committed_here = None, 0
     if writer is not None:
         committing = time.perf_counter()
-        try:
-            for name, values, row_meta in rows:
-                if row_meta["key"] not in committed:
-                    try:
-                        writer.append(
-                            name, values, result.ntokens, result.truncated, row_meta,
-                            token_logprobs=result.token_logprobs if name == reference else None,
-                        )
-                        committed_here += 1
-                    except RowExistsError:
-                        pass  # another job on this store committed it while this one scored
-        except StoreError as error:
-            stop = error
+        # A process stopping for another one's failure waits for the commit in progress.
+        with distributed.committing():
+            try:
+                for name, values, row_meta in rows:
+                    if row_meta["key"] not in committed:
+                        try:
+                            writer.append(
+                                name, values, result.ntokens, result.truncated, row_meta,
+                                token_logprobs=result.token_logprobs if name == reference else None,
+                            )
+                            committed_here += 1
+                        except RowExistsError:
+                            pass  # another job on this store committed it while this one scored
+            except StoreError as error:
+                stop = error
         phases["commit"] = time.perf_counter() - committing
-    problem, committed_here = distributed.share_from_first([str(stop) if stop else None, committed_here])
-    if problem is not None:
-        raise stop or StoreError(f"process 0 could not commit {reference}: {problem}")
+    if stop is not None:
+        raise stop  # in a multi-host run the others stop with process 0 (distributed.together)
+    committed_here = distributed.share_from_first(committed_here)
     stats = result.stats
     if progress:
         say(

@@ -102,6 +102,19 @@ def _one_line(message: str) -> str:
     return " ".join(part.strip() for part in message.splitlines() if part.strip())
 
 
+def error_line(command: str, error: BaseException) -> str:
+    """The one line an error meant for a person prints: ``jaxmap COMMAND: error: MESSAGE``."""
+    return f"jaxmap {command}: error: {_one_line(str(error))}"
+
+
+def leave_run(status: int) -> None:
+    """In a multi-host run, leave now with ``status`` (:func:`jaxmap.distributed.exit_now`):
+    JAX's shutdown at exit would wait for processes that already left. Elsewhere nothing."""
+    distributed = sys.modules.get("jaxmap.distributed")
+    if distributed is not None and distributed.joined():
+        distributed.exit_now(status)
+
+
 def _expand_home(args: argparse.Namespace) -> None:
     """A ``~`` the shell left alone (quoted, or after ``--opt=``) names the home folder here too,
     in every path argument: store, texts, models, outputs."""
@@ -139,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as interrupt:
         interrupts.leave(command, interrupt)
     except JaxmapError as error:
-        print(f"jaxmap {command}: error: {_one_line(str(error))}", file=sys.stderr)
+        print(error_line(command, error), file=sys.stderr)
+        leave_run(EXIT_PEOPLE_ERROR)
         return EXIT_PEOPLE_ERROR
     except BrokenPipeError:
         # The reader stopped reading (`jaxmap info STORE | head`): not an error, so no message.

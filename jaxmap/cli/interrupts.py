@@ -117,6 +117,18 @@ def install() -> dict:
     return previous
 
 
+def reclaim() -> None:
+    """Route SIGINT and SIGTERM through this module again after a library took them over.
+
+    ``jax.distributed.initialize`` starts JAX's preemption notifier, whose own SIGTERM handler
+    only logs the signal: a multi-host ``jaxmap score`` would run on when asked to stop.
+    """
+    for handled in _HANDLED:
+        current = signal.getsignal(handled)
+        if current in (_first, _again):
+            signal.signal(handled, current)
+
+
 def restore(previous: dict) -> None:
     """Put back the handlers :func:`install` replaced."""
     signal.setitimer(signal.ITIMER_REAL, 0)  # a held signal's timer must not outlive its handler
@@ -133,14 +145,19 @@ def leave(command: str, interrupt: KeyboardInterrupt) -> None:
     signum = getattr(interrupt, "signum", signal.SIGINT)
     # A command that leaves outputs of its own (`jaxmap train`'s checkpoints) says which.
     outcome = getattr(interrupt, "outcome", None)
+    # In a multi-host run every process prints this line, naming the process signalled.
+    name = signal.Signals(signum).name + (f" on {interrupt.where}" if getattr(interrupt, "where", None) else "")
     sys.stdout.flush()
     sys.stderr.write(
-        f"jaxmap {command}: stopped by {signal.Signals(signum).name}; {outcome}\n"
+        f"jaxmap {command}: stopped by {name}; {outcome}\n"
         if outcome
-        else f"jaxmap {command}: stopped by {signal.Signals(signum).name}; committed rows are kept "
+        else f"jaxmap {command}: stopped by {name}; committed rows are kept "
         "(a model still being scored was not stored)\n"
         if command in ("score", "add", "demo")
-        else f"jaxmap {command}: stopped by {signal.Signals(signum).name}; no output was changed\n"
+        else f"jaxmap {command}: stopped by {name}; no output was changed\n"
     )
     sys.stderr.flush()
+    distributed = sys.modules.get("jaxmap.distributed")
+    if distributed is not None:  # a multi-host run: process 0 leaves last
+        distributed.exit_now(exit_status(signum))
     os._exit(exit_status(signum))

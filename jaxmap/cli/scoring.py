@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import distributed
 from . import int_at_least
 
 
@@ -184,15 +185,34 @@ def use_compile_cache(args: argparse.Namespace) -> None:
 
 
 def run_score(args: argparse.Namespace) -> int:
-    from .. import distributed
+    use_compile_cache(args)
+    if args.coordinator or args.num_processes or args.process_id is not None or args.distributed:
+        from . import interrupts
+
+        distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+        interrupts.reclaim()  # JAX's preemption notifier took SIGTERM
+        distributed.on_forced_stop(_forced_stop)
+    return _score(args)
+
+
+def _forced_stop(error: BaseException) -> None:
+    """How a multi-host run's watchdog ends this process when another one failed: the line the
+    command would print (:func:`jaxmap.distributed.together`)."""
+    from . import error_line, interrupts
+
+    if isinstance(error, KeyboardInterrupt):
+        interrupts.leave("score", error)
+    print(error_line("score", error), file=sys.stderr)
+    distributed.exit_now(2)
+
+
+@distributed.together
+def _score(args: argparse.Namespace) -> int:
+    """The job, with every process of a multi-host run stopping together on a failure."""
+    from ..jobs import score_job
     from ..outputs import refuse_inputs
 
     refuse_inputs(args.out, [args.texts, *(m for m in args.models if os.path.isfile(m))])
-    use_compile_cache(args)
-
-    if args.coordinator or args.num_processes or args.process_id is not None or args.distributed:
-        distributed.initialize(args.coordinator, args.num_processes, args.process_id)
-    from ..jobs import score_job
 
     first = distributed.process_index() == 0
     summary = score_job(
