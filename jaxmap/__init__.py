@@ -37,7 +37,7 @@ _EXPORTS = {
     "resample": "analysis",
     "resampled_coordinates": "analysis",
     "load_model": "engine",
-    "load_module": "models.module",
+    "load_module": "module",
     "train": "training",
     "score": "jobs",
     "score_job": "jobs",

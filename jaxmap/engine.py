@@ -230,10 +230,11 @@ def compilation_count() -> int:
 @dataclass
 class LoadedModel:
     """A model ready to score: its checkpoint, decoder config, device params (placed on
-    ``mesh``) and tokenizer."""
+    ``mesh``) and tokenizer. ``checkpoint`` is None for a model that lives in memory only (a
+    :class:`jaxmap.module.DecoderLM`'s)."""
 
     reference: str
-    checkpoint: Checkpoint
+    checkpoint: Checkpoint | None
     architecture: str
     config: DecoderConfig
     params: Params

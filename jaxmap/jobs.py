@@ -44,7 +44,7 @@ from .models import DTYPES, translate_config
 from .planning import SHARD_RULES, plan_shards
 from .sharding import make_mesh
 from .store import RowExistsError, Store, StoreWriter, open_store
-from .texts import TextSet, load_texts
+from .texts import TextSet, as_text_set
 from .tokenization import POLICIES, cached_tokenize
 
 
@@ -142,14 +142,6 @@ class JobSummary:
             **({"compile_cache": {"directory": str(compile_cache.directory()), **compile_cache.counts()}}
                if compile_cache.directory() else {}),
         }
-
-
-def _as_text_set(texts: TextSet | str | Path | Sequence[str]) -> TextSet:
-    if isinstance(texts, TextSet):
-        return texts
-    if isinstance(texts, (str, Path)):
-        return load_texts(texts)
-    return TextSet.from_texts(list(texts))
 
 
 def parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int] | None:
@@ -298,7 +290,7 @@ def score_job(
         raise JaxmapError(f"unknown shard rule {shard_by!r}; choose one of {', '.join(SHARD_RULES)}")
     say = report or (tqdm.write if progress else (lambda line: None))
     started = time.perf_counter()
-    text_set = _as_text_set(texts)
+    text_set = as_text_set(texts)
     references = expand_references([models] if isinstance(models, str) else models)
     if shard is not None:
         plan = plan_shards(references, shard[1], text_set, by=shard_by, cache_dir=cache_dir)

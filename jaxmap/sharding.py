@@ -1,12 +1,12 @@
 """Device meshes and the placement of a decoder's params on them.
 
 A mesh has a ``data`` axis (batch rows) and a ``model`` axis (tensor-parallel weights). The
-partitioning is named once per decoder parameter (:data:`TENSOR_PARALLEL`, in the params layout
-of :mod:`jaxmap.models.decoder`), whatever the architecture: attention heads and MLP columns are
-split Megatron-style (q/k/v/gate/up by output column, o/down by input row, so each attention and
-each MLP ends in one all-reduce), and the vocabulary rows of the embedding and unembedding (and
-of the output-projection bias, if any) are split for the sharded log-prob kernel. Everything else
-is replicated. Params are replicated over the data axis.
+partitioning is named once per logical axis of the params layout (:data:`TENSOR_PARALLEL`; each
+parameter's axes are in :mod:`jaxmap.models.layout`), whatever the architecture: attention heads
+and MLP columns are split Megatron-style (q/k/v/gate/up by output column, o/down by input row, so
+each attention and each MLP ends in one all-reduce), and the vocabulary rows of the embedding and
+unembedding (and of the output-projection bias, if any) are split for the sharded log-prob
+kernel. Everything else is replicated. Params are replicated over the data axis.
 
 Host arrays in their final layout and dtype go to the devices with one ``jax.device_put`` per
 parameter, straight into its :class:`~jax.sharding.NamedSharding` (when the mesh spans several
@@ -16,6 +16,7 @@ processes, each process hands over its own devices' slices instead).
 from __future__ import annotations
 
 import re
+from typing import Callable
 
 import jax
 import numpy as np
@@ -23,37 +24,25 @@ from jax.experimental import mesh_utils, multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from .errors import JaxmapError
-from .models.adapter import empty_host_array
 from .models.decoder import DecoderConfig, Params
+from .models.layout import LAYOUT
+from .models.weights import empty_host_array
 
 DATA = "data"
 MODEL = "model"
 
-# Dotted path in the params pytree -> (dimension split over the model axis, what it counts).
-# Layer leaves carry the leading layer axis. o.bias and down.bias are added after the row-parallel
-# all-reduce, so they stay replicated like the norms.
-TENSOR_PARALLEL: dict[str, tuple[int, str]] = {
-    "embed": (0, "vocab"),
-    "unembed": (0, "vocab"),
-    "unembed_bias": (0, "vocab"),
-    "layers.q.kernel": (2, "heads"),
-    "layers.q.bias": (1, "heads"),
-    "layers.k.kernel": (2, "kv_heads"),
-    "layers.k.bias": (1, "kv_heads"),
-    "layers.v.kernel": (2, "kv_heads"),
-    "layers.v.bias": (1, "kv_heads"),
-    "layers.o.kernel": (1, "heads"),
-    "layers.gate.kernel": (2, "mlp"),
-    "layers.gate.bias": (1, "mlp"),
-    "layers.up.kernel": (2, "mlp"),
-    "layers.up.bias": (1, "mlp"),
-    "layers.down.kernel": (1, "mlp"),
-    # Mixture of experts: every device holds every expert's slice of columns (Megatron-style
-    # within each expert), so routing needs no communication and each MoE MLP ends in one
-    # all-reduce like a dense one. The router and the shared expert's gate stay replicated.
-    "layers.experts.gate": (3, "expert_mlp"),
-    "layers.experts.up": (3, "expert_mlp"),
-    "layers.experts.down": (2, "expert_mlp"),
+# The logical axes of the params layout that are split over the model axis, each with the number
+# of whole pieces it holds (a head is never cut in two). A layer's o.bias and down.bias lie along
+# "embed": they are added after the row-parallel all-reduce, so they stay replicated like the
+# norms. Mixture of experts: every device holds every expert's slice of columns (Megatron-style
+# within each expert), so routing needs no communication and each MoE MLP ends in one
+# all-reduce like a dense one; the router and the shared expert's gate stay replicated.
+TENSOR_PARALLEL: dict[str, Callable[[DecoderConfig], int]] = {
+    "vocab": lambda config: config.vocab_size,
+    "heads": lambda config: config.num_heads,
+    "kv_heads": lambda config: config.num_kv_heads,
+    "mlp": lambda config: config.intermediate_size,
+    "expert_mlp": lambda config: config.expert_intermediate_size,
 }
 
 _MESH_ITEM = re.compile(r"\s*(data|model)\s*=\s*(\d+)\s*")
@@ -147,28 +136,27 @@ def to_host(array: jax.Array) -> np.ndarray:
     return np.asarray(multihost_utils.process_allgather(array, tiled=True))
 
 
-def _counts(config: DecoderConfig) -> dict[str, int]:
-    return {
-        "heads": config.num_heads,
-        "kv_heads": config.num_kv_heads,
-        "mlp": config.intermediate_size,
-        "expert_mlp": config.expert_intermediate_size,
-        "vocab": config.vocab_size,
-    }
+def _split_axes(path: str) -> tuple[str | None, ...]:
+    """The logical axis of each dimension of the parameter at dotted ``path``, each one that is
+    not split over the model axis as None (an unknown path: ())."""
+    param = LAYOUT.get(path)
+    return tuple(axis if axis in TENSOR_PARALLEL else None for axis in param.axes) if param else ()
 
 
-def partition_spec(path: str, ndim: int, config: DecoderConfig, mesh: Mesh) -> P:
+def partition_spec(path: str, config: DecoderConfig, mesh: Mesh) -> P:
     """The partition of the parameter at dotted ``path`` (e.g. ``layers.q.kernel``)."""
-    if path not in TENSOR_PARALLEL or mesh.shape[MODEL] == 1:
+    axes = _split_axes(path)
+    split = [axis for axis in axes if axis is not None]
+    if not split or mesh.shape[MODEL] == 1:
         return P()
-    dimension, counted = TENSOR_PARALLEL[path]
     # Heads and MLP columns that do not divide the model axis are replicated instead: with MQA
     # or few GQA kv heads, k and v are then computed whole on every model shard while q and o
     # stay split (a head is never cut in two). The vocabulary is padded instead (see
     # padded_vocabulary), so the embedding is always split.
-    if counted != "vocab" and _counts(config)[counted] % mesh.shape[MODEL]:
+    (counted,) = split
+    if counted != "vocab" and TENSOR_PARALLEL[counted](config) % mesh.shape[MODEL]:
         return P()
-    return P(*(MODEL if axis == dimension else None for axis in range(ndim)))
+    return P(*(MODEL if axis == counted else None for axis in axes))
 
 
 def place_params(host: Params, config: DecoderConfig, mesh: Mesh) -> Params:
@@ -189,13 +177,13 @@ def place_params(host: Params, config: DecoderConfig, mesh: Mesh) -> Params:
             if isinstance(leaf, dict):
                 placed[name] = place(leaf, f"{path}.")
                 continue
-            if TENSOR_PARALLEL.get(path, (None, None))[1] == "vocab" and leaf.shape[0] < vocab:
+            if _split_axes(path)[:1] == ("vocab",) and leaf.shape[0] < vocab:
                 padded = empty_host_array((vocab, *leaf.shape[1:]), leaf.dtype)
                 padded[: leaf.shape[0]] = leaf
                 padded[leaf.shape[0] :] = 0
                 leaf = padded
                 del padded
-            spec = partition_spec(path, leaf.ndim, config, mesh)
+            spec = partition_spec(path, config, mesh)
             placed[name] = put(leaf, NamedSharding(mesh, spec))
             del leaf
         return placed

@@ -216,6 +216,16 @@ def load_texts(path: str | Path) -> TextSet:
     return TextSet(tuple(ids), tuple(texts), tuple(metadata), source=str(path))
 
 
+def as_text_set(texts: TextSet | str | Path | Sequence[str]) -> TextSet:
+    """A text set given as a :class:`TextSet` (returned as it is), a JSONL path
+    (:func:`load_texts`) or a sequence of strings (:meth:`TextSet.from_texts`, ids ``0 … N-1``)."""
+    if isinstance(texts, TextSet):
+        return texts
+    if isinstance(texts, (str, Path)):
+        return load_texts(texts)
+    return TextSet.from_texts(list(texts))
+
+
 def chunk_document(document: str, max_bytes: int = 1024, min_bytes: int = 256) -> Iterator[str]:
     """Cut a document into consecutive UTF-8-safe chunks, as the 1,000-model paper did.
 

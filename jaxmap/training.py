@@ -1,6 +1,6 @@
 """Training runs that produce checkpoint trajectories: ``jaxmap train``.
 
-A run trains a :class:`~jaxmap.models.module.DecoderLM` with optax (AdamW, linear warmup then
+A run trains a :class:`~jaxmap.module.DecoderLM` with optax (AdamW, linear warmup then
 cosine decay, gradient clipping by global norm) on next-token cross-entropy over a jaxmap text
 set, and writes an orbax checkpoint every ``save_every`` steps (step 0, the starting model,
 included) into a run directory (:func:`jaxmap.checkpoints.orbax.save_checkpoint`). Each step
@@ -153,9 +153,10 @@ def scratch_config(
 
 
 def new_module(hf_config: dict, tokenizer, seed: int = 0):
-    """A randomly initialised :class:`~jaxmap.models.module.DecoderLM` for an HF config."""
+    """A randomly initialised :class:`~jaxmap.module.DecoderLM` for an HF config."""
     from .models import translate_config
-    from .models.module import DecoderLM, init_params, init_unsupported
+    from .models.layout import init_params, init_unsupported
+    from .module import DecoderLM
 
     architecture, config = translate_config(hf_config, "the new model's config")
     unsupported = init_unsupported(config)
@@ -174,10 +175,10 @@ def new_module(hf_config: dict, tokenizer, seed: int = 0):
 def token_windows(texts, tokenizer, seq_len: int) -> np.ndarray:
     """The texts' tokens (``full`` policy), concatenated and cut into ``[W, seq_len + 1]``
     windows (the tail that fills no window is dropped)."""
-    from .jobs import _as_text_set
+    from .texts import as_text_set
     from .tokenization import tokenize
 
-    tokens = tokenize(_as_text_set(texts), tokenizer, "full")
+    tokens = tokenize(as_text_set(texts), tokenizer, "full")
     stream = np.asarray(tokens.flat, np.int32)
     count = len(stream) // (seq_len + 1)
     if count == 0:
@@ -291,7 +292,7 @@ def train(
 ) -> TrainResult:
     """Train and checkpoint into the run directory ``out``; see the module docstring.
 
-    ``model``: a :class:`~jaxmap.models.module.DecoderLM` or a model reference to fine-tune
+    ``model``: a :class:`~jaxmap.module.DecoderLM` or a model reference to fine-tune
     (loaded in float32); else ``hf_config`` (a dict or a config.json path) and ``tokenizer``
     (a tokenizer or a directory with tokenizer.json) make a new model initialised from
     ``seed``. Checkpoints are written at step 0, every ``save_every`` steps and at the last
@@ -305,18 +306,18 @@ def train(
 
     from .checkpoints.orbax import run_steps, save_checkpoint
     from .errors import OutputError
-    from .models.module import DecoderLM, load
+    from .module import DecoderLM, load
     from .outputs import atomic_output, make_directory
     from .tokenization import load_tokenizer
 
     for name, value in (("steps", steps), ("batch_size", batch_size), ("seq_len", seq_len), ("save_every", save_every)):
         if value < 1:
             raise TrainingError(f"{name} must be at least 1, got {value}")
-    from .jobs import _as_text_set
+    from .texts import as_text_set
 
     started = time.perf_counter()
     # The texts first: a bad text file is named before any model is loaded.
-    texts = _as_text_set(texts)
+    texts = as_text_set(texts)
     if model is not None:
         module = model if isinstance(model, DecoderLM) else load(str(model), dtype="float32")
     else:

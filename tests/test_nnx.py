@@ -12,7 +12,7 @@ import pytest
 from flax import nnx
 
 import jaxmap
-from jaxmap.models import DecoderLM, load
+from jaxmap.module import DecoderLM, load
 
 from conftest import TEXTS
 
@@ -72,3 +72,19 @@ def test_import_jaxmap_loads_neither_jax_nor_flax():
         "assert 'flax' in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", script], check=True)
+
+
+def test_the_old_import_paths_still_work_with_a_deprecation_warning():
+    import jaxmap.models
+    import jaxmap.models.module
+    from jaxmap.models import layout
+
+    for old, name, new in [
+        (jaxmap.models, "DecoderLM", DecoderLM), (jaxmap.models, "load", load),
+        (jaxmap.models, "init_params", layout.init_params),
+        (jaxmap.models.module, "DecoderLM", DecoderLM), (jaxmap.models.module, "load_module", load),
+        (jaxmap.models.module, "param_shapes", layout.param_shapes),
+        (jaxmap.models.module, "init_unsupported", layout.init_unsupported),
+    ]:
+        with pytest.warns(DeprecationWarning, match=rf"{old.__name__}\.{name} moved to "):
+            assert getattr(old, name) is new

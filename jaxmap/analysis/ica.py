@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.sparse.csgraph import minimum_spanning_tree
 
+from .._moved import old_home
 from ._arrays import AnalysisError, float64_matrix
 from .geometry import double_center
 
@@ -156,10 +157,5 @@ def ica(
     )
 
 
-def __getattr__(name: str):
-    # plot_component_tree moved to .plots, beside the other pictures; the old import warns but works.
-    if name == "plot_component_tree":
-        from .plots import _moved
-
-        return _moved(name, __name__)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# plot_component_tree moved to .plots, beside the other pictures; the old import warns but works.
+__getattr__ = old_home(__name__, {"plot_component_tree": "jaxmap.analysis.plots"})

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import html
 import json
-import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,13 +112,6 @@ def _save(figure: Figure, path: str | Path) -> None:
     image = image_format(path)
     with atomic_output(path) as temporary:
         figure.savefig(temporary, format=image)
-
-
-def _moved(name: str, old_module: str):
-    """This module's ``name``, for a caller still importing it from ``old_module``, where it
-    lived before; the warning tells the caller where it is now."""
-    warnings.warn(f"{old_module}.{name} moved to {__name__}.{name}", DeprecationWarning, stacklevel=3)
-    return globals()[name]
 
 
 def _check_coordinates(coordinates, names: Sequence[str]) -> np.ndarray:

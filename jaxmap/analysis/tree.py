@@ -17,6 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .._moved import old_home
 from ._arrays import AnalysisError
 
 METHODS = ("nj", "average")
@@ -222,10 +223,5 @@ def parse_newick(text: str) -> TreeNode:
     return tree
 
 
-def __getattr__(name: str):
-    # plot_tree moved to .plots, beside the other pictures; the old import warns but works.
-    if name == "plot_tree":
-        from .plots import _moved
-
-        return _moved(name, __name__)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# plot_tree moved to .plots, beside the other pictures; the old import warns but works.
+__getattr__ = old_home(__name__, {"plot_tree": "jaxmap.analysis.plots"})

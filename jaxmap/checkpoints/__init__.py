@@ -25,7 +25,7 @@ import yaml
 from ..errors import CheckpointError, HubError
 from ..models import UnsupportedModelError, WeightSource
 from .hub import HubSnapshot, delete_downloads, download, downloaded_files, fetch_lock, resolve_snapshot
-from .orbax import OrbaxLayout, expand_checkpoint_sequence, find_layout, resolve_orbax, run_steps
+from .orbax import OrbaxLayout, expand_checkpoint_sequence, find_layout, orbax_revision, run_steps
 from .validation import INDEX_FILE, read_json_object, read_shard_index, safetensors_header, validate, validate_weights
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
@@ -227,7 +227,8 @@ def resolve(
     if path.is_dir():
         layout = find_layout(path)
         if layout is not None:
-            return resolve_orbax(reference, path, layout)
+            home, revision = orbax_revision(reference, path, layout)
+            return Checkpoint(reference, home, revision, "orbax", str(path.resolve()), orbax=layout)
         steps = run_steps(path)
         if steps:
             raise CheckpointError(

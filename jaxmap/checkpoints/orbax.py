@@ -4,7 +4,7 @@ Two layouts are read (anything else is refused with one line saying what was exp
 
 * **jaxmap** (what :func:`save_checkpoint` writes): a step directory ``RUN/step_00000100/``
   holding ``params/`` (an orbax PyTree checkpoint of the decoder's params tree, in the layout
-  :mod:`jaxmap.models.decoder` documents: stacked layers, ``[in, out]`` kernels),
+  :mod:`jaxmap.models.layout` tabulates: stacked layers, ``[in, out]`` kernels),
   ``config.json`` (the HF config it translates from), the tokenizer files and
   ``jaxmap_checkpoint.json`` (step, architecture, training loss).
 * **flax** (a Flax training run, as ``orbax.checkpoint.CheckpointManager`` or a plain
@@ -59,8 +59,6 @@ _STEP_NUMBER = re.compile(r"(\d+)$")
 # Architectures whose HF torch weights are nn.Linear ([out, in]), so a Flax kernel [in, out]
 # is their transpose.
 _CONV1D_ARCHITECTURES = {"GPT2LMHeadModel"}
-# Leaves the decoder keeps in the weights' dtype; norms and biases stay float32.
-_WEIGHT_DTYPE_LEAVES = {"kernel", "embed", "unembed", "positions"}
 
 
 @dataclass(frozen=True)
@@ -191,10 +189,9 @@ def config_directory(reference: str, directory: Path) -> Path:
     )
 
 
-def resolve_orbax(reference: str, directory: Path, layout: OrbaxLayout) -> "Checkpoint":
-    """The :class:`~jaxmap.checkpoints.Checkpoint` of an orbax step directory."""
-    from . import Checkpoint
-
+def orbax_revision(reference: str, directory: Path, layout: OrbaxLayout) -> tuple[Path, str]:
+    """An orbax step directory's home (the directory holding its config.json and tokenizer
+    files) and its revision, a hash of its config, tree metadata and jaxmap checkpoint file."""
     if layout.kind == "jaxmap" and not _is_tree(layout.params_path):
         raise CheckpointError(f"{reference}: {JAXMAP_FILE} but no orbax params tree in {layout.params_path}")
     home = config_directory(reference, directory)
@@ -202,10 +199,7 @@ def resolve_orbax(reference: str, directory: Path, layout: OrbaxLayout) -> "Chec
     digest.update((layout.params_path / _TREE_MARKER).read_bytes())
     if layout.kind == "jaxmap":
         digest.update((directory / JAXMAP_FILE).read_bytes())
-    return Checkpoint(
-        reference, home, "sha256:" + digest.hexdigest()[:16], "orbax", str(directory.resolve()),
-        orbax=layout,
-    )
+    return home, "sha256:" + digest.hexdigest()[:16]
 
 
 def _check_tree_files(checkpoint: "Checkpoint") -> None:
@@ -314,7 +308,7 @@ def _shape(leaf) -> tuple:
 
 
 def _expected_decoder_tree(config: "DecoderConfig") -> dict:
-    from ..models.module import param_shapes
+    from ..models.layout import param_shapes
 
     return param_shapes(config, frozenset("q k v o gate up down".split()))
 
@@ -322,7 +316,7 @@ def _expected_decoder_tree(config: "DecoderConfig") -> dict:
 def _check_decoder_tree(checkpoint: "Checkpoint", tree: dict, config: "DecoderConfig") -> None:
     """A jaxmap-layout tree has every param the config needs, each of its shape, and nothing
     else (projection and norm biases are optional)."""
-    from ..models.module import init_unsupported
+    from ..models.layout import init_unsupported
 
     saved = {path: _shape(leaf) for path, leaf in _flatten(tree).items()}
     expected = {path: tuple(shape) for path, shape in _flatten(_expected_decoder_tree(config)).items()}
@@ -381,7 +375,8 @@ def validate_orbax(checkpoint: "Checkpoint") -> None:
 def load_orbax_params(checkpoint: "Checkpoint", architecture: str, config: "DecoderConfig", dtype: str) -> "Params":
     """The decoder's params as host arrays in ``dtype`` (norms and biases float32)."""
     from ..models import DTYPES, WeightSource, convert_weights
-    from ..models.adapter import host_array
+    from ..models.layout import LAYOUT
+    from ..models.weights import host_array
 
     validate_orbax(checkpoint)
     restored = _restore(checkpoint, _tree_metadata(checkpoint))
@@ -390,12 +385,17 @@ def load_orbax_params(checkpoint: "Checkpoint", architecture: str, config: "Deco
         source = WeightSource(tensors=tensors.__getitem__, names=frozenset(tensors), model=checkpoint.reference)
         return convert_weights(architecture, source, config, dtype)
 
-    def cast(tree: dict) -> dict:
-        return {
-            name: cast(value) if isinstance(value, dict)
-            else host_array(value, DTYPES[dtype] if name in _WEIGHT_DTYPE_LEAVES else np.float32)
-            for name, value in tree.items()
-        }
+    def cast(tree: dict, prefix: str = "") -> dict:
+        # Weights in ``dtype``; norms, biases and the router stay float32 (the layout's dtypes).
+        out = {}
+        for name, value in tree.items():
+            path = f"{prefix}{name}"
+            if isinstance(value, dict):
+                out[name] = cast(value, f"{path}.")
+                continue
+            weight = path in LAYOUT and LAYOUT[path].weight
+            out[name] = host_array(value, DTYPES[dtype] if weight else np.float32)
+        return out
 
     return cast(restored)
 
@@ -470,7 +470,7 @@ __all__ = [
     "expand_checkpoint_sequence",
     "find_layout",
     "load_orbax_params",
-    "resolve_orbax",
+    "orbax_revision",
     "run_steps",
     "save_checkpoint",
     "step_number",

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from . import gemma3, gpt2, gpt_neox, gptj, llama, moe, olmo, phi, stablelm
 from . import gpt_bigcode, gpt_neo, opt, starcoder2, xglm
 from . import bloom, falcon, mpt
+from .._moved import old_home
 from ..errors import UnsupportedModelError
 from .config_reader import ConfigReader
 from .decoder import DecoderConfig, Params, hidden_states, unembedding, unembedding_bias
@@ -110,16 +111,11 @@ def convert_weights(
     return ARCHITECTURES[architecture].convert(weights, config, DTYPES[dtype])
 
 
-# The Flax NNX module (:mod:`.module`) is imported on first use: scoring needs no flax.
-_MODULE_EXPORTS = ("DecoderLM", "init_params", "load")
-
-
-def __getattr__(name: str):
-    if name in _MODULE_EXPORTS:
-        from . import module
-
-        return getattr(module, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# Old homes of names that moved: the Flax NNX module up to jaxmap.module (it builds on the engine,
+# which builds on these ports), the params layout to .layout. They still work, with a warning.
+__getattr__ = old_home(
+    __name__, {"DecoderLM": "jaxmap.module", "load": "jaxmap.module", "init_params": "jaxmap.models.layout"}
+)
 
 
 __all__ = [

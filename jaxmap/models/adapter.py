@@ -16,9 +16,6 @@ from typing import Any, Literal
 from .config_reader import ConfigReader
 from .decoder import DecoderConfig, RopeTable
 
-# jaxmap.sharding and jaxmap.checkpoints.orbax import these two from here; they live in .weights.
-from .weights import empty_host_array, host_array  # noqa: F401
-
 ACTIVATIONS = {
     "silu": "silu",
     "swish": "silu",

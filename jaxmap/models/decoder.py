@@ -3,30 +3,11 @@
 Every supported Hugging Face architecture is this decoder with a different
 :class:`DecoderConfig` and a weight-name map (see the adapters beside this file).
 
-Params layout (linear weights are ``[in, out]`` so the hot loop multiplies without transposes)::
-
-    embed        [V', D]           token embedding
-    positions    [P, D]            learned positions (only when config.position == "learned")
-    embed_norm   {scale[, bias]}   norm after the embedding lookup (only when config.embed_norm)
-    unembed      [V', D]           output projection; absent when config.tie_embeddings
-    unembed_bias [V']              output-projection bias (optional, whether tied or not)
-    final_norm   {scale[, bias]}   empty when not config.has_final_norm
-    layers       every leaf stacked over a leading layer axis [L, ...]:
-      attn_norm {scale[, bias]}, mlp_norm {scale[, bias]}
-      attn_post_norm, mlp_post_norm   (sandwich norms, optional)
-      q_norm, k_norm                  (q/k norms, optional: [hd] per head or [H*hd], [Hkv*hd])
-      q, k, v, o {kernel[, bias]}     q: [D, H*hd], k/v: [D, Hkv*hd], o: [H*hd, D]
-      up, down[, gate] {kernel[, bias]}   (with experts: the shared expert, if any)
-      router {kernel [D, E]}          (mixture of experts; float32)
-      experts {gate, up: [E, D, I], down: [E, I, D]}
-      shared_gate {kernel [D, 1]}     (shared expert's sigmoid gate)
-
-V' ≥ V = config.vocab_size: on a mesh the vocabulary rows are padded to a multiple of the model
-axis (:mod:`jaxmap.sharding`). Padding rows are never looked up, and the log-prob kernel leaves
-them out of the normaliser.
-
-Norm scales, biases and the residual stream stay float32 whatever the weights' dtype; matmuls
-take weights in the params' dtype and accumulate in float32.
+The params pytree's layout (every parameter's path, shape, dtype and whether a config has it) is
+one table, :data:`jaxmap.models.layout.LAYOUT`: linear weights are ``[in, out]`` so the hot loop
+multiplies without transposes, layer params are stacked over a leading layer axis, and norm
+scales, biases and the residual stream stay float32 whatever the weights' dtype; matmuls take
+weights in the params' dtype and accumulate in float32.
 """
 
 from __future__ import annotations
