@@ -64,10 +64,6 @@ class DemoSourceError(JaxmapError, RuntimeError):
     """A demo source that is not installed, or not at its pinned version; names the fix."""
 
 
-class ScoringError(JaxmapError, RuntimeError):
-    """A model that failed while loading or scoring (non-finite values, bad weights ...)."""
-
-
 class ModelsFailedError(JaxmapError, RuntimeError):
     """A scoring job finished, but some models failed; the message lists them with reasons."""
 

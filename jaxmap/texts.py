@@ -245,11 +245,3 @@ def chunk_document(document: str, max_bytes: int = 1024, min_bytes: int = 256) -
         start = end
         if len(chunk) > min_bytes:
             yield chunk.decode("utf-8")
-
-
-def chunk_documents(
-    documents: Iterable[str], max_bytes: int = 1024, min_bytes: int = 256
-) -> Iterator[str]:
-    """Chunk every document in turn (see :func:`chunk_document`)."""
-    for document in documents:
-        yield from chunk_document(document, max_bytes=max_bytes, min_bytes=min_bytes)
