@@ -8,6 +8,7 @@ that do not divide the width) fail validation in one line naming the model, fiel
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -134,6 +135,18 @@ def test_a_size_that_is_not_a_positive_integer_is_refused_by_name(name, bad):
     for field in fields:
         with pytest.raises(UnsupportedModelError, match=f"'{field}' = {bad!r} is not a positive integer"):
             translate_config({**config, field: bad}, name)
+
+
+@pytest.mark.parametrize("name", ["gemma2", "gemma3_text"])
+@pytest.mark.parametrize("bad", [0, 0.0, -256, "abc", True, float("nan"), float("inf")])
+def test_a_query_pre_attn_scalar_that_is_not_a_positive_number_is_refused_by_name(name, bad):
+    """Gemma 2 and 3 scale attention by its -1/2 power: 0 once crashed with ZeroDivisionError."""
+    config = saved(VERSIONS[-1], name)
+    assert "query_pre_attn_scalar" in config
+    with pytest.raises(UnsupportedModelError, match=re.escape(f"'query_pre_attn_scalar' = {bad!r} is not a positive number")):
+        translate_config({**config, "query_pre_attn_scalar": bad}, name)
+    _, decoder = translate_config({**config, "query_pre_attn_scalar": 6.25}, name)
+    assert decoder.attn_scale == 0.4
 
 
 def test_heads_that_do_not_divide_the_width_or_each_other_are_refused_naming_both():

@@ -43,6 +43,9 @@ _POSITIVE_INTEGERS = frozenset(
     num_experts_per_tok max_position_embeddings n_positions max_seq_len
     """.split()
 )
+# Scales that the decoder takes a power or a quotient of: a value other than a finite positive
+# number is a broken config (Gemma 2 and 3 scale attention by query_pre_attn_scalar ** -0.5).
+_POSITIVE_NUMBERS = frozenset(("query_pre_attn_scalar",))
 # The architectures' spellings of the model width, the attention heads and the key/value heads:
 # heads must divide the width (unless the config gives head_dim), key/value heads the heads.
 _SHAPE_FIELDS = {
@@ -56,7 +59,7 @@ class ConfigReader:
     """Reads a Hugging Face config dict, tracking which fields the adapter understood.
 
     Values are checked as they are taken, before the adapter computes with them: a size that is
-    not a positive integer, heads that do not divide the width, and aliases that disagree are
+    not a positive integer, a scale that is not a positive number, heads that do not divide the width, and aliases that disagree are
     refused naming the fields and their values.
     """
 
@@ -126,6 +129,13 @@ class ConfigReader:
         ):
             raise UnsupportedModelError(
                 f"{self.architecture}: config field {name!r} = {value!r} is not a positive integer"
+            )
+        if name in _POSITIVE_NUMBERS and not (
+            isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+            and 0 < value < float("inf")
+        ):
+            raise UnsupportedModelError(
+                f"{self.architecture}: config field {name!r} = {value!r} is not a positive number"
             )
         for role, names in _SHAPE_FIELDS.items():
             if name in names:
