@@ -41,20 +41,8 @@ from typing import Callable, NoReturn
 
 from .errors import JaxmapError
 
-# Variables that cluster launchers set and JAX's cluster detection reads (SLURM, Open MPI,
-# MPICH, Kubernetes indexed jobs through JAX's own variables).
-_LAUNCHER_VARIABLES = (
-    "SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "JAX_COORDINATOR_ADDRESS",
-)
-
-
 class DistributedError(JaxmapError, RuntimeError):
     """A multi-host set-up that cannot start; the message says which setting is wrong."""
-
-
-def launched_by_cluster() -> bool:
-    """Whether a cluster launcher's environment variables are present."""
-    return any(name in os.environ for name in _LAUNCHER_VARIABLES)
 
 
 def initialize(
