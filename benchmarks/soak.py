@@ -77,7 +77,7 @@ from fake_hub import WEIGHTS, FakeHub, serve  # noqa: E402
 BROKEN = {
     "truncated": ("weights file cut to 60% of its bytes, listed so by the hub",
                   r"model\.safetensors: .*truncated"),
-    "cut": ("every weights download stops halfway", r"cannot reach|arrived damaged|incomplete"),
+    "cut": ("every weights download stops halfway", r"download from \S+ broke off: model\.safetensors"),
     "gated": ("the hub answers 403 GatedRepo", r"gated on the hub"),
     "missing": ("no such repository on the hub (404)", r"not found on the hub \(404\)"),
     "stalled": ("the server never answers a weights request", r"timed out after"),
@@ -359,19 +359,22 @@ def _stats(values: list[float]) -> dict:
     }
 
 
-def _steady_growth(scored: list[tuple], shortest: int = 5) -> dict:
-    """Resident memory between compilations: over every run of at least ``shortest`` rows in a
-    row that compiled nothing, the KiB VmRSS grew per row (all runs pooled: a leak per model
-    shows here, apart from what compiling adds); and over rows that compiled, KiB per program."""
+def _steady_growth(scored: list[tuple], settle: int = 10, shortest: int = 10) -> dict:
+    """Resident memory between compilations: over every run of rows in a row that compiled
+    nothing, less its first ``settle`` rows (the new programs' first runs still allocate) and
+    with at least ``shortest`` rows left, the KiB VmRSS grew per row (all runs pooled: a leak
+    per model shows here, apart from what compiling adds); and over rows that compiled, KiB
+    per program."""
     grown = rows = 0
     stretch: list[int] = []
     for _, _, compiled, rss in scored + [(0, "", 1, None)]:
         if compiled == 0 and rss is not None:
             stretch.append(rss)
             continue
-        if len(stretch) >= shortest:
-            grown += stretch[-1] - stretch[0]
-            rows += len(stretch) - 1
+        kept = stretch[settle:]
+        if len(kept) >= shortest:
+            grown += kept[-1] - kept[0]
+            rows += len(kept) - 1
         stretch = []
     programs = sum(c for _, _, c, _ in scored)
     compiling = sum(
@@ -596,8 +599,9 @@ def markdown(result: dict, command: str) -> str:
         "",
         "VmRSS of the job, sampled every few tenths of a second and read again after each row. "
         "*Slope*: least squares against models finished, over the second half of the start. "
-        "*Between compilations*: pooled over every run of 5 or more rows in a row that compiled "
-        "nothing (a leak per model shows there); *per program*: across the rows that compiled.",
+        "*Between compilations*: pooled over every run of rows in a row that compiled nothing, "
+        "less its first 10 (the new programs' first runs still allocate), 10 or more left (a leak "
+        "per model shows there); *per program*: across the rows that compiled.",
         "",
         "| start | models | after the first model MiB | max MiB | at the end MiB | slope KiB/model (from model) "
         "| KiB/row between compilations (rows) | KiB per program compiled (programs) |",
@@ -755,6 +759,8 @@ def run(
     }
     result = analyse(settings, planned, segments, work, budget)
     result["samples"] = {s.number: s.samples[:: max(1, len(s.samples) // 400)] for s in segments}
+    # Per row: (seconds into its start, scorer compilations, VmRSS KiB).
+    result["rows_rss"] = {s.number: [(round(t, 2), c, rss) for t, _, c, rss in s.scored] for s in segments}
     return result
 
 

@@ -201,6 +201,33 @@ def test_a_trickling_download_fails_on_the_minimum_rate_while_local_models_score
     assert len(odd_hub.requests(WEIGHTS, "acme/slow")) == 2
 
 
+def test_downloads_that_break_off_do_not_give_the_host_up(endpoint, tiny_models, monkeypatch):
+    """Found by the soak (benchmarks/soak.py): a resumed job's list is mostly the models that
+    failed before, and downloads cut halfway, one after another, gave up a host that answered
+    every request; the models after them then failed as "not tried"."""
+    monkeypatch.setenv("JAXMAP_HUB_RETRIES", "0")
+    fake = FakeHub()
+    cut = [f"acme/cut{i}" for i in range(hub.UNREACHABLE_AFTER + 1)]
+    for reference in [*cut, "acme/good"]:
+        fake.add(reference, tiny_models[0])
+    for reference in cut:
+        fake.broken[(reference, WEIGHTS)] = "cut"
+    server, host = _serve(HubHandler, fake)
+    endpoint(f"http://{host}")
+    try:
+        checkpoints = [resolve(r) for r in [*cut, "acme/good"]]  # validation: every API call answered
+        for checkpoint in checkpoints[:-1]:
+            with pytest.raises(HubError) as caught:
+                checkpoint.fetch_weights()
+            assert str(caught.value).startswith(
+                f"{checkpoint.reference}: download from {host} broke off: {WEIGHTS}: "
+            ) and str(caught.value).endswith("(1 try)")
+        assert [p.name for p in checkpoints[-1].fetch_weights()] == [WEIGHTS]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_rate_settings_come_from_the_environment(monkeypatch):
     monkeypatch.delenv("JAXMAP_HUB_MIN_RATE", raising=False)
     monkeypatch.delenv("JAXMAP_HUB_RATE_WINDOW", raising=False)

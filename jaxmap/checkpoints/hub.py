@@ -19,8 +19,9 @@ interrupted download resumes where it stopped. What is left becomes a
 A host that :data:`UNREACHABLE_AFTER` requests in a row (each after its retries) could not reach
 is given up: every request to it fails at once, naming the host and the last error, so that a
 1,000-model list on a hub without a route ends in seconds, not hours. Any answer from the host
-(even an HTTP error) resets the count. After :data:`HOST_RETRY_AFTER` seconds one request tries
-the host again; it resets the count if it gets an answer, and gives the host up again if not.
+(even an HTTP error, or a download that it began and then broke off) resets the count. After
+:data:`HOST_RETRY_AFTER` seconds one request tries the host again; it resets the count if it
+gets an answer, and gives the host up again if not.
 
 Resolving a hub id downloads its config, tokenizer files and shard index only; the weights
 download later, with :meth:`jaxmap.checkpoints.Checkpoint.fetch_weights`. This module remembers
@@ -190,6 +191,22 @@ class _TooSlow(Exception):
     """A download that received less than the minimum rate over a whole window."""
 
 
+class _BrokeOff(Exception):
+    """A download the host answered and then broke off (closed or went silent mid-file): the
+    host is reachable; the transfer failed."""
+
+
+def _broken_off(chunks, name: str):
+    """``chunks`` of a file's answer; a transport error among them is raised as
+    :class:`_BrokeOff`, which does not count against the host (see the module docstring)."""
+    import httpx2
+
+    try:
+        yield from chunks
+    except httpx2.TransportError as error:
+        raise _BrokeOff(f"{name}: {_first_line(error) or type(error).__name__}") from None
+
+
 def _problem(error: BaseException, revision: str | None, tries: int, timeout: float) -> tuple[str, bool]:
     """What went wrong, in words, and whether trying again may help."""
     import httpx2
@@ -221,6 +238,8 @@ def _problem(error: BaseException, revision: str | None, tries: int, timeout: fl
         return f"download from {host} arrived damaged: {error} ({_tries(tries)})", True
     if isinstance(error, _TooSlow):
         return f"download from {host} too slow: {error} ({_tries(tries)})", True
+    if isinstance(error, _BrokeOff):
+        return f"download from {host} broke off: {error} ({_tries(tries)})", True
     if isinstance(error, httpx2.TimeoutException):
         return f"cannot reach {host}: timed out after {_tries(tries)} ({timeout:g} s each)", True
     if isinstance(error, (httpx2.UnsupportedProtocol, httpx2.LocalProtocolError, httpx2.TooManyRedirects)):
@@ -515,7 +534,7 @@ class _Partial:
             window_start, window_received = time.monotonic(), self.received
             with open(self.path, "ab") as out:
                 # As the bytes arrive, so that a cancel takes effect at once.
-                for chunk in response.iter_bytes():
+                for chunk in _broken_off(response.iter_bytes(), self.file.name):
                     if cancel is not None and cancel.is_set():
                         raise _Cancelled
                     out.write(chunk)
