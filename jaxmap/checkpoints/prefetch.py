@@ -173,10 +173,10 @@ class WeightPrefetcher:
                 self._fail(entry, error)
             # Released while downloading, failed halfway, or the job is over: nobody will score
             # from these files.
-            discard = self.delete_after and (entry.released or error is not None or self._closed)
+            if self.delete_after and (entry.released or error is not None or self._closed):
+                # Deleted before the next download starts, so that the budget holds on disk.
+                entry.checkpoint.release_weights()
             self._start_what_fits()
-        if discard:
-            entry.checkpoint.release_weights()
 
     # -- the job's side ---------------------------------------------------------------------------
 
@@ -234,8 +234,10 @@ class WeightPrefetcher:
                     f"{checkpoint.reference}: released before its weights were downloaded"
                 ))
             delete_now = self.delete_after and entry.state in ("ready", "failed")
+            # Deleted before the next download starts, so that the budget holds on disk.
+            freed = entry.checkpoint.release_weights() if delete_now else 0
             self._start_what_fits()
-        return entry.checkpoint.release_weights() if delete_now else 0
+        return freed
 
     def download_seconds(self, checkpoint: Checkpoint) -> float:
         """Seconds ``checkpoint``'s weights took to download and check, once the download is
