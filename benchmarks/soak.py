@@ -52,7 +52,6 @@ import collections
 import datetime
 import json
 import os
-import platform
 import random
 import re
 import shutil
@@ -643,6 +642,13 @@ def markdown(result: dict, command: str) -> str:
 # -- driver -----------------------------------------------------------------------------------------------
 
 
+def _cpu_model_name() -> str:
+    sys.path.insert(0, str(REPOSITORY / "benchmarks"))
+    from throughput_workload import cpu_model
+
+    return cpu_model()
+
+
 def extract_jaxmap(commit: str, into: Path) -> Path:
     """jaxmap as of ``commit`` (with its kernels) under ``into``."""
     sys.path.insert(0, str(REPOSITORY / "benchmarks"))
@@ -754,7 +760,7 @@ def run(
         "kill_jitter": kill_jitter, "texts": texts, "work": str(work),
         "architectures": len({cases[name][0] for name in chosen}), "architectures_registered": _registered(),
         "jaxmap_source": f"commit {jaxmap_commit}" if jaxmap_commit else f"the working tree ({_git('rev-parse', '--short', 'HEAD')}{', with uncommitted changes' if _git('status', '--porcelain', '--untracked-files=no') else ''})",
-        "machine": f"cpu-{os.cpu_count()}core", "cpu": _cpu_model(), "date": datetime.date.today().isoformat(),
+        "machine": f"cpu-{os.cpu_count()}core", "cpu": _cpu_model_name(), "date": datetime.date.today().isoformat(),
         "load_start": " ".join(f"{x:.2f}" for x in load_start), "load_end": " ".join(f"{x:.2f}" for x in os.getloadavg()),
     }
     result = analyse(settings, planned, segments, work, budget)
@@ -773,16 +779,6 @@ def _registered() -> int:
 def _git(*arguments: str) -> str:
     done = subprocess.run(["git", "-C", str(REPOSITORY), *arguments], capture_output=True, text=True)
     return done.stdout.strip()
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main() -> int:
