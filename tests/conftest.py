@@ -8,6 +8,14 @@ from pathlib import Path
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Most of the suite's time is XLA compiling programs for tiny models, and most of a CPU
+# compilation is LLVM optimising machine code that then runs for milliseconds: the suite
+# compiles at -O0 (about a quarter less time in total). It changes how the programs' code is
+# generated, not the programs: every comparison still runs jaxmap's own computation (the
+# subprocesses the tests start inherit the flag, so cached and fresh programs agree). Set
+# XLA_FLAGS=--xla_backend_optimization_level=N to test at another level.
+if os.environ["JAX_PLATFORMS"] == "cpu" and "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0".strip()
 
 import numpy as np
 import pytest
@@ -237,3 +245,33 @@ def score_matching_transformers(
         assert delta <= tolerance, (packing, store.loglik[0], expected)
         stores[packing] = store
     return stores["pack"]
+
+
+def pytest_collection_finish(session):
+    """Start tests/test_sharding.py's subprocess (a minute of one core's work) as the session
+    starts, when its tests are selected: it runs beside the tests before them, not before its
+    own (the file's fixture waits for it, and starts it itself when it was not started)."""
+    import tempfile
+
+    if session.config.option.collectonly:
+        return
+    sharded = [item for item in session.items if "sharded_run" in getattr(item, "fixturenames", ())]
+    if sharded:
+        root = Path(tempfile.mkdtemp(prefix="jaxmap-sharded-"))
+        session.config.stash[_SHARDED_ROOT] = root
+        sharded[0].module.start_early(session.config, root)
+
+
+def pytest_sessionfinish(session):
+    import shutil
+
+    root = session.config.stash.get(_SHARDED_ROOT, None)
+    if root is not None:
+        for item in getattr(session, "items", ()):
+            if "sharded_run" in getattr(item, "fixturenames", ()):
+                item.module.stop_early(session.config)
+                break
+        shutil.rmtree(root, ignore_errors=True)
+
+
+_SHARDED_ROOT = pytest.StashKey[Path]()
