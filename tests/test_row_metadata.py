@@ -58,3 +58,23 @@ def test_find_row_by_name_key_path_or_hub_id(tmp_path):
     assert store.find_row("nope") is None
     with pytest.raises(StoreError, match="'org/twice' names several rows \\(twice-1, twice-2\\)"):
         store.find_row("org/twice")
+
+
+def test_map_threads_follow_the_same_rule_as_the_store():
+    from jaxmap.analysis.plots import trajectory_paths
+
+    names = ["./m", "./m@layer1", "./m@layer0", "./m@layer0 (b)", "m/@layer2", "old@layer0", "old@layer1", "old"]
+    metadata = [
+        {"key": "/one/m"},
+        {"key": "/one/m@layer1", "layer": 1, "parent_model": "./m", "parent_key": "/one/m"},
+        {"key": "/one/m@layer0", "layer": 0, "parent_model": "./m", "parent_key": "/one/m"},
+        {"key": "/two/m@layer0", "layer": 0, "parent_model": "./m", "parent_key": "/two/m"},
+        {"key": "/one/m@layer2", "layer": 2, "parent_model": "m/", "parent_key": "/one/m"},
+        # A store from before parent_key: threaded by the model's name.
+        {"layer": 0, "parent_model": "old"},
+        {"layer": 1, "parent_model": "old"},
+        {},
+    ]
+    rows = [RowMetadata.parse(name, meta) for name, meta in zip(names, metadata)]
+    threads = logit_lens_threads(rows)
+    assert trajectory_paths(names, metadata) == [threads["/one/m"] + [0], [5, 6, 7]]

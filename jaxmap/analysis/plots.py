@@ -339,20 +339,23 @@ def trajectory_paths(
 ) -> list[list[int]]:
     """The trajectories drawn on the map, as lists of point indices in order.
 
-    Logit-lens rows (metadata ``parent_model`` and ``layer``) make one thread per parent model,
-    ordered by layer and ending at the parent itself when it is on the map. Models whose
-    metadata has a ``trajectory``, ``run`` or ``path`` value and a ``step`` make one path per
-    value, ordered by step. A thread of one point is no path.
+    Logit-lens rows (metadata ``layer`` and ``parent_key``) make one thread per model, ordered
+    by layer and ending at the model's own row (the row whose ``key`` is that parent key) when
+    it is on the map: the rule of :func:`jaxmap.row_metadata.logit_lens_threads`, so that two
+    spellings of one model are one thread. Rows from stores that predate ``parent_key`` are
+    threaded by ``parent_model``, the model's name. Models whose metadata has a
+    ``trajectory``, ``run`` or ``path`` value and a ``step`` make one path per value, ordered by
+    step. A thread of one point is no path.
     """
     if metadata is None:
         return []
     index_of = {name: i for i, name in enumerate(names)}
+    index_of.update({row["key"]: i for i, row in enumerate(metadata) if row.get("key")})
     groups: dict[tuple[str, str], list[tuple[tuple, int]]] = {}
     for i, row in enumerate(metadata):
-        if row.get("parent_model") is not None and row.get("layer") is not None:
-            groups.setdefault(("lens", str(row["parent_model"])), []).append(
-                (_numeric_order(row["layer"]), i)
-            )
+        parent = row.get("parent_key") or row.get("parent_model")
+        if parent is not None and row.get("layer") is not None:
+            groups.setdefault(("lens", str(parent)), []).append((_numeric_order(row["layer"]), i))
             continue
         run = next((row[k] for k in ("trajectory", "run", "path") if row.get(k) not in (None, "")), None)
         if run is not None and row.get("step") not in (None, ""):

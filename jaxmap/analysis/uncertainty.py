@@ -16,7 +16,6 @@ replicates are not comparable point by point.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -115,12 +114,15 @@ def plot_uncertainty(
     result: MapUncertainty, names: list[str], path, *, labels: int = 30, title: str = ""
 ) -> None:
     """The map with each model's bootstrap ellipse, as an image at ``path``. Labels go to the
-    ``labels`` models with the largest ellipses (every model when there are fewer)."""
+    ``labels`` models with the largest ellipses (every model when there are fewer). Written
+    atomically, in the format of ``path``'s suffix."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.patches import Ellipse
 
-    figure = Figure(figsize=(8, 6.5), layout="constrained")
+    from .plots import _save
+
+    figure = Figure(figsize=(8, 6.5), dpi=150, layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
     for (x, y), (major, minor), angle in zip(result.center, result.ellipse_axes, result.ellipse_angle):
@@ -144,4 +146,4 @@ def plot_uncertainty(
         f"({len(result.replicates)} replicates over texts)",
         fontsize=10,
     )
-    figure.savefig(path, dpi=150, format=Path(path).suffix.lstrip(".") or "png")
+    _save(figure, path)

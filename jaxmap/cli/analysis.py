@@ -82,10 +82,6 @@ def _about(source: str | Path) -> Iterator[None]:
         raise type(error)(f"{source}: {error}") from None
 
 
-# cli/trajectory.py still imports the function form.
-_text_bytes = LoglikMatrix.require_text_bytes
-
-
 def _load_clipped(args: argparse.Namespace) -> tuple[LoglikMatrix, np.ndarray, float]:
     matrix = load_loglik(args.store)
     with _about(matrix.source):

@@ -240,7 +240,7 @@ def _run_trajectory(args: argparse.Namespace) -> int:
     from ..analysis import clip, double_center, load_loglik, project
     from ..analysis.trajectory import trajectory
     from ..outputs import check_outputs
-    from .analysis import _about, _text_bytes
+    from .analysis import _about
 
     inputs = [args.store] + ([args.path_file] if args.path_file else [])
     check_outputs([args.out, args.plot], inputs)
@@ -252,7 +252,7 @@ def _run_trajectory(args: argparse.Namespace) -> int:
     rows = _Rows(matrix)
     path, steps, label = _choose_path(args, rows)
     weights = None if (args.no_weights or args.layers) else _weight_loader(rows, path, args.cache_dir)
-    text_bytes = _text_bytes(matrix) if args.bits_per_byte else None
+    text_bytes = matrix.require_text_bytes() if args.bits_per_byte else None
     with _about(matrix.source):
         report = trajectory(
             matrix.loglik, path, matrix.models, steps=steps, weights=weights, window=args.window,
@@ -344,7 +344,7 @@ def _run_lineage(args: argparse.Namespace) -> int:
     from ..analysis.trajectory import lineage
     from ..errors import InputError, StoreError
     from ..outputs import check_outputs
-    from .analysis import _about, _text_bytes
+    from .analysis import _about
 
     check_outputs([args.out], [args.store] + ([args.parents] if args.parents else []))
     matrix = load_loglik(args.store)
@@ -366,7 +366,7 @@ def _run_lineage(args: argparse.Namespace) -> int:
             pairs.append((matrix.models[rows.index(parent)], matrix.models[rows.index(child)]))
         except (InputError, StoreError) as error:  # StoreError: a name that fits several rows
             raise InputError(f"{source}: {error}") from None
-    text_bytes = _text_bytes(matrix) if args.bits_per_byte else None
+    text_bytes = matrix.require_text_bytes() if args.bits_per_byte else None
     with _about(matrix.source):
         # Layers read through the logit lens are not candidate parents.
         models_only = [i for i, row in enumerate(rows.metadata) if not row.is_layer_row]
