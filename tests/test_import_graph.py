@@ -203,3 +203,13 @@ def test_the_old_homes_of_moved_names_hand_them_on_with_a_warning():
             assert getattr(old, name) is getattr(plots, name)
     with pytest.raises(AttributeError):
         jaxmap.analysis.tree.no_such_name
+
+
+def test_importing_a_moved_name_warns_once():
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        from jaxmap.models import DecoderLM  # noqa: F401
+    assert [str(w.message) for w in caught] == ["jaxmap.models.DecoderLM moved to jaxmap.module.DecoderLM"]
+    assert caught[0].filename == __file__
