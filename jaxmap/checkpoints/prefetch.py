@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Iterable
 from ..errors import CheckpointError
 
 if TYPE_CHECKING:
-    from . import Checkpoint
+    from .checkpoint import Checkpoint
 
 __all__ = ["WeightPrefetcher"]
 

@@ -187,10 +187,12 @@ def validate_weights(checkpoint: Checkpoint) -> None:
 def validate(checkpoint: Checkpoint) -> None:
     """Raise if ``checkpoint`` cannot be scored, with one line naming the model and the file.
 
-    Checks config.json (a JSON object the port translates: architecture and every field), the
-    tokenizer files, the shard index, and every safetensors header against its file's size; reads
-    no tensor data. A hub model's weights that have not been downloaded yet are checked against
-    the hub's file listing here, and their headers when they arrive
+    Checks config.json (a JSON object the port translates: architecture and every field) and the
+    tokenizer files, then the weights as the checkpoint's source checks them
+    (:meth:`~jaxmap.checkpoints.Resolver.check_weights`): the shard index and every safetensors
+    header against its file's size, or an orbax checkpoint's saved tree against its config;
+    reads no tensor data. A hub model's weights that have not been downloaded yet are checked
+    against the hub's file listing here, and their headers when they arrive
     (:meth:`~jaxmap.checkpoints.Checkpoint.fetch_weights`).
 
     Raises:
@@ -202,11 +204,4 @@ def validate(checkpoint: Checkpoint) -> None:
 
     translate_config(checkpoint.config(), checkpoint.reference)
     _check_tokenizer(checkpoint)
-    if checkpoint.orbax is not None:
-        from .orbax import validate_orbax
-
-        validate_orbax(checkpoint)
-        return
-    checkpoint.weight_names()  # the index names its shards; the hub listing has them
-    if not checkpoint.weights_pending:
-        validate_weights(checkpoint)
+    checkpoint.resolver.check_weights(checkpoint)

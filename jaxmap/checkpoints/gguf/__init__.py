@@ -14,7 +14,8 @@ through the same path as any local Hugging Face checkpoint. The conversion is wh
 One module per concern: :mod:`.cache` (cache keys and directories, the entry point),
 :mod:`.reader` (the file's metadata and tensors), :mod:`.configs` (config translation per
 architecture), :mod:`.tensors` (tensor names and layout fixes), :mod:`.convert` (the registry of
-architectures and one conversion), :mod:`.writing` (safetensors) and :mod:`.tokenizer`.
+architectures and one conversion), :mod:`.writing` (safetensors) and :mod:`.tokenizer`; and
+:mod:`.resolver`, a ``.gguf`` path as a model reference for :func:`jaxmap.checkpoints.resolve`.
 """
 
 from __future__ import annotations
