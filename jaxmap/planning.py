@@ -30,7 +30,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .errors import CheckpointError, JaxmapError
+from .errors import JaxmapError
 from .models import DTYPES, DecoderConfig, translate_config
 from .texts import TextSet, load_texts
 
@@ -237,27 +237,9 @@ def model_config(reference: str, cache_dir: str | Path | None = None) -> tuple[s
     config from the local hub cache, or downloaded with the tokenizer files as a job's validation
     does (:func:`jaxmap.checkpoints.resolve`).
     """
-    from .checkpoints import resolve
-    from .checkpoints.orbax import config_directory, find_layout
-    from .checkpoints.packaged import PACKAGED_MODELS
-    from .checkpoints.validation import read_json_object
+    from .checkpoints import read_config
 
-    path = Path(reference).expanduser()
-    if path.is_dir():
-        home = config_directory(reference, path) if find_layout(path) is not None else path
-        hf_config = read_json_object(home / "config.json", reference)
-    elif path.suffix == ".gguf" or reference in PACKAGED_MODELS:
-        from .checkpoints.gguf import hf_config as gguf_config
-        from .checkpoints.gguf.reader import read_source
-        from .checkpoints.packaged import find_packaged_gguf
-
-        gguf = path if path.suffix == ".gguf" else find_packaged_gguf(reference, cache_dir)
-        if not gguf.is_file():
-            raise CheckpointError(f"{reference}: no such GGUF file")
-        hf_config = gguf_config(read_source(gguf))
-    else:
-        hf_config = resolve(reference, cache_dir=cache_dir, progress=False).config()
-    return translate_config(hf_config, reference)
+    return translate_config(read_config(reference, cache_dir), reference)
 
 
 def parameter_count(config: DecoderConfig) -> int:

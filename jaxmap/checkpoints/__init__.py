@@ -39,6 +39,7 @@ __all__ = [
     "UnsupportedModelError",
     "WeightPrefetcher",
     "expand_references",
+    "read_config",
     "read_model_list",
     "resolve",
     "validate",
@@ -60,9 +61,21 @@ def resolve(
     ``progress`` shows a bar while a GGUF file is converted (first use only).
     """
     path = Path(reference).expanduser()
+    return _claimant(reference, path).resolve(reference, path, cache_dir, progress)
+
+
+def read_config(reference: str, cache_dir: str | Path | None = None) -> dict:
+    """The HF config of the model ``reference`` names, read without converting a GGUF file or
+    downloading weights (a hub model's config and tokenizer files are downloaded, as by
+    :func:`resolve`)."""
+    path = Path(reference).expanduser()
+    return _claimant(reference, path).read_config(reference, path, cache_dir)
+
+
+def _claimant(reference: str, path: Path) -> Resolver:
     for resolver in RESOLVERS:
         if resolver.claims(reference, path):
-            return resolver.resolve(reference, path, cache_dir, progress)
+            return resolver
     if path.exists():
         raise CheckpointError(f"{reference}: not a model directory or .gguf file")
     raise CheckpointError(f"{reference}: no such model directory, GGUF file or hub id")

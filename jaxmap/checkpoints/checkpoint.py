@@ -53,6 +53,12 @@ class Resolver(ABC):
         :class:`~jaxmap.errors.JaxmapError` saying in one line why there is none. ``cache_dir``
         and ``progress`` are :func:`~jaxmap.checkpoints.resolve`'s."""
 
+    def read_config(self, reference: str, path: Path, cache_dir: str | Path | None) -> dict:
+        """The HF config of a reference this resolver claimed, read without converting or
+        downloading weights: cost planning reads every model's config before anything else.
+        By default the resolved checkpoint's config.json."""
+        return self.resolve(reference, path, cache_dir, progress=False).config()
+
     def weights_pending(self, checkpoint: Checkpoint) -> bool:
         """Whether some of the checkpoint's weights are still to be downloaded."""
         return False

@@ -18,7 +18,7 @@ from pathlib import Path
 from ..errors import CheckpointError
 from .checkpoint import Checkpoint, Resolver
 from .orbax import run_steps
-from .validation import safetensors_header
+from .validation import read_json_object, safetensors_header
 
 __all__ = ["LOCAL", "LocalResolver", "local_checkpoint"]
 
@@ -41,6 +41,10 @@ class LocalResolver(Resolver):
                 "`jaxmap score` (which expands it to its steps) or name one step directory"
             )
         return local_checkpoint(reference, path, self)
+
+    def read_config(self, reference: str, path: Path, cache_dir: str | Path | None) -> dict:
+        """The directory's config.json, without hashing its weights."""
+        return read_json_object(path / "config.json", reference)
 
 
 LOCAL = LocalResolver()

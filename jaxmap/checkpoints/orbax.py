@@ -420,6 +420,12 @@ class OrbaxResolver(Resolver):
         home, revision = orbax_revision(reference, path, layout)
         return Checkpoint(reference, home, revision, self, str(path.resolve()), orbax=layout)
 
+    def read_config(self, reference: str, path: Path, cache_dir: str | Path | None) -> dict:
+        """The config.json beside the step, without hashing the tree."""
+        from .validation import read_json_object
+
+        return read_json_object(config_directory(reference, path) / "config.json", reference)
+
     def check_weights(self, checkpoint: Checkpoint) -> None:
         """The saved tree's metadata against the config (:func:`validate_orbax`)."""
         validate_orbax(checkpoint)

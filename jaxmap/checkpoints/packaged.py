@@ -25,7 +25,7 @@ from pathlib import Path
 from jaxmap.checkpoints.gguf import default_cache_dir
 from ..errors import PackagedModelError
 from .checkpoint import Checkpoint, Resolver
-from .gguf.resolver import converted_checkpoint
+from .gguf.resolver import converted_checkpoint, gguf_file_config
 
 __all__ = [
     "PACKAGED",
@@ -227,6 +227,10 @@ class PackagedResolver(Resolver):
         """The packaged model's GGUF file (joined from its chunks first), converted."""
         gguf_path = find_packaged_gguf(reference, cache_dir)
         return converted_checkpoint(reference, gguf_path, reference, self, cache_dir, progress)
+
+    def read_config(self, reference: str, path: Path, cache_dir: str | Path | None) -> dict:
+        """The HF config of the packaged model's GGUF file, from its metadata alone."""
+        return gguf_file_config(reference, find_packaged_gguf(reference, cache_dir))
 
 
 PACKAGED = PackagedResolver()

@@ -16,8 +16,10 @@ from ...errors import CheckpointError
 from ..checkpoint import Checkpoint, Resolver
 from ..local import local_checkpoint
 from .cache import SOURCE_FILE, convert_gguf
+from .convert import hf_config
+from .reader import read_source
 
-__all__ = ["GGUFFileResolver", "GGUF_FILE", "converted_checkpoint"]
+__all__ = ["GGUFFileResolver", "GGUF_FILE", "converted_checkpoint", "gguf_file_config"]
 
 
 class GGUFFileResolver(Resolver):
@@ -33,8 +35,19 @@ class GGUFFileResolver(Resolver):
         """The GGUF file ``path``, converted (first use only)."""
         return converted_checkpoint(reference, path, str(path.resolve()), self, cache_dir, progress)
 
+    def read_config(self, reference: str, path: Path, cache_dir: str | Path | None) -> dict:
+        """The HF config the file's metadata translates to, without converting its tensors."""
+        return gguf_file_config(reference, path)
+
 
 GGUF_FILE = GGUFFileResolver()
+
+
+def gguf_file_config(reference: str, gguf_path: Path) -> dict:
+    """The HF config of the GGUF file ``gguf_path``, from its metadata alone."""
+    if not gguf_path.is_file():
+        raise CheckpointError(f"{reference}: no such GGUF file")
+    return hf_config(read_source(gguf_path))
 
 
 def converted_checkpoint(
