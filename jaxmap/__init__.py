@@ -41,6 +41,7 @@ _EXPORTS = {
     "train": "training",
     "score": "jobs",
     "score_job": "jobs",
+    "ScoringOptions": "scoring_options",
     "JobSummary": "jobs",
     "Store": "store",
     "open_store": "store",

@@ -22,11 +22,11 @@ from .analysis import clip, kl_matrix, nearest_neighbors
 from .checkpoints.orbax import step_number
 from .checkpoints.packaged import PACKAGED_MODELS, installed_packaged_models
 from .demo_texts import build_demo_texts
-from .engine import DEFAULT_DTYPE
 from .errors import DemoSourceError, JaxmapError, ModelsFailedError, StoreMismatchError
 from .jobs import score
 from .outputs import atomic_outputs, make_directory
 from .row_metadata import RowMetadata, logit_lens_threads
+from .scoring_options import DEFAULT_DTYPE
 from .store import open_store
 
 # Sized so that the whole demo, first GGUF conversion included, ends within eight minutes on two

@@ -24,18 +24,17 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from .batching import (
-    LONG_TEXT_POLICIES, Batch, Pieces, PlanChoice, choose_plan, default_stride, split_texts,
-)
+from .batching import Batch, Pieces, PlanChoice, choose_plan, default_stride, split_texts
 from .checkpoints import Checkpoint, resolve
+from .checkpoints.translated import translated_config
 from .kernels.fused_logprob import DEFAULT_TILE, sharded_token_logprobs, token_logprobs
 from .kernels.pallas_logprob import pallas_token_logprobs
-from .models import DTYPES, DecoderConfig, Params, hidden_states, translate_config
+from .models import DTYPES, DecoderConfig, Params, hidden_states
 from .models import unembedding as model_unembedding
 from .models import unembedding_bias
-from .models.attention import PATHS as ATTENTION_PATHS
 from .models.attention import block_size
 from .models.decoder import attention_path, embed, final_norm
+from .scoring_options import DEFAULT_DTYPE, ScoringOptions
 from .sharding import (
     DATA, batch_sharding, describe_mesh, make_mesh, place_params, put, row_sharding, to_host,
 )
@@ -52,13 +51,6 @@ ACCELERATOR_BATCH_TOKENS = 16384
 def default_batch_tokens() -> int:
     """The token budget per batch and data shard for the default JAX backend."""
     return CPU_BATCH_TOKENS if jax.default_backend() == "cpu" else ACCELERATOR_BATCH_TOKENS
-
-# float32 by default: neighbouring checkpoints differ by KL of 1e-3 nats per text or less, which
-# bfloat16 rounding (about 0.1 nats per text) would drown. bfloat16 is for throughput runs.
-DEFAULT_DTYPE = "float32"
-
-# How the targets' log-probs are computed (jaxmap.models.DecoderConfig.logprob).
-LOGPROB_KERNELS = ("fused", "pallas")
 
 
 @partial(jax.jit, static_argnames=("config", "tile", "mesh"))
@@ -278,7 +270,7 @@ def load_model(
     mesh = make_mesh(mesh)
     checkpoint = reference if isinstance(reference, Checkpoint) else resolve(reference, cache_dir=cache_dir)
     reference = checkpoint.reference
-    architecture, config = translate_config(checkpoint.config(), reference)
+    architecture, config = translated_config(checkpoint)
     params = place_params(
         checkpoint.load_params(architecture, config, dtype), config, mesh
     )
@@ -375,34 +367,27 @@ def _attention_block(config: DecoderConfig, length: int) -> int:
 
 
 def check_kernels(attention: str, logprob: str, mesh: Mesh) -> None:
-    """Raise :class:`JaxmapError` in one line unless ``attention`` is ``auto`` or one of
-    :data:`jaxmap.models.attention.PATHS`, ``logprob`` one of :data:`LOGPROB_KERNELS`, and the
-    pallas kernels, if asked for, have a one-device ``mesh``."""
-    if attention not in ("auto", *ATTENTION_PATHS):
-        raise JaxmapError(
-            f"unknown attention path {attention!r}; choose auto or one of {', '.join(ATTENTION_PATHS)}"
-        )
-    if logprob not in LOGPROB_KERNELS:
-        raise JaxmapError(
-            f"unknown log-prob kernel {logprob!r}; choose one of {', '.join(LOGPROB_KERNELS)}"
-        )
-    if mesh.size > 1 and "pallas" in (attention, logprob):
-        raise JaxmapError(
-            f"the pallas kernels run on one device and this mesh has {mesh.size}; "
-            "choose other kernels, or a one-device mesh (--mesh data=1,model=1)"
-        )
+    """Raise :class:`JaxmapError` in one line unless ``attention`` and ``logprob`` are kernels
+    :class:`~jaxmap.scoring_options.ScoringOptions` accepts and the pallas kernels, if asked
+    for, have a one-device ``mesh`` (:meth:`~jaxmap.scoring_options.ScoringOptions.check_mesh`)."""
+    ScoringOptions(attention=attention, logprob=logprob).check_mesh(mesh)
 
 
 def with_kernels(config: DecoderConfig, attention: str, logprob: str, mesh: Mesh) -> DecoderConfig:
     """``config`` computing attention on path ``attention`` and the log-probs with ``logprob``
     (:func:`check_kernels`); raises :class:`JaxmapError` in one line for a path that cannot
     compute this model (e.g. ``xla_fused`` with soft-capping)."""
-    check_kernels(attention, logprob, mesh)
-    config = dataclasses.replace(config, attention=attention, logprob=logprob)
+    return _with_kernels(config, ScoringOptions(attention=attention, logprob=logprob), mesh)
+
+
+def _with_kernels(config: DecoderConfig, options: ScoringOptions, mesh: Mesh) -> DecoderConfig:
+    """:func:`with_kernels` for options already validated."""
+    options.check_mesh(mesh)
+    config = dataclasses.replace(config, attention=options.attention, logprob=options.logprob)
     try:
         attention_path(config, config.max_positions, jnp.float32, packed=False)
     except ValueError as error:
-        raise JaxmapError(f"attention path {attention!r}: {error}") from None
+        raise JaxmapError(f"attention path {options.attention!r}: {error}") from None
     return config
 
 
@@ -427,8 +412,15 @@ def score_tokens(
     packing: str = "auto",
     attention: str = "auto",
     logprob: str = "fused",
+    *,
+    options: ScoringOptions | None = None,
 ) -> ModelScores:
     """Score pre-tokenized texts with a loaded model.
+
+    The settings come whole as ``options`` (:class:`~jaxmap.scoring_options.ScoringOptions`;
+    its ``dtype`` and ``bos_policy`` were applied already, when the model was loaded and the
+    texts tokenized), or as the keywords below, which build the options; with ``options``,
+    a keyword that contradicts it raises.
 
     ``long_texts``: texts longer than the model's context are cut to it (``"truncate"``) or
     scored in windows ``stride`` tokens apart (``"rolling"``, default stride half the context),
@@ -448,20 +440,23 @@ def score_tokens(
     :func:`default_batch_tokens` per data shard. Batch rows are padded with empty rows to a
     multiple of the mesh's data axis.
     """
-    if long_texts not in LONG_TEXT_POLICIES:
-        raise JaxmapError(
-            f"unknown long-text policy {long_texts!r}; choose one of {', '.join(LONG_TEXT_POLICIES)}"
-        )
-    config = with_kernels(model.config, attention, logprob, model.mesh)
+    options = ScoringOptions.from_arguments(
+        "score_tokens", options, batch_tokens=batch_tokens, logit_lens=logit_lens,
+        keep_token_logprobs=keep_token_logprobs, long_texts=long_texts, stride=stride,
+        packing=packing, attention=attention, logprob=logprob,
+    )
+    config = _with_kernels(model.config, options, model.mesh)
     shards = model.mesh.shape[DATA]
-    batch_tokens = batch_tokens or default_batch_tokens() * shards
+    batch_tokens = options.batch_tokens or default_batch_tokens() * shards
     n_ctx = config.max_positions
-    pieces, choice = plan_scoring(config, tokens.lengths, batch_tokens, long_texts, stride, packing)
+    pieces, choice = plan_scoring(
+        config, tokens.lengths, batch_tokens, options.long_texts, options.stride, options.packing
+    )
     plan = choice.plan
     scored = np.bincount(pieces.text, weights=pieces.scored, minlength=len(tokens)).astype(np.int64)
     loglik = np.zeros(len(tokens), np.float64)
-    piece_logprobs: list[np.ndarray | None] = [None] * len(pieces) if keep_token_logprobs else []
-    layer_loglik = np.zeros((config.num_layers + 1, len(tokens)), np.float64) if logit_lens else None
+    piece_logprobs: list[np.ndarray | None] = [None] * len(pieces) if options.keep_token_logprobs else []
+    layer_loglik = np.zeros((config.num_layers + 1, len(tokens)), np.float64) if options.logit_lens else None
     compiled_before = compilation_count()
     # Compile every batch shape first, so that compiling never competes with scoring for the
     # cores and the tokens/s figure measures scoring alone.
@@ -470,7 +465,7 @@ def score_tokens(
     for rows, length in sorted(plan.shapes):
         scorers[rows, length], seconds = compiled_scorer(
             model.params, config, -(-rows // shards) * shards, length, model.mesh,
-            logit_lens, packed=plan.packed,
+            options.logit_lens, packed=plan.packed,
         )
         compile_seconds += seconds
     bar = tqdm(
@@ -492,11 +487,11 @@ def score_tokens(
             text = pieces.text[piece]
             # The value at row offset t is the log-prob of the token at t + 1.
             targets = slice(offset + pieces.first_target[piece] - 1, offset + pieces.sizes[piece] - 1)
-            if logit_lens:
+            if options.logit_lens:
                 layer_loglik[:-1, text] += values[:-1, row, targets].sum(axis=1)
-            own = values[-1, row, targets] if logit_lens else values[row, targets]
+            own = values[-1, row, targets] if options.logit_lens else values[row, targets]
             loglik[text] += own.sum()
-            if keep_token_logprobs:  # float32 on the device: casting back is exact
+            if options.keep_token_logprobs:  # float32 on the device: casting back is exact
                 piece_logprobs[piece] = own.astype(np.float32)
             pieces_left[text] -= 1
             if pieces_left[text] == 0:
@@ -524,10 +519,10 @@ def score_tokens(
         collect(pending)
     bar.close()
     seconds = time.perf_counter() - started
-    if logit_lens:
+    if options.logit_lens:
         layer_loglik[-1] = loglik  # the last layer read through the final norm is the model
     token_logprobs = None
-    if keep_token_logprobs:
+    if options.keep_token_logprobs:
         # Pieces are listed text by text, each text's in order, so this is every text's tokens
         # in order.
         token_logprobs = np.concatenate([np.zeros(0, np.float32), *piece_logprobs])
@@ -536,7 +531,7 @@ def score_tokens(
         layer_loglik=layer_loglik,
         token_logprobs=token_logprobs,
         ntokens=scored.astype(np.int32),
-        truncated=(tokens.lengths > n_ctx) & (long_texts == "truncate"),
+        truncated=(tokens.lengths > n_ctx) & (options.long_texts == "truncate"),
         stats={
             "seconds": seconds,
             "tokens": int(scored.sum()),
@@ -545,13 +540,13 @@ def score_tokens(
             "batch_shapes": len(plan.shapes),
             "batching": choice.name,
             "batching_estimates": choice.estimates,
-            "long_texts": long_texts,
-            "stride": (stride or default_stride(n_ctx)) if long_texts == "rolling" else None,
+            "long_texts": options.long_texts,
+            "stride": (options.stride or default_stride(n_ctx)) if options.long_texts == "rolling" else None,
             "pieces": len(pieces),
             "compilations": compilation_count() - compiled_before,
             "compile_seconds": compile_seconds,
             "mesh": describe_mesh(model.mesh),
-            "attention": attention,
-            "logprob": logprob,
+            "attention": options.attention,
+            "logprob": options.logprob,
         },
     )

@@ -35,17 +35,17 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import compile_cache, distributed
-from .batching import LONG_TEXT_POLICIES, PACKINGS
 from ._version import __version__
 from .checkpoints import Checkpoint, WeightPrefetcher, expand_references, resolve, validate
-from .engine import DEFAULT_DTYPE, LoadedModel, ModelScores, check_kernels, load_model, score_tokens
+from .checkpoints.translated import translated_config
+from .engine import LoadedModel, ModelScores, load_model, score_tokens
 from .errors import JaxmapError, ModelsFailedError, StoreError
-from .models import DTYPES, translate_config
 from .planning import SHARD_RULES, plan_shards
+from .scoring_options import DEFAULT_DTYPE, ScoringOptions
 from .sharding import make_mesh
 from .store import RowExistsError, Store, StoreWriter, open_store
 from .texts import TextSet, as_text_set
-from .tokenization import POLICIES, cached_tokenize
+from .tokenization import cached_tokenize
 
 
 # The reason of a model skipped because another job on the store committed its row meanwhile.
@@ -242,6 +242,7 @@ def score_job(
     packing: str = "auto",
     attention: str = "auto",
     logprob: str = "fused",
+    options: ScoringOptions | None = None,
 ) -> JobSummary:
     """Score every model on every text into the store ``out``; see the module docstring.
 
@@ -270,7 +271,10 @@ def score_job(
     ``"buckets"``) are those of :func:`jaxmap.engine.score_tokens`; the long-text policy is a
     store setting, since it changes the numbers of every text longer than a context.
     ``attention`` and ``logprob`` choose the attention path and the log-prob kernel
-    (:func:`jaxmap.engine.score_tokens`); each model's metadata records them. Failed models
+    (:func:`jaxmap.engine.score_tokens`); each model's metadata records them. ``options``
+    gives these scoring settings whole instead (:class:`~jaxmap.scoring_options.ScoringOptions`,
+    ``save_token_logprobs`` being its ``keep_token_logprobs``); a keyword then left at its
+    default is ignored, and one that contradicts ``options`` raises. Failed models
     are in the returned summary; this raises only for errors that stop the whole job (a bad
     text set, a foreign store, a full disk).
 
@@ -280,11 +284,11 @@ def score_job(
     other failure of one process stops every process with the same error, naming it
     (:func:`jaxmap.distributed.together`).
     """
-    if bos_policy not in POLICIES:
-        raise JaxmapError(f"unknown BOS policy {bos_policy!r}; choose one of {', '.join(POLICIES)}")
-    if dtype not in DTYPES:
-        raise JaxmapError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
-    long_text_setting = _long_text_setting(long_texts, stride, packing)
+    options = ScoringOptions.from_arguments(
+        "score_job", options, dtype=dtype, bos_policy=bos_policy, batch_tokens=batch_tokens,
+        long_texts=long_texts, stride=stride, packing=packing, attention=attention,
+        logprob=logprob, logit_lens=logit_lens, keep_token_logprobs=save_token_logprobs,
+    )
     shard = parse_shard(shard)
     if shard_by not in SHARD_RULES:
         raise JaxmapError(f"unknown shard rule {shard_by!r}; choose one of {', '.join(SHARD_RULES)}")
@@ -299,14 +303,10 @@ def score_job(
             say(line)
     out = Path(out)
     device_mesh = make_mesh(mesh, devices=jax.devices())
-    check_kernels(attention, logprob, device_mesh)
+    options.check_mesh(device_mesh)
     # Process 0 alone opens the store; the others learn from it which models are done.
     writer = (
-        StoreWriter(
-            out, text_set,
-            {"bos_policy": bos_policy, "dtype": dtype, "long_texts": long_text_setting},
-            created_by=f"jaxmap {__version__}",
-        )
+        StoreWriter(out, text_set, options.store_settings, created_by=f"jaxmap {__version__}")
         if distributed.process_index() == 0 else None
     )
     summary = JobSummary(str(out))
@@ -327,14 +327,14 @@ def score_job(
                     checkpoint = resolve(reference, cache_dir=cache_dir, progress=progress)
                 with _timed(phases, "validate"):
                     validate(checkpoint)
-                    _, config = translate_config(checkpoint.config(), checkpoint.reference)
+                    _, config = translated_config(checkpoint)
             except Exception as error:  # noqa: BLE001 - recorded; the other models go on
                 summary.outcomes.append(_failure(reference, error, phases))
                 say(f"jaxmap: {reference}: cannot be scored: {summary.outcomes[-1].reason}")
                 continue
             key = checkpoint.canonical
             keys = [key] + (
-                [layer_row_name(key, i) for i in range(config.num_layers + 1)] if logit_lens else []
+                [layer_row_name(key, i) for i in range(config.num_layers + 1)] if options.logit_lens else []
             )
             if all(k in done for k in keys) or key in wanted:
                 summary.outcomes.append(ModelOutcome(reference, "skipped", phases=phases))
@@ -375,7 +375,7 @@ def score_job(
                 prefetcher.wait(checkpoint)
             finally:
                 phases_of[checkpoint.canonical]["download"] = prefetcher.download_seconds(checkpoint)
-            return load_model(checkpoint, dtype=dtype, mesh=device_mesh)
+            return load_model(checkpoint, dtype=options.dtype, mesh=device_mesh)
 
         def load_next() -> tuple[Checkpoint | None, concurrent.futures.Future | None]:
             checkpoint = prefetcher.take_next()
@@ -396,13 +396,8 @@ def score_job(
                     )
                 else:
                     outcome = _score_one(
-                        current, checkpoint, text_set, writer, token_cache, dtype, bos_policy,
-                        batch_tokens, progress, say, logit_lens, done, save_token_logprobs,
-                        scoring={
-                            "long_texts": long_texts, "stride": stride, "packing": packing,
-                            "attention": attention, "logprob": logprob,
-                        },
-                        phases=phases_of[checkpoint.canonical],
+                        current, checkpoint, text_set, writer, token_cache, options, progress, say,
+                        done, phases_of[checkpoint.canonical],
                     )
                 prefetcher.release(checkpoint)
                 summary.outcomes.append(outcome)
@@ -421,24 +416,6 @@ def score_job(
                     _compact(writer, say)
                 _write_summary(summary, writer)
     return summary
-
-
-def _long_text_setting(long_texts: str = "truncate", stride: int | None = None, packing: str = "auto") -> str:
-    """The store setting for a long-text policy (``truncate``, ``rolling`` with the default
-    stride, or ``rolling:stride=K``), after checking the scoring options."""
-    if long_texts not in LONG_TEXT_POLICIES:
-        raise JaxmapError(
-            f"unknown long-text policy {long_texts!r}; choose one of {', '.join(LONG_TEXT_POLICIES)}"
-        )
-    if packing not in PACKINGS:
-        raise JaxmapError(f"unknown packing {packing!r}; choose one of {', '.join(PACKINGS)}")
-    if stride is not None:
-        if long_texts != "rolling":
-            raise JaxmapError("stride applies to rolling windows: add long_texts='rolling' (--long-texts rolling)")
-        if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
-            raise JaxmapError(f"stride must be a positive number of tokens, got {stride!r}")
-        return f"rolling:stride={stride}"
-    return long_texts
 
 
 class _InOrder:
@@ -528,22 +505,16 @@ def _score_one(
     text_set: TextSet,
     writer: StoreWriter | None,
     token_cache: Path | None,
-    dtype: str,
-    bos_policy: str,
-    batch_tokens: int | None,
+    options: ScoringOptions,
     progress: bool,
     say: Callable[[str], None],
-    logit_lens: bool = False,
-    committed: set[str] = frozenset(),
-    save_token_logprobs: bool = False,
-    scoring: dict | None = None,
-    phases: dict[str, float] | None = None,
+    committed: set[str],
+    phases: dict[str, float],
 ) -> ModelOutcome:
-    """Load (already under way), score and commit one model (and with ``logit_lens`` its layer
-    rows, those whose keys are not ``committed`` yet); a failure becomes the outcome. The
-    seconds of each phase are added to ``phases``."""
+    """Load (already under way), score and commit one model (and with ``options.logit_lens``
+    its layer rows, those whose keys are not ``committed`` yet); a failure becomes the outcome.
+    The seconds of each phase are added to ``phases``."""
     reference = checkpoint.reference
-    phases = {} if phases is None else phases
     # In a multi-host run every process prepares the model on its own, then they score it
     # together: they agree first that every one of them is ready.
     several, stage = distributed.joined(), "prepare"
@@ -551,23 +522,21 @@ def _score_one(
         with _timed(phases, "wait"):
             model: LoadedModel = loading.result()
         phases["load"] = model.load_seconds
-        truncating = (scoring or {}).get("long_texts", "truncate") == "truncate"
-        keep_tokens = model.config.max_positions if truncating else None
+        keep_tokens = model.config.max_positions if options.long_texts == "truncate" else None
         with _timed(phases, "tokenize"):
-            tokens, tokenizer_id = cached_tokenize(text_set, model.tokenizer, bos_policy, token_cache, keep_tokens)
+            tokens, tokenizer_id = cached_tokenize(
+                text_set, model.tokenizer, options.bos_policy, token_cache, keep_tokens
+            )
         if several:
             elsewhere = distributed.merged_reason(distributed.gather(f"ready {reference}", None))
             if elsewhere is not None:
                 raise _FailedElsewhere(elsewhere)
         stage = "score"
-        result = score_tokens(
-            model, tokens, batch_tokens, progress, logit_lens=logit_lens,
-            keep_token_logprobs=save_token_logprobs, **(scoring or {}),
-        )
+        result = score_tokens(model, tokens, progress=progress, options=options)
         stage = "check"
         phases["compile"], phases["score"] = result.stats["compile_seconds"], result.stats["seconds"]
         _check_finite(reference, result, text_set)
-        if logit_lens and not np.isfinite(result.layer_loglik).all():
+        if options.logit_lens and not np.isfinite(result.layer_loglik).all():
             raise JaxmapError("non-finite log-likelihood in a logit-lens layer row")
     except Exception as error:  # noqa: BLE001 - one bad model must not stop a 1,000-model job
         if several and (stage == "score" or isinstance(error, distributed.DistributedError)):
@@ -586,11 +555,9 @@ def _score_one(
         "revision": model.checkpoint.revision,
         "source": model.checkpoint.source,
         "architecture": model.architecture,
-        "dtype": dtype,
-        "bos_policy": bos_policy,
-        "long_texts": _long_text_setting(
-            **{k: v for k, v in (scoring or {}).items() if k in ("long_texts", "stride")}
-        ),
+        "dtype": options.dtype,
+        "bos_policy": options.bos_policy,
+        "long_texts": options.long_text_setting,
         "n_ctx": model.config.max_positions,
         "tokenizer": tokenizer_id,
         "jaxmap_version": __version__,
@@ -601,7 +568,7 @@ def _score_one(
     # A store that cannot take the row (full disk, damaged) stops the job: later rows would
     # fail the same way. In a multi-host run the others stop with process 0.
     rows = [(reference, result.loglik, meta)]
-    if logit_lens:
+    if options.logit_lens:
         layers = model.config.num_layers
         rows += [
             (

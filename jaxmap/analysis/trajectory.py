@@ -141,10 +141,10 @@ def load_flat_params(reference: str, cache_dir=None) -> np.ndarray:
     """A model's params as one flat float32 host vector, through jaxmap's checkpoint resolution
     and weight conversion (the decoder's layout, so checkpoints of one run line up)."""
     from ..checkpoints import resolve
-    from ..models import translate_config
+    from ..checkpoints.translated import translated_config
 
     checkpoint = resolve(reference, cache_dir=cache_dir)
-    architecture, config = translate_config(checkpoint.config(), checkpoint.reference)
+    architecture, config = translated_config(checkpoint)
     return flat_params(checkpoint.load_params(architecture, config, "float32"))
 
 

@@ -170,7 +170,9 @@ def true_kl(
     if score_via not in SCORE_VIA:
         raise JaxmapError(f"unknown score_via {score_via!r}; choose one of {', '.join(SCORE_VIA)}")
     from ..engine import score_tokens
+    from ..scoring_options import ScoringOptions
 
+    options = ScoringOptions(batch_tokens=batch_tokens)  # a bad one fails before any sampling
     started = time.perf_counter()
     model_i, model_j = _loaded(model_i), _loaded(model_j)
     same = tokenizer_fingerprint(model_i.tokenizer, "full") == tokenizer_fingerprint(model_j.tokenizer, "full")
@@ -201,8 +203,8 @@ def true_kl(
         ]))
     _check_context(model_i, tokens_i, length)
     _check_context(model_j, tokens_j, length)
-    loglik_i = score_tokens(model_i, tokens_i, batch_tokens, progress=progress).loglik
-    loglik_j = score_tokens(model_j, tokens_j, batch_tokens, progress=progress).loglik
+    loglik_i = score_tokens(model_i, tokens_i, progress=progress, options=options).loglik
+    loglik_j = score_tokens(model_j, tokens_j, progress=progress, options=options).loglik
     differences = loglik_i - loglik_j
     sampler_gap = None
     if via == "ids":

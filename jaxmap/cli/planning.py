@@ -9,7 +9,7 @@ from . import int_at_least, positive_float
 
 
 def register(subparsers) -> None:
-    from ..engine import DEFAULT_DTYPE
+    from ..scoring_options import DEFAULT_DTYPE
 
     plan = subparsers.add_parser(
         "plan",

@@ -15,9 +15,9 @@ from . import int_at_least
 
 
 def register(subparsers) -> None:
-    from ..engine import (
-        ACCELERATOR_BATCH_TOKENS, ATTENTION_PATHS, CPU_BATCH_TOKENS, DEFAULT_DTYPE, LOGPROB_KERNELS,
-    )
+    from ..engine import ACCELERATOR_BATCH_TOKENS, CPU_BATCH_TOKENS
+    from ..models.attention import PATHS as ATTENTION_PATHS
+    from ..scoring_options import DEFAULT_DTYPE, LOGPROB_KERNELS
 
     score = subparsers.add_parser(
         "score",
@@ -211,18 +211,22 @@ def _score(args: argparse.Namespace) -> int:
     """The job, with every process of a multi-host run stopping together on a failure."""
     from ..jobs import score_job
     from ..outputs import refuse_inputs
+    from ..scoring_options import ScoringOptions
 
     refuse_inputs(args.out, [args.texts, *(m for m in args.models if os.path.isfile(m))])
+    options = ScoringOptions(
+        dtype=args.dtype, bos_policy=args.bos_policy, batch_tokens=args.batch_tokens,
+        long_texts=args.long_texts, stride=args.stride, packing=args.packing,
+        attention=args.attention, logprob=args.logprob_kernel, logit_lens=args.logit_lens,
+        keep_token_logprobs=args.save_token_logprobs,
+    )
 
     first = distributed.process_index() == 0
     summary = score_job(
-        args.models, args.texts, out=args.out, dtype=args.dtype, bos_policy=args.bos_policy,
-        batch_tokens=args.batch_tokens, progress=not args.quiet and first, cache_dir=args.cache_dir,
-        shard=args.shard, shard_by=args.shard_by, mesh=args.mesh, delete_after=args.delete_after,
-        disk_budget=args.disk_budget, report=lambda line: print(line, file=sys.stderr),
-        logit_lens=args.logit_lens, save_token_logprobs=args.save_token_logprobs,
-        long_texts=args.long_texts, stride=args.stride, packing=args.packing,
-        attention=args.attention, logprob=args.logprob_kernel,
+        args.models, args.texts, out=args.out, progress=not args.quiet and first,
+        cache_dir=args.cache_dir, shard=args.shard, shard_by=args.shard_by, mesh=args.mesh,
+        delete_after=args.delete_after, disk_budget=args.disk_budget,
+        report=lambda line: print(line, file=sys.stderr), options=options,
     )
     if first:
         for line in summary.lines():
