@@ -345,9 +345,9 @@ def _check_decoder_tree(checkpoint: Checkpoint, tree: dict, config: "DecoderConf
 
 def validate_orbax(checkpoint: Checkpoint) -> None:
     """Check an orbax checkpoint against its config from the saved tree's metadata alone."""
-    from ..models import translate_config
+    from .translated import translated_config
 
-    architecture, config = translate_config(checkpoint.config(), checkpoint.reference)
+    architecture, config = translated_config(checkpoint)
     tree = _tree_metadata(checkpoint)
     if checkpoint.orbax.kind == "jaxmap":
         _check_decoder_tree(checkpoint, tree, config)

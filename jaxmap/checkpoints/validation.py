@@ -200,8 +200,8 @@ def validate(checkpoint: Checkpoint) -> None:
         UnsupportedModelError: an architecture or config field jaxmap does not implement, or a
             config value no model can have.
     """
-    from ..models import translate_config
+    from .translated import translated_config
 
-    translate_config(checkpoint.config(), checkpoint.reference)
+    translated_config(checkpoint)
     _check_tokenizer(checkpoint)
     checkpoint.resolver.check_weights(checkpoint)
