@@ -14,12 +14,25 @@ one that fills the map's store, so the two sides are measured the same way:
   models. The estimate is then unbiased for the KL between the models' distributions over
   ``length``-token continuations of the start token. The sampler's own log-probabilities are
   kept to check the engine against (``sampler_gap``).
-* **different tokenizers**: the samples are decoded to text (special tokens dropped) and each
-  model scores the text as its tokenizer cuts it under the ``full`` policy. This measures
-  probabilities of the canonical tokenization of a string, not of the string itself (the sum
-  over every tokenization that spells it), and a sample whose tokens are not how model i's
-  tokenizer would cut its own text is scored under a tokenization it was not drawn as;
-  ``noncanonical`` reports the share of such samples.
+* **different tokenizers**: the samples are decoded to text (special tokens dropped). Model i
+  scores each sample as the ids it was drawn as, model j its own tokenizer's cut of the text
+  under the ``full`` policy. With y the sampled ids, x their text and c_j(x) j's tokens, the
+  mean estimates D = E_{y∼p_i}[log p_i(y) − log p_j(c_j(x))] without bias, and
+
+      D = KL_str − H_i(Y | X) + E[log P_j(X) − log p_j(c_j(X))],
+
+  with P(x) a model's probability of spelling the string x (the sum over every tokenization
+  of it: for i, its ``length``-token ones; for j, any, a prefix probability) and
+  KL_str = E[log P_i(X) − log P_j(X)]. The i side, log p_i(y) ≤ log P_i(x), falls short by
+  H_i(Y | X) ≥ 0, the entropy of how model i spelled its strings; the j side, one
+  tokenization of the sum, adds j's shortfall ≥ 0. So D bounds the string KL neither way and
+  can be negative; it is the string KL when every string i samples has one spelling i gives
+  mass to and j puts all its mass on its tokenizer's own cuts (docs/method.md).
+  Exact log P_i(x) would sum over every spelling, exponentially many, with no shared work in a
+  transformer; it is not attempted. ``noncanonical``, the share of samples whose ids are not
+  model i's own cut of their text, estimates i's mass on the spellings that make H_i(Y | X)
+  positive: above :data:`WARN_NONCANONICAL` it warns, above ``max_noncanonical`` (default
+  :data:`MAX_NONCANONICAL`) it refuses before scoring.
 
 Caveats. The texts are fixed-length prefixes: ``length`` tokens of model i, whatever bytes
 they spell, so the KL is over prefixes of i's token count (which covers different amounts of
@@ -31,6 +44,7 @@ the map's own text set, so compare the two in bits per byte, not nats per text.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 
 import jax
@@ -45,6 +59,12 @@ from ..tokenization import TokenizedTexts, start_token, tokenize, tokenizer_fing
 # call stays a few seconds for a 100M-parameter model.
 DEFAULT_BATCH = 32
 SCORE_VIA = ("auto", "ids", "text")
+# Shares of noncanonical samples (text path). Trained models sample their tokenizer's own cut
+# nearly always, so a few percent already means a model (random, undertrained) that spreads mass
+# over spellings; above a tenth the bias H_i(Y | X) can outweigh the divergence itself (random
+# 5-word models: about half the samples, estimate below zero).
+WARN_NONCANONICAL = 0.02
+MAX_NONCANONICAL = 0.10
 
 
 @dataclass(frozen=True)
@@ -53,11 +73,12 @@ class TrueKL:
 
     ``nats`` ± ``nats_se``: nats per sampled text; ``bits_per_byte`` ± ``bits_per_byte_se``.
     ``samples`` texts of ``length`` tokens, ``mean_bytes`` UTF-8 bytes on average.
-    ``scored_via``: ``"ids"`` (one tokenizer: the sampled ids scored directly) or ``"text"``
-    (decoded, re-tokenized by each model). ``noncanonical``: the share of samples model i's
-    tokenizer cuts differently from how they were sampled (0 via ids). ``differences``: every
-    sample's log p_i − log p_j (nats); ``loglik_i``, ``loglik_j``: the two sides.
-    ``sampler_gap``: via ids, the largest |sampler's log p_i − engine's| over the samples.
+    ``scored_via``: ``"ids"`` (one tokenizer: the sampled ids scored by both) or ``"text"``
+    (the sampled ids by model i, the decoded text as model j cuts it). ``noncanonical``: the
+    share of samples model i's tokenizer cuts differently from how they were sampled (0 via
+    ids). ``differences``: every sample's log p_i − log p_j (nats); ``loglik_i``,
+    ``loglik_j``: the two sides. ``sampler_gap``: the largest |sampler's log p_i − engine's|
+    over the samples.
     """
 
     model_i: str
@@ -74,7 +95,7 @@ class TrueKL:
     differences: np.ndarray
     loglik_i: np.ndarray
     loglik_j: np.ndarray
-    sampler_gap: float | None
+    sampler_gap: float
     seed: int
     seconds: float
 
@@ -131,6 +152,24 @@ def _check_context(model, tokens: TokenizedTexts, length: int) -> None:
         )
 
 
+def _check_noncanonical(reference: str, share: float, most: float) -> None:
+    """Warn when ``share`` of the samples are noncanonical, refuse above ``most``: both mean
+    the text path's estimate is pulled down by the entropy of model i's spellings."""
+    if share > most:
+        raise JaxmapError(
+            f"{share:.1%} of the samples from {reference} are not its tokenizer's cut of their "
+            f"text (more than max_noncanonical {most:g}): the text path's estimate would be "
+            "biased down by the entropy of their spellings and can go negative; raise "
+            "max_noncanonical (--max-noncanonical) to estimate it anyway"
+        )
+    if share > WARN_NONCANONICAL:
+        warnings.warn(
+            f"{share:.1%} of the samples from {reference} are not its tokenizer's cut of their "
+            "text: the estimate is biased down by the entropy of their spellings",
+            stacklevel=3,
+        )
+
+
 def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> tuple[float, float]:
     """mean(numerator) / mean(denominator) and its standard error (delta method)."""
     mean = float(denominator.mean())
@@ -151,6 +190,7 @@ def true_kl(
     progress: bool = True,
     score_via: str = "auto",
     batch_tokens: int | None = None,
+    max_noncanonical: float = MAX_NONCANONICAL,
 ) -> TrueKL:
     """Estimate KL(p_i ‖ p_j) by sampling ``samples`` texts of ``length`` tokens from
     ``model_i`` and scoring them under both models (see the module docstring).
@@ -160,6 +200,8 @@ def true_kl(
     scores ids directly when the tokenizers match and decoded text otherwise; ``"text"`` forces
     the detour through text, ``"ids"`` refuses models whose tokenizers differ.
     ``batch_tokens``: the scoring engine's padded tokens per batch (default: its own).
+    ``max_noncanonical``: via text, the largest share of noncanonical samples estimated from
+    (default 0.1; 1 never refuses); above it the estimate is refused before scoring.
     """
     if samples < 2:
         raise JaxmapError(f"a standard error needs at least 2 samples, got {samples}")
@@ -169,6 +211,8 @@ def true_kl(
         raise JaxmapError(f"batch must be at least 1, got {batch}")
     if score_via not in SCORE_VIA:
         raise JaxmapError(f"unknown score_via {score_via!r}; choose one of {', '.join(SCORE_VIA)}")
+    if not 0 <= max_noncanonical <= 1:
+        raise JaxmapError(f"max_noncanonical must be a share in [0, 1], got {max_noncanonical}")
     from ..engine import score_tokens
     from ..scoring_options import ScoringOptions
 
@@ -190,25 +234,24 @@ def true_kl(
     start = start_token(model_i.tokenizer)
     sampled = TokenizedTexts.from_sequences([[start, *row] for row in tokens.tolist()])
     noncanonical = 0.0
-    if via == "ids":
-        tokens_i = tokens_j = sampled
-    else:
+    # Model i scores the ids it drew on both paths: its side is then the exact log p_i(y) of
+    # the sampled sequence, not of a re-tokenization it may never have drawn.
+    tokens_j = sampled
+    if via == "text":
         # Built directly: a sample may hold characters (NUL) a stored text set refuses, and
         # these texts are never stored.
         text_set = TextSet(tuple(str(k) for k in range(samples)), tuple(texts))
-        tokens_i = tokenize(text_set, model_i.tokenizer, "full")
         tokens_j = tokenize(text_set, model_j.tokenizer, "full")
+        canonical = tokenize(text_set, model_i.tokenizer, "full")
         noncanonical = float(np.mean([
-            not np.array_equal(tokens_i[k], sampled[k]) for k in range(samples)
+            not np.array_equal(canonical[k], sampled[k]) for k in range(samples)
         ]))
-    _check_context(model_i, tokens_i, length)
+        _check_noncanonical(model_i.reference, noncanonical, max_noncanonical)
     _check_context(model_j, tokens_j, length)
-    loglik_i = score_tokens(model_i, tokens_i, progress=progress, options=options).loglik
+    loglik_i = score_tokens(model_i, sampled, progress=progress, options=options).loglik
     loglik_j = score_tokens(model_j, tokens_j, progress=progress, options=options).loglik
     differences = loglik_i - loglik_j
-    sampler_gap = None
-    if via == "ids":
-        sampler_gap = float(np.abs(sampler_logprobs.astype(np.float64).sum(axis=1) - loglik_i).max())
+    sampler_gap = float(np.abs(sampler_logprobs.astype(np.float64).sum(axis=1) - loglik_i).max())
     per_byte, per_byte_se = _ratio(differences, text_bytes)
     return TrueKL(
         model_i=model_i.reference,

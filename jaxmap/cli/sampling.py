@@ -9,10 +9,15 @@ import math
 import numpy as np
 
 from ..errors import JaxmapError
-from . import int_at_least, quantile
+from . import _checked, int_at_least, quantile
 
 # Models listed in an "unknown model" error before it says how many more there are.
 _LISTED = 5
+
+
+def _share(text: str) -> float:
+    """argparse type: a number in [0, 1]."""
+    return _checked(float, text, lambda value: 0 <= value <= 1, "a share in [0, 1]")
 
 
 def _stored_model(store, row: int) -> tuple[str, int]:
@@ -81,7 +86,7 @@ def _run_true_kl(args: argparse.Namespace) -> int:
     model_j = model_i if reference_j == reference_i else load_model(reference_j, dtype=dtype)
     result = true_kl(
         model_i, model_j, samples=args.samples, length=args.length, seed=args.seed,
-        batch=args.batch, progress=not args.json,
+        batch=args.batch, progress=not args.json, max_noncanonical=args.max_noncanonical,
     )
     estimate = _map_estimate(store, row_i, row_j, args.clip_quantile)
     if args.json:
@@ -142,6 +147,13 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--clip-quantile", type=quantile, default=0.02, metavar="Q",
         help="clip quantile of the map's estimate (default 0.02, as `jaxmap kl`)",
+    )
+    # The default is true_kl's MAX_NONCANONICAL, written out: importing it here would load JAX
+    # for every command's --help.
+    parser.add_argument(
+        "--max-noncanonical", type=_share, default=0.1, metavar="F",
+        help="with different tokenizers, refuse when more than this share of the samples are not "
+        "MODEL_I's own cut of their text (default 0.1; 1 never refuses)",
     )
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
     parser.set_defaults(func=_run_true_kl)
