@@ -6,7 +6,6 @@ import inspect
 import warnings
 
 import numpy as np
-from sklearn.decomposition import PCA
 from sklearn.manifold import MDS, TSNE
 
 from ._arrays import AnalysisError, float64_matrix, require_finite
@@ -21,12 +20,31 @@ def effective_perplexity(n_models: int, perplexity: float) -> float:
     return float(min(perplexity, max((n_models - 1) / 3.0, 1.0)))
 
 
+def principal_components(Q, count: int = 2) -> np.ndarray:
+    """The K×``count`` coordinates of the rows of Q on their first principal axes, from a full
+    SVD of the column-centred Q.
+
+    A randomized SVD (what scikit-learn's PCA picks at shapes like 40 × 3000) mixes two axes
+    whose eigenvalues are close, by 0.8–3.1% there; a map must not depend on a random draw. Signs
+    follow scikit-learn's convention, so maps drawn before keep their orientation: each axis
+    points so that its largest text loading (in absolute value) is positive.
+    """
+    Q = float64_matrix(Q, "Q")
+    if min(Q.shape) < count:
+        raise AnalysisError(f"{count} principal axes need {count} models and texts, got shape {Q.shape}")
+    centred = Q - Q.mean(axis=0)
+    u, s, vt = np.linalg.svd(centred, full_matrices=False)
+    axes = np.arange(count)
+    signs = np.sign(vt[axes, np.argmax(np.abs(vt[:count]), axis=1)])
+    return u[:, :count] * (s[:count] * signs)
+
+
 def project(Q, method: str = "tsne", *, seed: int = 0, perplexity: float = 30.0) -> np.ndarray:
     """K×2 map coordinates of the rows of Q.
 
     ``"tsne"``: the papers' settings (perplexity 30, PCA initialisation, squared-Euclidean
     distances between rows of Q; the exact gradient up to 500 models, Barnes-Hut beyond).
-    ``"pca"``: the first two principal components.
+    ``"pca"``: the first two principal components, exact (:func:`principal_components`).
     ``"mds"``: metric MDS (SMACOF) on the Euclidean distances ‖q_i − q_j‖, started from
     classical MDS. Small K lowers the perplexity (see :func:`effective_perplexity`) with a warning.
     """
@@ -40,7 +58,7 @@ def project(Q, method: str = "tsne", *, seed: int = 0, perplexity: float = 30.0)
     if n_models < 3:
         raise AnalysisError(f"a map needs at least 3 models, got {n_models}")
     if method == "pca":
-        return PCA(n_components=2, random_state=seed).fit_transform(Q)
+        return principal_components(Q)
     if method == "tsne":
         used = effective_perplexity(n_models, perplexity)
         if used < perplexity:

@@ -97,6 +97,12 @@ def _describe(matrix: LoglikMatrix, tau: float, args: argparse.Namespace) -> str
     )
 
 
+def _exact(value: float) -> str:
+    """A number for a CSV file: the shortest text that reads back as the same float64, so that
+    a table written and read again holds the numbers computed, not a rounding of them."""
+    return repr(float(value))
+
+
 def _write_matrix_csv(
     path: Path,
     row_names: Sequence[str],
@@ -107,7 +113,7 @@ def _write_matrix_csv(
         writer = csv.writer(handle)
         writer.writerow(["model", *column_names])
         for name, row in zip(row_names, values):
-            writer.writerow([name, *(f"{v:.10g}" for v in row)])
+            writer.writerow([name, *(_exact(v) for v in row)])
 
 
 def _print_neighbors(

@@ -17,6 +17,7 @@ from .analysis import (
     _add_input,
     _checks_outputs,
     _describe,
+    _exact,
     _inputs,
     _load_clipped,
     _snippet,
@@ -91,7 +92,7 @@ def _run_outliers(args: argparse.Namespace) -> int:
             writer.writerow(["text_id", "column", "z", "excess_nats"])
             for column in order:
                 writer.writerow(
-                    [ids[column], column, f"{found.z[column]:.6g}", f"{found.residual[column]:.6g}"]
+                    [ids[column], column, _exact(found.z[column]), _exact(found.residual[column])]
                 )
         print(f"wrote {args.out}")
     return 0
@@ -129,7 +130,7 @@ def _run_ica(args: argparse.Namespace) -> int:
         for column in top_texts:
             print(f"  text {ids[column]:<14} {sources[column]:+7.2f}  {_snippet(texts[column])}")
         rows.append(
-            [f"IC{axis + 1}", f"{result.non_gaussianity[axis]:.6g}", " ".join(ids[c] for c in top_texts),
+            [f"IC{axis + 1}", _exact(result.non_gaussianity[axis]), " ".join(ids[c] for c in top_texts),
              " ".join(high), " ".join(low)]
         )
     print("\nmaximum spanning tree (correlation of squared sources):")
@@ -146,7 +147,7 @@ def _run_ica(args: argparse.Namespace) -> int:
                 writer = csv.writer(handle)
                 writer.writerow(["model", *(f"IC{i + 1}" for i in range(args.components))])
                 for name, values in zip(matrix.models, result.loadings):
-                    writer.writerow([name, *(f"{v:.9g}" for v in values)])
+                    writer.writerow([name, *(_exact(v) for v in values)])
         if plot_file:
             plot_component_tree(result, plot_file, title=f"{args.components} independent axes of {len(matrix.models)} models")
     for path in (args.out, args.loadings, args.plot):

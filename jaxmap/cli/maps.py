@@ -17,6 +17,7 @@ from .analysis import (
     _add_input,
     _checks_outputs,
     _describe,
+    _exact,
     _inputs,
     _load_clipped,
     _write_matrix_csv,
@@ -122,9 +123,9 @@ def _run_uncertainty(args: argparse.Namespace) -> int:
                 )
                 for index, name in enumerate(names):
                     writer.writerow(
-                        [name, *(f"{v:.9g}" for v in (*result.center[index], *result.ellipse_axes[index],
-                                                      result.ellipse_angle[index], result.area[index])),
-                         names[result.neighbor[index]], f"{result.neighbor_stability[index]:.4f}"]
+                        [name, *(_exact(v) for v in (*result.center[index], *result.ellipse_axes[index],
+                                                     result.ellipse_angle[index], result.area[index])),
+                         names[result.neighbor[index]], _exact(result.neighbor_stability[index])]
                     )
     for path in (args.out, args.csv):
         if path:
