@@ -346,6 +346,18 @@ class _Run:
 _current: _Run | None = None
 
 
+def stopped_by_interrupt(error: BaseException) -> bool:
+    """Whether ``error`` stops the job for an interrupt: SIGINT or SIGTERM on this process, or in a
+    multi-host run on another one. A process waiting inside a collective when another process
+    leaves for its signal sees the collective fail with some other error, before
+    :func:`together` raises the interrupt the other process posted."""
+    if isinstance(error, KeyboardInterrupt):
+        return True
+    run = _current
+    stop = run.read_stop() if run is not None else None
+    return stop is not None and stop.process != run.me and stop.kind == "interrupt"
+
+
 def together(function):
     """Decorate a function that every process of a multi-host run calls alike (a job): a failure
     of any one process stops every process with the same error, naming the process.

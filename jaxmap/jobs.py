@@ -402,8 +402,8 @@ def score_job(
                 prefetcher.release(checkpoint)
                 summary.outcomes.append(outcome)
                 overall.update(1)
-        except KeyboardInterrupt:
-            summary.interrupted = True
+        except BaseException as error:
+            summary.interrupted = distributed.stopped_by_interrupt(error)
             raise
         finally:
             overall.close()
