@@ -18,6 +18,7 @@ from jaxmap.analysis.trajectory import (
     diffusion_exponents,
     lineage,
     read_base_model,
+    top_change_texts,
     trajectory,
     weight_distances,
 )
@@ -154,6 +155,105 @@ def test_lineage_rank_and_kl():
 
 
 # ---------------------------------------------------------------------------------------------
+# The papers' text filter: the texts that change most between checkpoints after the warm-up
+
+WARMUP = 100.0
+
+
+def _heavy_tailed_run(seed: int = 6):
+    """A run of 30 checkpoints on a random walk over 2000 texts, beside 4 unrelated models: the
+    first 5 checkpoints (steps below WARMUP) move every text by tens of nats, and 40 outlier
+    texts jump by 20-60 nats once after the warm-up. Returns L, the path, its steps and the
+    outliers."""
+    rng = np.random.default_rng(seed)
+    count, texts = 30, 2000
+    steps = np.array([0.0, 10, 20, 40, 80, *(WARMUP + 50 * np.arange(count - 5))])
+    walk = -300 + np.cumsum(rng.normal(scale=0.3, size=(count, texts)), axis=0)
+    walk[:5] += rng.normal(scale=20.0, size=(5, texts))
+    outliers = rng.choice(texts, 40, replace=False)
+    for text in outliers:
+        walk[rng.integers(6, count):, text] += rng.uniform(20, 60)
+    others = -300 + rng.normal(scale=5.0, size=(4, texts))
+    return np.concatenate([others, walk]), list(range(4, 4 + count)), steps, outliers
+
+
+def _reference_filter(L, path, steps, percent: int, warmup: float):
+    """The papers' preprocessing, written out in numpy: clip at the 2% quantile of the whole
+    matrix; per text, the largest absolute change between consecutive checkpoints whose earlier
+    one is past the warm-up; drop the top ``percent``% of texts; double-centre the rest and take
+    ‖q_i − q_j‖² / 2N. Returns the dropped columns and the KL matrix of the path."""
+    clipped = np.maximum(L, np.quantile(L, 0.02))[path]
+    pairs = [t for t in range(len(path) - 1) if steps[t] >= warmup]
+    change = np.max(np.abs(np.diff(clipped, axis=0)[pairs]), axis=0)
+    dropped = np.sort(np.argsort(change)[::-1][: percent * L.shape[1] // 100])
+    kept = clipped[:, np.setdiff1d(np.arange(L.shape[1]), dropped)]
+    q = kept - kept.mean(axis=1, keepdims=True)
+    q = q - q.mean(axis=0)
+    kl = ((q[:, None, :] - q[None, :, :]) ** 2).sum(axis=2) / (2 * kept.shape[1])
+    return dropped, kl
+
+
+def _reference_exponents(kl, steps, window: int = 10, min_points: int = 3) -> np.ndarray:
+    """The least-squares slope of log KL(t0, t0+Δ) on log Δ, start by start."""
+    exponents = np.full(len(steps), np.nan)
+    for start in range(len(steps)):
+        ahead = np.arange(start + 1, min(start + window, len(steps) - 1) + 1)
+        if ahead.size < min_points:
+            continue
+        x, y = np.log(steps[ahead] - steps[start]), np.log(kl[start, ahead])
+        exponents[start] = ((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum()
+    return exponents
+
+
+def test_dropping_the_texts_that_change_most_matches_the_papers_steps():
+    L, path, steps, outliers = _heavy_tailed_run()
+    names = [f"m{i}" for i in range(len(L))]
+    report = trajectory(L, path, names, steps=steps, drop_top_change=0.03, warmup=WARMUP)
+    dropped, kl = _reference_filter(L, path, steps, 3, WARMUP)
+    np.testing.assert_array_equal(report.dropped_texts, dropped)
+    assert len(dropped) == 60 and set(outliers) <= set(dropped)
+    np.testing.assert_allclose(report.kl_to_next[:-1], np.diag(kl, 1), rtol=1e-12, atol=0)
+    np.testing.assert_allclose(report.kl_to_final, kl[:, -1], rtol=1e-12, atol=1e-300)
+    expected = _reference_exponents(kl, steps)
+    np.testing.assert_array_equal(np.isnan(report.loglik_fit.exponents), np.isnan(expected))
+    np.testing.assert_allclose(report.loglik_fit.exponents, expected, rtol=0, atol=1e-12)
+    # Bits per byte: the mean length is over the kept texts.
+    text_bytes = np.random.default_rng(7).integers(50, 500, L.shape[1])
+    in_bits = trajectory(
+        L, path, names, steps=steps, drop_top_change=0.03, warmup=WARMUP, text_bytes=text_bytes
+    )
+    kept_bytes = np.delete(text_bytes, dropped).mean()
+    np.testing.assert_allclose(in_bits.kl_to_next[:-1], np.diag(kl, 1) / (kept_bytes * np.log(2)), rtol=1e-12)
+
+    # Left in, the outliers bend the exponents; counting the warm-up's moves instead picks
+    # texts by how the start of training moved them, and misses outliers.
+    plain = trajectory(L, path, names, steps=steps)
+    assert plain.dropped_texts.size == 0
+    shift = np.nanmedian(np.abs(plain.loglik_fit.exponents - report.loglik_fit.exponents))
+    print(f"median shift of the exponents when the outliers stay: {shift:.3f}")
+    assert shift > 0.05
+    from_start = trajectory(L, path, names, steps=steps, drop_top_change=0.03)
+    np.testing.assert_array_equal(from_start.dropped_texts, _reference_filter(L, path, steps, 3, 0.0)[0])
+    assert not set(outliers) <= set(from_start.dropped_texts)
+
+
+def test_top_change_texts_edge_cases():
+    rows = np.array([[0.0, 0.0, 0.0, 0.0], [5.0, 1.0, 1.0, 0.0], [5.0, 1.0, 4.0, 0.5]])
+    # Positions 0, 1, 2: from step 1 only the last pair counts. Ties go to the earlier text.
+    assert top_change_texts(rows, 0.5, warmup=1).tolist() == [2, 3]  # changes 0, 0, 3, 0.5
+    assert top_change_texts(rows, 0.5).tolist() == [0, 2]  # changes 5, 1, 3, 0.5
+    assert top_change_texts(np.array([[0.0, 0.0, 0.0], [1.0, 1.0, 0.0]]), 0.34).tolist() == [0]
+    # 0.29 of 100 texts is 29 texts, though 0.29 · 100 is 28.999999999999996 in binary.
+    assert top_change_texts(np.arange(200.0).reshape(2, 100), 0.29).size == 29
+    assert top_change_texts(rows, 0.0, warmup=99).size == 0  # nothing to drop, nothing to check
+    with pytest.raises(AnalysisError, match="warm-up"):
+        top_change_texts(rows, 0.5, steps=[0, 10, 20], warmup=20)
+    for bad in (-0.1, 1.0, float("nan")):
+        with pytest.raises(AnalysisError, match=r"in \[0, 1\)"):
+            top_change_texts(rows, bad)
+
+
+# ---------------------------------------------------------------------------------------------
 # End to end: a store of tiny checkpoints on a random walk in weight space
 
 
@@ -214,6 +314,7 @@ def test_trajectory_cli_on_checkpoints(checkpoints, run_store, tmp_path, capsys)
     assert image.stat().st_size > 10_000
     printed = capsys.readouterr().out
     assert "median exponent" in printed and "weight space" in printed
+    assert "left out 0 of 3 texts (fraction 0.03)" in printed  # the checkpoints' default
 
 
 def test_trajectory_cli_path_file_steps_and_layers(checkpoints, run_store, tmp_path, capsys):
@@ -226,6 +327,7 @@ def test_trajectory_cli_path_file_steps_and_layers(checkpoints, run_store, tmp_p
     rows = _read_csv(table)
     assert [float(r["step"]) for r in rows] == [i * 100 for i in range(len(checkpoints))]
     assert all(r["exponent_weights"] == "" for r in rows)
+    assert "left out 0 of 3 texts" in capsys.readouterr().out  # checkpoints: the papers' filter
     # The logit-lens thread of the last checkpoint: layer 0 ... 2, Δ counted in layers.
     layers_table, image = tmp_path / "layers.csv", tmp_path / "layers.png"
     status = main([
@@ -237,6 +339,7 @@ def test_trajectory_cli_path_file_steps_and_layers(checkpoints, run_store, tmp_p
     assert [r["model"].rsplit("@", 1)[1] for r in rows] == ["layer0", "layer1", "layer2"]
     assert rows[0]["exponent_loglik"] and not rows[0]["exponent_weights"]
     assert image.stat().st_size > 10_000
+    assert "left out" not in capsys.readouterr().out  # layers keep every text by default
 
 
 def test_trajectory_cli_errors(checkpoints, run_store, capsys):
@@ -245,6 +348,51 @@ def test_trajectory_cli_errors(checkpoints, run_store, capsys):
     assert "nonesuch" in error and str(run_store) in error and len(error.splitlines()) == 1
     assert main(["trajectory", str(run_store), "--layers", str(checkpoints[0])]) == 2
     assert "--logit-lens" in capsys.readouterr().err
+
+
+def test_trajectory_cli_drops_the_texts_that_change_most(tmp_path, capsys):
+    L, path, steps, _ = _heavy_tailed_run()
+    matrix, listing, table = tmp_path / "run.npy", tmp_path / "run.txt", tmp_path / "run.csv"
+    np.save(matrix, L)
+    listing.write_text("".join(f"model_{i},{step:g}\n" for i, step in zip(path, steps)), "utf-8")
+    names = [f"model_{i}" for i in range(len(L))]
+    command = ["trajectory", str(matrix), "--path-file", str(listing), "--no-weights", "--out", str(table)]
+    assert main([*command, "--warmup-steps", "100"]) == 0
+    assert "left out 60 of 2000 texts (fraction 0.03)" in capsys.readouterr().out
+    report = trajectory(L, path, names, steps=steps, drop_top_change=0.03, warmup=WARMUP)
+    rows = _read_csv(table)
+    # Every digit is written: the table read back is the report, not a rounding of it.
+    assert [float(r["kl_to_next_nats"]) for r in rows[:-1]] == report.kl_to_next[:-1].tolist()
+    assert [float(r["kl_to_final_nats"]) for r in rows] == report.kl_to_final.tolist()
+    np.testing.assert_array_equal([float(r["exponent_loglik"] or "nan") for r in rows], report.loglik_fit.exponents)
+
+    assert main([*command, "--drop-top-change", "0"]) == 0
+    assert "left out" not in capsys.readouterr().out
+    plain = trajectory(L, path, names, steps=steps)
+    assert [float(r["kl_to_next_nats"]) for r in _read_csv(table)[:-1]] == plain.kl_to_next[:-1].tolist()
+
+    assert main([*command, "--warmup-steps", "1e9"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "warm-up" in error and str(matrix) in error and len(error.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "option, value",
+    [
+        ("--drop-top-change", "-0.1"),
+        ("--drop-top-change", "1"),
+        ("--drop-top-change", "1.5"),
+        ("--drop-top-change", "three"),
+        ("--drop-top-change", "nan"),
+        ("--warmup-steps", "-5"),
+    ],
+)
+def test_trajectory_cli_refuses_a_bad_fraction_or_warmup(tmp_path, capsys, option, value):
+    with pytest.raises(SystemExit) as leaving:
+        main(["trajectory", str(tmp_path / "run.npy"), "--path", "a", "b", option, value])
+    assert leaving.value.code == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and option in error and repr(value) in error
 
 
 def test_lineage_cli_from_table_and_model_cards(checkpoints, run_store, tmp_path, capsys):

@@ -5,7 +5,9 @@ Along a path of n models this computes
 
 * the estimated KL between consecutive models and from each model to the last one, from the
   store's matrix with the map's clipping (one global 2% quantile over the whole matrix) and
-  double centring (:func:`jaxmap.analysis.clip`, :func:`jaxmap.analysis.kl_matrix`);
+  double centring (:func:`jaxmap.analysis.clip`, :func:`jaxmap.analysis.kl_matrix`), optionally
+  leaving out, as the papers do for checkpoints, the texts whose log-likelihood changes most
+  between consecutive models after the warm-up (:func:`top_change_texts`);
 * diffusion exponents, as in the papers: for each start t0, the slope c of the least-squares
   fit ``log D(t0, t0+Δ) = c·log Δ + b`` over the next ``window`` (10) models, where D is the
   estimated KL (log-likelihood space) or the squared weight distance ``‖θ(t0+Δ) − θ(t0)‖²``
@@ -16,8 +18,10 @@ Along a path of n models this computes
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
@@ -27,6 +31,10 @@ from .geometry import clip, kl_matrix
 
 DEFAULT_WINDOW = 10
 DEFAULT_MIN_POINTS = 3
+# The papers' text filter for trajectories of checkpoints: the 3% of texts whose log-likelihood
+# changes most between consecutive checkpoints after the warm-up (docs/method.md says why
+# `jaxmap trajectory` uses it for checkpoints and not for logit-lens layers).
+CHECKPOINT_DROP_TOP_CHANGE = 0.03
 
 
 @dataclass(frozen=True)
@@ -78,13 +86,43 @@ def diffusion_exponents(
     return DiffusionFit(exponents, intercepts, points)
 
 
-def path_kl(L, path: Sequence[int], *, text_bytes=None, clip_quantile: float = 0.02) -> np.ndarray:
-    """The n×n estimated KL between the models ``path`` (row indices of ``L``), in nats per
-    text (bits per byte with ``text_bytes``), with the map's clipping: τ is the 2% quantile of
-    the whole matrix, not of the path's rows. Double centring over the path's rows alone gives
-    the same distances as over the whole map (the column means cancel)."""
-    clipped, _ = clip(L, clip_quantile)
-    return kl_matrix(clipped[np.asarray(path, dtype=np.int64)], text_bytes=text_bytes)
+def top_change_texts(
+    rows,
+    fraction: float,
+    *,
+    steps: Sequence[float] | None = None,
+    warmup: float = 0.0,
+) -> np.ndarray:
+    """Column indices (ascending) of the ⌊``fraction``·N⌋ texts whose log-likelihood changes
+    most along a path: the papers' filter of heavy-tailed texts before fitting exponents.
+
+    ``rows`` is the n×N clipped log-likelihood of the path's models, in order. A text's change
+    is the largest ``|ℓ[t+1, s] − ℓ[t, s]|`` over the consecutive pairs after the warm-up, those
+    whose earlier model is at step ``warmup`` or later (``steps``: the models' training steps,
+    by default their positions 0 … n−1). Ties go to the earlier text.
+    """
+    rows = np.asarray(rows, dtype=np.float64)
+    if rows.ndim != 2:
+        raise AnalysisError(f"the path's log-likelihoods must be n×N, got shape {rows.shape}")
+    if not 0.0 <= fraction < 1.0:
+        raise AnalysisError(f"the fraction of texts to drop must be in [0, 1), got {fraction}")
+    count, texts = rows.shape
+    positions = np.arange(count, dtype=np.float64) if steps is None else np.asarray(steps, np.float64)
+    if positions.shape != (count,):
+        raise AnalysisError(f"steps must be {count} numbers, one per model of the path")
+    if fraction == 0.0:
+        return np.zeros(0, np.int64)
+    after = np.flatnonzero(positions[:-1] >= warmup)
+    if after.size == 0:
+        raise AnalysisError(
+            f"no two consecutive models of the path are at or after the warm-up (step "
+            f"{warmup:g}); lower the warm-up or drop no texts"
+        )
+    change = np.abs(rows[after + 1] - rows[after]).max(axis=0)
+    # ⌊f·N⌋ of the decimal f: in binary 0.29 · 100 is 28.999999999999996, which would keep one
+    # text too many.
+    drop = math.floor(Fraction(repr(float(fraction))) * texts)
+    return np.sort(np.argsort(-change, kind="stable")[:drop])
 
 
 def _squared_distance(a: np.ndarray, b: np.ndarray, block: int = 1 << 22) -> float:
@@ -159,6 +197,7 @@ class TrajectoryReport:
     loglik_fit: DiffusionFit
     weight_fit: DiffusionFit | None
     window: int
+    dropped_texts: np.ndarray  # column indices of L left out of the KL (top_change_texts)
 
     def rows(self) -> list[dict]:
         """One dict per model: the table ``jaxmap trajectory`` prints."""
@@ -192,20 +231,38 @@ def trajectory(
     window: int = DEFAULT_WINDOW,
     min_points: int = DEFAULT_MIN_POINTS,
     text_bytes=None,
+    clip_quantile: float = 0.02,
+    drop_top_change: float = 0.0,
+    warmup: float = 0.0,
 ) -> TrajectoryReport:
     """KL profile and diffusion exponents of the path ``path`` (row indices of the full matrix
     ``L``; ``names`` are all rows' names). ``weights(t)``, if given, loads the t-th model of
     the path as a flat float32 vector for the weight-space exponents. KL is in nats per text,
-    or bits per byte with ``text_bytes``."""
+    or bits per byte with ``text_bytes``.
+
+    ``L`` is clipped at its global ``clip_quantile`` (the map's τ, over every row, not only the
+    path's). ``drop_top_change`` > 0 then leaves out the texts that change most between
+    consecutive models from step ``warmup`` on (:func:`top_change_texts`; the papers use 0.03
+    for checkpoints). It defaults to 0, keeping every text: whether to filter depends on what
+    the path is (docs/method.md), which the rows alone do not say.
+    """
     path = [int(i) for i in path]
     if len(path) < 2:
         raise AnalysisError(f"a trajectory needs at least 2 models, got {len(path)}")
     if len(set(path)) < len(path):
         repeated = sorted({names[i] for i in path if path.count(i) > 1})
         raise AnalysisError(f"a model appears twice in the path: {', '.join(repeated)}")
-    kl = path_kl(L, path, text_bytes=text_bytes)
     count = len(path)
     positions = np.arange(count, dtype=np.float64) if steps is None else np.asarray(steps, np.float64)
+    clipped, _ = clip(L, clip_quantile)
+    rows = clipped[np.asarray(path, dtype=np.int64)]
+    dropped = top_change_texts(rows, drop_top_change, steps=positions, warmup=warmup)
+    kept = np.setdiff1d(np.arange(rows.shape[1]), dropped)
+    if text_bytes is not None:
+        text_bytes = np.asarray(text_bytes)[kept]
+    # Double centring over the path's rows alone gives the same distances as over the whole
+    # map: the column means cancel in q_i − q_j.
+    kl = kl_matrix(rows[:, kept], text_bytes=text_bytes)
     kl_to_next = np.append(np.diag(kl, 1), np.nan)
     loglik_fit = diffusion_exponents(kl, steps=positions, window=window, min_points=min_points)
     weight_fit = None
@@ -216,7 +273,7 @@ def trajectory(
         )
     return TrajectoryReport(
         [names[i] for i in path], positions, kl_to_next, kl[:, -1].copy(), loglik_fit,
-        weight_fit, window,
+        weight_fit, window, dropped,
     )
 
 

@@ -9,11 +9,24 @@ import fnmatch
 import math
 import re
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from . import int_at_least
+from . import _checked, int_at_least
+
+if TYPE_CHECKING:
+    from ..analysis.trajectory import LineageRow, TrajectoryReport
+
+
+def _fraction(text: str) -> float:
+    """argparse type: a share of the texts, in [0, 1)."""
+    return _checked(float, text, lambda value: 0 <= value < 1, "a fraction in [0, 1)")
+
+
+def _step(text: str) -> float:
+    """argparse type: a finite step of at least 0."""
+    return _checked(float, text, lambda value: 0 <= value < math.inf, "a step of at least 0")
 
 
 def register(subparsers) -> None:
@@ -55,6 +68,17 @@ def register(subparsers) -> None:
     trajectory.add_argument(
         "--min-points", type=int_at_least(2), default=3,
         help="starts with fewer usable points get no exponent (default: %(default)s)",
+    )
+    trajectory.add_argument(
+        "--drop-top-change", type=_fraction, metavar="FRACTION",
+        help="leave out this share of the texts, those whose log-likelihood changes most between "
+        "consecutive models after --warmup-steps, as the papers do (default: 0.03 for a path of "
+        "models, 0 for logit-lens layers)",
+    )
+    trajectory.add_argument(
+        "--warmup-steps", type=_step, default=0.0, metavar="STEP",
+        help="changes between models before this step (the table's step column) do not count "
+        "for --drop-top-change (default: 0)",
     )
     trajectory.add_argument(
         "--no-weights", action="store_true",
@@ -207,8 +231,14 @@ def _weight_loader(rows: _Rows, path: list[int], cache_dir):
     return load
 
 
-def _number(value: float, digits: int = 6) -> str:
-    return "" if math.isnan(value) else f"{value:.{digits}g}"
+def _number(value: float, digits: int = 6, *, full: bool = False) -> str:
+    """A table cell: ``digits`` significant digits to read, or every digit (``full``, for CSV
+    files); blank for NaN."""
+    from .analysis import _exact
+
+    if math.isnan(value):
+        return ""
+    return _exact(value) if full else f"{value:.{digits}g}"
 
 
 def _median(values: np.ndarray) -> str:
@@ -221,6 +251,30 @@ def _print_table(header: Sequence[str], table: list[list[str]]) -> None:
     print("  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip())
     for row in table:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+
+def _trajectory_cells(report: TrajectoryReport, *, full: bool) -> list[list[str]]:
+    """The rows of ``jaxmap trajectory``'s table, rounded to read or in full (``--out``)."""
+    return [
+        [
+            str(row["index"]), row["model"], _number(row["step"], full=full),
+            _number(row["kl_to_next"], full=full), _number(row["kl_to_final"], full=full),
+            _number(row["exponent_loglik"], 4, full=full), str(row["points_loglik"]),
+            _number(row["exponent_weights"], 4, full=full), str(row["points_weights"]),
+        ]
+        for row in report.rows()
+    ]
+
+
+def _lineage_cells(results: list[LineageRow], *, full: bool) -> list[list[str]]:
+    """The rows of ``jaxmap lineage``'s table, rounded to read or in full (``--out``)."""
+    return [
+        [
+            r.child, r.parent, _number(r.kl, full=full), str(r.parent_rank), str(r.candidates),
+            r.nearest, _number(r.nearest_kl, full=full),
+        ]
+        for r in results
+    ]
 
 
 def _write_csv(path: str, header: Sequence[str], table: list[list[str]]) -> None:
@@ -238,7 +292,7 @@ def _write_csv(path: str, header: Sequence[str], table: list[list[str]]) -> None
 
 def _run_trajectory(args: argparse.Namespace) -> int:
     from ..analysis import clip, double_center, load_loglik, project
-    from ..analysis.trajectory import trajectory
+    from ..analysis.trajectory import CHECKPOINT_DROP_TOP_CHANGE, trajectory
     from ..outputs import check_outputs
     from .analysis import _about
 
@@ -253,36 +307,41 @@ def _run_trajectory(args: argparse.Namespace) -> int:
     path, steps, label = _choose_path(args, rows)
     weights = None if (args.no_weights or args.layers) else _weight_loader(rows, path, args.cache_dir)
     text_bytes = matrix.require_text_bytes() if args.bits_per_byte else None
+    drop = args.drop_top_change
+    if drop is None:
+        # The papers filter texts for checkpoints; along logit-lens layers the largest changes
+        # are the first layers' readings, not heavy-tailed texts (docs/method.md).
+        layers = all(rows.metadata[i].is_layer_row for i in path)
+        drop = 0.0 if layers else CHECKPOINT_DROP_TOP_CHANGE
     with _about(matrix.source):
         report = trajectory(
             matrix.loglik, path, matrix.models, steps=steps, weights=weights, window=args.window,
-            min_points=args.min_points, text_bytes=text_bytes,
+            min_points=args.min_points, text_bytes=text_bytes, clip_quantile=args.clip_quantile,
+            drop_top_change=drop, warmup=args.warmup_steps,
         )
     unit = "bpb" if args.bits_per_byte else "nats"
     header = [
         "index", "model", "step", f"kl_to_next_{unit}", f"kl_to_final_{unit}",
         "exponent_loglik", "points_loglik", "exponent_weights", "points_weights",
     ]
-    table = [
-        [
-            str(row["index"]), row["model"], _number(row["step"]), _number(row["kl_to_next"]),
-            _number(row["kl_to_final"]), _number(row["exponent_loglik"], 4), str(row["points_loglik"]),
-            _number(row["exponent_weights"], 4), str(row["points_weights"]),
-        ]
-        for row in report.rows()
-    ]
     print(
         f"{matrix.source}: {len(path)} models along {label}; diffusion exponents fitted over the "
         f"next {args.window} models of each start (fewer near the end; at least "
         f"{args.min_points} points, else blank)"
     )
-    _print_table(header, table)
+    if drop > 0:
+        print(
+            f"left out {report.dropped_texts.size} of {matrix.loglik.shape[1]} texts (fraction "
+            f"{drop:g}): the largest log-likelihood change between consecutive models from step "
+            f"{args.warmup_steps:g} on"
+        )
+    _print_table(header, _trajectory_cells(report, full=False))
     summary = f"median exponent: log-likelihood space {_median(report.loglik_fit.exponents)}"
     if report.weight_fit is not None:
         summary += f", weight space {_median(report.weight_fit.exponents)}"
     print(summary)
     if args.out:
-        _write_csv(args.out, header, table)
+        _write_csv(args.out, header, _trajectory_cells(report, full=True))
         print(f"table: {args.out}")
     if args.plot:
         from ..analysis.plots import plot_trajectories
@@ -373,13 +432,9 @@ def _run_lineage(args: argparse.Namespace) -> int:
         results = lineage(matrix.loglik, matrix.models, pairs, text_bytes=text_bytes, among=models_only)
     unit = "bpb" if args.bits_per_byte else "nats"
     header = ["child", "parent", f"kl_{unit}", "parent_rank", "candidates", "nearest", f"nearest_kl_{unit}"]
-    table = [
-        [r.child, r.parent, _number(r.kl), str(r.parent_rank), str(r.candidates), r.nearest, _number(r.nearest_kl)]
-        for r in results
-    ]
     print(f"{matrix.source}: {len(results)} parent/child pair(s) from {source}")
-    _print_table(header, table)
+    _print_table(header, _lineage_cells(results, full=False))
     if args.out:
-        _write_csv(args.out, header, table)
+        _write_csv(args.out, header, _lineage_cells(results, full=True))
         print(f"table: {args.out}")
     return 0
