@@ -152,6 +152,12 @@ def test_lineage_rank_and_kl():
     assert limited.candidates == 3 and limited.parent_rank == 1
     with pytest.raises(AnalysisError, match="not among"):
         lineage(L, names, [("b", "a-ft")], among=[0, 3, 4, 5])
+    # The clipping quantile reaches the KL: unclipped, a-ft's KL to a is that of the raw matrix.
+    L[3, :25] -= 400.0
+    (clipped,) = lineage(L, names, [("a", "a-ft")])
+    (unclipped,) = lineage(L, names, [("a", "a-ft")], clip_quantile=0)
+    assert clipped.kl == pytest.approx(kl_matrix(clip(L)[0])[3, 0])
+    assert unclipped.kl == pytest.approx(kl_matrix(L)[3, 0]) and unclipped.kl > clipped.kl
 
 
 # ---------------------------------------------------------------------------------------------

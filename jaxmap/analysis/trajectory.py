@@ -301,16 +301,18 @@ def lineage(
     *,
     text_bytes=None,
     among: Sequence[int] | None = None,
+    clip_quantile: float = 0.02,
 ) -> list[LineageRow]:
     """For each (parent, child) pair of row names: the child's estimated KL to its parent and
     the parent's rank among the child's neighbours (1 = nearest; ties count in the parent's
-    favour), with the map's clipping over the whole matrix. ``among`` (row indices) limits the
-    neighbours ranked, e.g. to leave out logit-lens rows; by default every other row."""
+    favour), with the map's clipping over the whole matrix (at ``clip_quantile``; 0 disables).
+    ``among`` (row indices) limits the neighbours ranked, e.g. to leave out logit-lens rows; by
+    default every other row."""
     index = {name: i for i, name in enumerate(names)}
     missing = sorted({name for pair in pairs for name in pair if name not in index})
     if missing:
         raise AnalysisError(f"not in the store: {', '.join(missing)}")
-    clipped, _ = clip(L)
+    clipped, _ = clip(L, clip_quantile)
     kl = kl_matrix(clipped, text_bytes=text_bytes)
     rows = []
     for parent, child in pairs:

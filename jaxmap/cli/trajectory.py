@@ -429,7 +429,10 @@ def _run_lineage(args: argparse.Namespace) -> int:
     with _about(matrix.source):
         # Layers read through the logit lens are not candidate parents.
         models_only = [i for i, row in enumerate(rows.metadata) if not row.is_layer_row]
-        results = lineage(matrix.loglik, matrix.models, pairs, text_bytes=text_bytes, among=models_only)
+        results = lineage(
+            matrix.loglik, matrix.models, pairs, text_bytes=text_bytes, among=models_only,
+            clip_quantile=args.clip_quantile,
+        )
     unit = "bpb" if args.bits_per_byte else "nats"
     header = ["child", "parent", f"kl_{unit}", "parent_rank", "candidates", "nearest", f"nearest_kl_{unit}"]
     print(f"{matrix.source}: {len(results)} parent/child pair(s) from {source}")
