@@ -238,3 +238,34 @@ def test_training_only_router_fields_are_neutral(case, architecture):
         "router_jitter_noise": 0.1,
     }
     assert translate_config(changed, "tiny") == baseline
+
+
+@pytest.mark.parametrize("dispatch", ["dense", "grouped"])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_each_dispatch_matches_transformers(case, dispatch, tmp_path, text_file, monkeypatch):
+    """The dense and the grouped expert dispatch, each forced whatever
+    decoder.choose_moe_dispatch would pick, score within the same tolerance."""
+    from collections import OrderedDict
+
+    import jax
+
+    from jaxmap import engine
+    from jaxmap.models import decoder
+
+    calls = []
+    run = getattr(decoder, f"_{dispatch}_experts")
+
+    def counted(*args, **kwargs):
+        calls.append(dispatch)
+        return run(*args, **kwargs)
+
+    monkeypatch.setattr(decoder, "choose_moe_dispatch", lambda tokens, config: dispatch)
+    monkeypatch.setattr(decoder, f"_{dispatch}_experts", counted)
+    # No scorer compiled with another dispatch is reused, nor this test's once it is unforced.
+    monkeypatch.setattr(engine, "_COMPILED", OrderedDict())
+    jax.clear_caches()
+    try:
+        check_parity(case, CASES[case], tmp_path, text_file)
+    finally:
+        jax.clear_caches()
+    assert calls

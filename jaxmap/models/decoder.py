@@ -372,21 +372,56 @@ def expert_weights(x: jax.Array, router: dict, config: DecoderConfig) -> jax.Arr
     discrete choices, and rounding its logits would route some tokens to other experts than the
     float32 model does.
     """
-    logits = jnp.einsum("...d,de->...e", x.astype(jnp.float32), router["kernel"])
-    probabilities = jax.nn.softmax(logits, axis=-1)
-    top, chosen = jax.lax.top_k(probabilities, config.experts_per_token)
-    if config.normalize_expert_weights:
-        top = top / jnp.sum(top, axis=-1, keepdims=True)
+    top, chosen = _route(x, router, config)
     # Each expert appears at most once among a token's top k, so this sum adds only zeros.
     one_hot = jax.nn.one_hot(chosen, config.num_experts, dtype=jnp.float32)
     return jnp.sum(one_hot * top[..., None], axis=-2)
 
 
+def _route(x: jax.Array, router: dict, config: DecoderConfig) -> tuple[jax.Array, jax.Array]:
+    """Each token's top ``experts_per_token`` weights (float32, renormalised when
+    ``normalize_expert_weights``) and the experts they belong to, both [..., k]."""
+    logits = jnp.einsum("...d,de->...e", x.astype(jnp.float32), router["kernel"])
+    probabilities = jax.nn.softmax(logits, axis=-1)
+    top, chosen = jax.lax.top_k(probabilities, config.experts_per_token)
+    if config.normalize_expert_weights:
+        top = top / jnp.sum(top, axis=-1, keepdims=True)
+    return top, chosen
+
+
+MOE_TILE = 64
+
+
+def choose_moe_dispatch(tokens: int, config: DecoderConfig) -> Literal["dense", "grouped"]:
+    """How :func:`_mixture_of_experts` runs the routed experts on ``tokens`` tokens (a batch's,
+    padding included): "grouped" (each token through its top k experts only,
+    :func:`_grouped_experts`) when that runs at most 3/4 of the expert-MLP rows of "dense"
+    (every expert on every token), else "dense". Both give the same result up to float32
+    rounding. Measured on CPU (benchmarks/results/moe-dispatch-cpu-2core-2026-12-06.md):
+    with equal rows (the parity tests' size) grouped is 1.6-2x slower (its sort, gathers and
+    scan cost more than they save); with 3/4 of the rows (a scaled-down Mixtral layer, 128
+    tokens) 1.1-1.8x faster; with 3/8 (512 tokens) 3-3.3x faster."""
+    if 4 * moe_rows(tokens, config) <= 3 * tokens * config.num_experts:
+        return "grouped"
+    return "dense"
+
+
 def _mixture_of_experts(x: jax.Array, layer: dict, config: DecoderConfig) -> jax.Array:
     """The routed experts' gated MLPs, weighted by :func:`expert_weights`, plus the gated shared
-    expert if any.
+    expert if any, dispatched as :func:`choose_moe_dispatch` picks."""
+    tokens = int(np.prod(x.shape[:-1]))
+    if choose_moe_dispatch(tokens, config) == "grouped":
+        out = _grouped_experts(x, layer, config)
+    else:
+        out = _dense_experts(x, layer, config)
+    if config.shared_expert:
+        shared_gate = jax.nn.sigmoid(_linear(x, layer["shared_gate"]))
+        out = out + shared_gate * _dense_mlp(x, layer, config)
+    return out
 
-    Dense dispatch: every expert runs on every token and the unselected ones get weight zero,
+
+def _dense_experts(x: jax.Array, layer: dict, config: DecoderConfig) -> jax.Array:
+    """Dense dispatch: every expert runs on every token and the unselected ones get weight zero,
     so the result is exact but the expert MLPs cost num_experts / experts_per_token times the
     FLOPs of a sparse dispatch (4x for Mixtral's 8 experts, top 2; 16x for Qwen3-MoE's 128,
     top 8), and a [tokens, num_experts * expert_intermediate_size] activation is held. The
@@ -400,13 +435,70 @@ def _mixture_of_experts(x: jax.Array, layer: dict, config: DecoderConfig) -> jax
     up = jnp.einsum("...d,edi->...ei", inputs, experts["up"], preferred_element_type=jnp.float32)
     weights = expert_weights(x, layer["router"], config)
     hidden = _activation(gate, config.activation) * up * weights[..., None]
-    out = jnp.einsum(
+    return jnp.einsum(
         "...ei,eid->...d", hidden.astype(dtype), experts["down"], preferred_element_type=jnp.float32
     )
-    if config.shared_expert:
-        shared_gate = jax.nn.sigmoid(_linear(x, layer["shared_gate"]))
-        out = out + shared_gate * _dense_mlp(x, layer, config)
-    return out
+
+
+def _grouped_experts(
+    x: jax.Array, layer: dict, config: DecoderConfig, tile: int = MOE_TILE
+) -> jax.Array:
+    """Grouped dispatch (sort and segment): the tokens' (token, expert) assignments, k per token,
+    sorted by expert, each expert's group padded to whole tiles of ``tile`` rows; a scan over
+    the tiles runs each tile's rows through its one expert's gated MLP, and the weighted outputs
+    are added back to their tokens. Shapes are static: ceil(tokens * k / tile) + num_experts
+    tiles bound every routing, so the expert MLPs cost about k / num_experts of the dense
+    dispatch's FLOPs plus up to num_experts + 1 tiles of padding (see :func:`moe_rows`).
+    Padding rows and unused tiles read token 0 with weight 0; every token is routed (padding
+    tokens too: finite inputs, finite outputs).
+
+    ``lax.ragged_dot`` would do the same in one call, but on CPU (jax 0.10) it lowers to a
+    masked dense matmul over all experts, slower than the dense dispatch
+    (benchmarks/results/moe-dispatch-cpu-2core-2026-12-06.md).
+    """
+    experts = layer["experts"]
+    dtype = experts["gate"].dtype
+    k, count = config.experts_per_token, config.num_experts
+    flat = x.reshape(-1, x.shape[-1])
+    top, chosen = _route(flat, layer["router"], config)
+    assigned = chosen.reshape(-1)
+    order = jnp.argsort(assigned, stable=True)
+    by_expert = assigned[order]
+    sizes = jnp.bincount(assigned, length=count)
+    padded = (sizes + tile - 1) // tile * tile
+    padded_end = jnp.cumsum(padded)
+    # Each assignment's place in the padded layout: its expert's padded start plus its rank
+    # among that expert's assignments.
+    rank = jnp.arange(assigned.size) - (jnp.cumsum(sizes) - sizes)[by_expert]
+    slot = (padded_end - padded)[by_expert] + rank
+    tiles = moe_rows(flat.shape[0], config, tile) // tile
+    rows = tiles * tile
+    token = jnp.zeros(rows, jnp.int32).at[slot].set((order // k).astype(jnp.int32))
+    weight = jnp.zeros(rows, jnp.float32).at[slot].set(top.reshape(-1)[order])
+    tile_expert = jnp.minimum(
+        jnp.searchsorted(padded_end, jnp.arange(tiles) * tile, side="right"), count - 1
+    )
+    inputs = flat.astype(dtype)[token].reshape(tiles, tile, -1)
+
+    def one_tile(_, item):
+        rows_in, expert, w = item
+        gate = jnp.dot(rows_in, experts["gate"][expert], preferred_element_type=jnp.float32)
+        up = jnp.dot(rows_in, experts["up"][expert], preferred_element_type=jnp.float32)
+        hidden = _activation(gate, config.activation) * up * w[:, None]
+        down = jnp.dot(
+            hidden.astype(dtype), experts["down"][expert], preferred_element_type=jnp.float32
+        )
+        return None, down
+
+    _, outputs = jax.lax.scan(one_tile, None, (inputs, tile_expert, weight.reshape(tiles, tile)))
+    out = jnp.zeros(flat.shape, jnp.float32).at[token].add(outputs.reshape(rows, -1))
+    return out.reshape(x.shape)
+
+
+def moe_rows(tokens: int, config: DecoderConfig, tile: int = MOE_TILE) -> int:
+    """Rows the grouped dispatch runs through expert MLPs for ``tokens`` tokens (the dense
+    dispatch runs tokens * num_experts)."""
+    return (-(-tokens * config.experts_per_token // tile) + config.num_experts) * tile
 
 
 def _input_norm(x: jax.Array, params: dict | None, config: DecoderConfig) -> jax.Array:
