@@ -84,7 +84,8 @@ def default_stride(context: int) -> int:
 
 
 def split_texts(
-    lengths: np.ndarray, context: int, policy: str = "truncate", stride: int | None = None
+    lengths: np.ndarray, context: int, policy: str = "truncate", stride: int | None = None,
+    first_targets: np.ndarray | None = None,
 ) -> Pieces:
     """The pieces that score texts of ``lengths`` tokens (start token included) under a model
     of ``context`` positions.
@@ -94,6 +95,12 @@ def split_texts(
     :func:`default_stride`), the last one ending at the text's end; each window scores the
     tokens no earlier window scored, with the rest of the window as their context. Every token
     after the first is then scored exactly once. Texts of fewer than two tokens have no piece.
+
+    ``first_targets`` (default 1 for every text): where each text's scored tokens begin, for
+    texts with a context. Such a text, when too long, keeps its last ``context`` tokens under
+    ``truncate`` (lm-evaluation-harness's rule: the context is cut from the front); under
+    ``rolling`` its first window gives the first scored token as much context as every later
+    window gives its tokens (``context - stride``). A text with no token to score has no piece.
     """
     if policy not in LONG_TEXT_POLICIES:
         raise JaxmapError(
@@ -106,14 +113,20 @@ def split_texts(
         raise JaxmapError(
             f"stride must be between 1 and {context - 1} (the context less one), got {stride}"
         )
+    firsts = np.ones(len(lengths), np.int64) if first_targets is None else first_targets
     pieces: list[tuple[int, int, int, int]] = []
-    for text, length in enumerate(int(n) for n in lengths):
-        if length < 2:
+    for text, (length, first) in enumerate(zip((int(n) for n in lengths), (int(f) for f in firsts))):
+        if length <= first:
             continue
-        if length <= context or policy == "truncate":
-            pieces.append((text, 0, min(length, context), 1))
+        if length <= context:
+            pieces.append((text, 0, length, first))
             continue
-        begin, scored_until = 0, 1
+        if policy == "truncate":
+            begin = 0 if first == 1 else length - context
+            pieces.append((text, begin, begin + context, max(first - begin, 1)))
+            continue
+        begin = max(0, min(first - (context - stride), length - context))
+        scored_until = first
         while True:
             end = min(begin + context, length)
             pieces.append((text, begin, end, max(scored_until - begin, 1)))

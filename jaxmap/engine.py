@@ -53,7 +53,7 @@ def default_batch_tokens() -> int:
     return CPU_BATCH_TOKENS if jax.default_backend() == "cpu" else ACCELERATOR_BATCH_TOKENS
 
 
-@partial(jax.jit, static_argnames=("config", "tile", "mesh"))
+@partial(jax.jit, static_argnames=("config", "tile", "mesh", "greedy"))
 def token_log_likelihoods(
     params: Params,
     tokens: jax.Array,
@@ -63,7 +63,8 @@ def token_log_likelihoods(
     lengths: jax.Array | None = None,
     positions: jax.Array | None = None,
     segment_ids: jax.Array | None = None,
-) -> jax.Array:
+    greedy: bool = False,
+) -> jax.Array | tuple[jax.Array, jax.Array]:
     """log p(tokens[:, t+1] | tokens[:, :t+1]) for every position: [B, T-1] float32.
 
     ``tokens`` is right-padded [B, T]; entries past a row's length are meaningless. With a
@@ -76,13 +77,16 @@ def token_log_likelihoods(
     Packed rows pass ``positions`` and ``segment_ids`` [B, T-1] for the input positions (see
     :func:`jaxmap.models.hidden_states`) and ``lengths`` [B, T-1] per token; a position whose
     next token starts another segment gives a meaningless value.
+
+    ``greedy`` also returns, per position, whether the next token is the model's argmax there
+    (bool [B, T-1]; the lowest index wins a tie, as ``argmax`` does).
     """
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
     hidden, _ = hidden_states(
         params, inputs, config, lengths=_row_lengths(tokens, lengths), positions=positions,
         segment_ids=segment_ids,
     )
-    return _hidden_log_likelihoods(params, hidden, targets, config, tile, mesh)
+    return _hidden_log_likelihoods(params, hidden, targets, config, tile, mesh, greedy)
 
 
 def _row_lengths(tokens: jax.Array, lengths: jax.Array | None) -> jax.Array:
@@ -94,13 +98,16 @@ def _row_lengths(tokens: jax.Array, lengths: jax.Array | None) -> jax.Array:
 
 def _hidden_log_likelihoods(
     params: Params, hidden: jax.Array, targets: jax.Array, config: DecoderConfig, tile: int,
-    mesh: Mesh | None,
-) -> jax.Array:
-    """log p(targets) [B, T] from final-normed hidden states [B, T, D], through the fused kernel."""
+    mesh: Mesh | None, greedy: bool = False,
+) -> jax.Array | tuple[jax.Array, jax.Array]:
+    """log p(targets) [B, T] from final-normed hidden states [B, T, D], through the fused
+    kernel; with ``greedy``, also whether each target is the argmax (bool [B, T])."""
     rows, length, width = hidden.shape
     hidden, targets = hidden.reshape(rows * length, width), targets.reshape(-1)
     unembedding = model_unembedding(params, config)
     bias = unembedding_bias(params)
+    if greedy and config.logprob == "pallas":
+        raise ValueError("the pallas log-prob kernel does not compute the argmax (is_greedy)")
     if config.logprob == "pallas":
         logprobs = pallas_token_logprobs(
             hidden, unembedding[: config.vocab_size], targets,
@@ -111,17 +118,20 @@ def _hidden_log_likelihoods(
         logprobs = token_logprobs(
             hidden, unembedding[: config.vocab_size], targets,
             tile=tile, softcap=config.final_logit_softcap,
-            bias=None if bias is None else bias[: config.vocab_size],
+            bias=None if bias is None else bias[: config.vocab_size], with_argmax=greedy,
         )
     else:
         logprobs = sharded_token_logprobs(
             hidden, unembedding, targets, mesh=mesh, vocab_size=config.vocab_size,
-            tile=tile, softcap=config.final_logit_softcap, bias=bias,
+            tile=tile, softcap=config.final_logit_softcap, bias=bias, with_argmax=greedy,
         )
+    if greedy:
+        logprobs, best = logprobs
+        return logprobs.reshape(rows, length), (best == targets).reshape(rows, length)
     return logprobs.reshape(rows, length)
 
 
-@partial(jax.jit, static_argnames=("config", "tile", "mesh"))
+@partial(jax.jit, static_argnames=("config", "tile", "mesh", "greedy"))
 def layer_log_likelihoods(
     params: Params,
     tokens: jax.Array,
@@ -131,13 +141,15 @@ def layer_log_likelihoods(
     lengths: jax.Array | None = None,
     positions: jax.Array | None = None,
     segment_ids: jax.Array | None = None,
-) -> jax.Array:
+    greedy: bool = False,
+) -> jax.Array | tuple[jax.Array, jax.Array]:
     """The logit lens in one forward pass: [L+1, B, T-1] float32 token log-probabilities.
 
     Entry i < L reads the residual stream after i layers (0: the embeddings, as transformers'
     ``hidden_states[0]``) through the final norm and the unembedding; entry L is the model's
     own output, computed exactly as :func:`token_log_likelihoods` does. The layers go through
     the fused kernel one at a time (``lax.map``), so no [L, B·T, V] tensor exists.
+    ``greedy`` also returns the model's own argmax matches, as :func:`token_log_likelihoods`.
     """
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
     hidden, layers = hidden_states(
@@ -153,7 +165,10 @@ def layer_log_likelihoods(
         ),
         residuals,
     )
-    own = _hidden_log_likelihoods(params, hidden, targets, config, tile, mesh)
+    own = _hidden_log_likelihoods(params, hidden, targets, config, tile, mesh, greedy)
+    if greedy:
+        own, matches = own
+        return jnp.concatenate([lens, own[None]], axis=0), matches
     return jnp.concatenate([lens, own[None]], axis=0)
 
 
@@ -169,20 +184,22 @@ _compilations = 0
 
 def compiled_scorer(
     params: Params, config: DecoderConfig, rows: int, length: int, mesh: Mesh,
-    logit_lens: bool = False, packed: bool = False,
+    logit_lens: bool = False, packed: bool = False, greedy: bool = False,
 ):
     """The compiled scorer for this model shape, placement and batch shape, and the seconds
     spent compiling it now (0.0 when it was already compiled, e.g. for an earlier model of the
     same shape). ``rows`` must be a multiple of the mesh's data axis. ``logit_lens`` compiles
     :func:`layer_log_likelihoods` instead of :func:`token_log_likelihoods`; ``packed`` takes
-    per-token positions, segment ids and lengths. The :data:`MAX_COMPILED` most recently used
-    scorers are kept."""
+    per-token positions, segment ids and lengths; ``greedy`` also returns the argmax matches.
+    The :data:`MAX_COMPILED` most recently used scorers are kept."""
     global _compilations
     leaves, structure = jax.tree.flatten(params)
     key = (
         config, rows, length, mesh, structure,
         tuple((x.shape, x.dtype, x.sharding) for x in leaves),
-    ) + (("logit_lens",) if logit_lens else ()) + (("packed",) if packed else ())
+    ) + (("logit_lens",) if logit_lens else ()) + (("packed",) if packed else ()) + (
+        ("greedy",) if greedy else ()
+    )
     if key in _COMPILED:
         _COMPILED.move_to_end(key)
         return _COMPILED[key], 0.0
@@ -195,7 +212,7 @@ def compiled_scorer(
     else:
         extra = {"lengths": jax.ShapeDtypeStruct((rows,), jnp.int32, sharding=row_sharding(mesh))}
     with jax.default_matmul_precision(_matmul_precision(params)):
-        compiled = function.lower(params, tokens, config, mesh=mesh, **extra).compile()
+        compiled = function.lower(params, tokens, config, mesh=mesh, greedy=greedy, **extra).compile()
     _COMPILED[key] = compiled
     _compilations += 1
     if len(_COMPILED) > MAX_COMPILED:
@@ -249,6 +266,26 @@ class ModelScores:
     # With ``keep_token_logprobs``: every scored token's log-prob, float32, texts in order
     # (``ntokens[j]`` values for text j); ``loglik`` is their float64 sum per text.
     token_logprobs: np.ndarray | None = None
+    # For texts with contexts: whether every scored token is the model's argmax (lm-eval's
+    # ``is_greedy``); None for texts without.
+    is_greedy: np.ndarray | None = None
+
+
+def pointwise_mutual_information(conditional: ModelScores, marginal: ModelScores) -> ModelScores:
+    """Each text's log p(y | x) − log p(y): ``conditional`` scored its continuations after
+    their contexts, ``marginal`` the same continuations alone. The token counts and greedy
+    flags are the conditional's; a text is truncated where either was; the statistics add up."""
+    stats = dict(conditional.stats)
+    for name in ("seconds", "tokens", "compile_seconds", "compilations", "pieces"):
+        stats[name] = conditional.stats[name] + marginal.stats[name]
+    stats["tokens_per_second"] = stats["tokens"] / stats["seconds"] if stats["seconds"] else 0.0
+    return ModelScores(
+        loglik=conditional.loglik - marginal.loglik,
+        ntokens=conditional.ntokens,
+        truncated=conditional.truncated | marginal.truncated,
+        stats=stats,
+        is_greedy=conditional.is_greedy,
+    )
 
 
 def load_model(
@@ -341,12 +378,12 @@ def score_flops(config: DecoderConfig) -> float:
 
 def plan_scoring(
     config: DecoderConfig, lengths: np.ndarray, batch_tokens: int, long_texts: str = "truncate",
-    stride: int | None = None, packing: str = "auto",
+    stride: int | None = None, packing: str = "auto", first_targets: np.ndarray | None = None,
 ) -> tuple[Pieces, PlanChoice]:
     """The pieces texts of ``lengths`` tokens become under ``long_texts``
-    (:func:`jaxmap.batching.split_texts`) and the batch plan that scores them at the least
-    estimated cost (:func:`jaxmap.batching.choose_plan`)."""
-    pieces = split_texts(lengths, config.max_positions, long_texts, stride)
+    (:func:`jaxmap.batching.split_texts`; ``first_targets`` for texts with contexts) and the
+    batch plan that scores them at the least estimated cost (:func:`jaxmap.batching.choose_plan`)."""
+    pieces = split_texts(lengths, config.max_positions, long_texts, stride, first_targets)
     unpackable = _packing_obstacle(config)
     choice = choose_plan(
         pieces.sizes, batch_tokens, config.max_positions - 1, position_flops(config),
@@ -436,6 +473,10 @@ def score_tokens(
     ``ModelScores.layer_loglik``. ``keep_token_logprobs`` keeps every scored token's log-prob
     (``ModelScores.token_logprobs``).
 
+    Texts with contexts (``tokens.first_targets``) score their continuation tokens only, and
+    ``ModelScores.is_greedy`` says whether each continuation is the model's greedy one (the
+    ``pallas`` log-prob kernel does not compute that and is refused for them).
+
     ``batch_tokens`` (padded tokens per batch, all data shards together) defaults to
     :func:`default_batch_tokens` per data shard. Batch rows are padded with empty rows to a
     multiple of the mesh's data axis.
@@ -446,17 +487,25 @@ def score_tokens(
         packing=packing, attention=attention, logprob=logprob,
     )
     config = _with_kernels(model.config, options, model.mesh)
+    greedy = tokens.first_targets is not None
+    if greedy and options.logprob == "pallas":
+        raise JaxmapError(
+            "the pallas log-prob kernel does not compute is_greedy, which texts with contexts "
+            "record; use --logprob fused"
+        )
     shards = model.mesh.shape[DATA]
     batch_tokens = options.batch_tokens or default_batch_tokens() * shards
     n_ctx = config.max_positions
     pieces, choice = plan_scoring(
-        config, tokens.lengths, batch_tokens, options.long_texts, options.stride, options.packing
+        config, tokens.lengths, batch_tokens, options.long_texts, options.stride, options.packing,
+        tokens.first_targets,
     )
     plan = choice.plan
     scored = np.bincount(pieces.text, weights=pieces.scored, minlength=len(tokens)).astype(np.int64)
     loglik = np.zeros(len(tokens), np.float64)
     piece_logprobs: list[np.ndarray | None] = [None] * len(pieces) if options.keep_token_logprobs else []
     layer_loglik = np.zeros((config.num_layers + 1, len(tokens)), np.float64) if options.logit_lens else None
+    is_greedy = np.ones(len(tokens), bool) if greedy else None
     compiled_before = compilation_count()
     # Compile every batch shape first, so that compiling never competes with scoring for the
     # cores and the tokens/s figure measures scoring alone.
@@ -465,7 +514,7 @@ def score_tokens(
     for rows, length in sorted(plan.shapes):
         scorers[rows, length], seconds = compiled_scorer(
             model.params, config, -(-rows // shards) * shards, length, model.mesh,
-            options.logit_lens, packed=plan.packed,
+            options.logit_lens, packed=plan.packed, greedy=greedy,
         )
         compile_seconds += seconds
     bar = tqdm(
@@ -480,6 +529,9 @@ def score_tokens(
     def collect(pending) -> None:
         nonlocal done_tokens
         batch, result = pending
+        if greedy:
+            result, matches = result
+            matches = to_host(matches)
         values = to_host(result).astype(np.float64)
         row_of = batch.row_of if batch.packed else np.arange(len(batch.indices))
         offsets = batch.offsets if batch.packed else np.zeros(len(batch.indices), np.int64)
@@ -491,6 +543,8 @@ def score_tokens(
                 layer_loglik[:-1, text] += values[:-1, row, targets].sum(axis=1)
             own = values[-1, row, targets] if options.logit_lens else values[row, targets]
             loglik[text] += own.sum()
+            if greedy:
+                is_greedy[text] &= bool(matches[row, targets].all())
             if options.keep_token_logprobs:  # float32 on the device: casting back is exact
                 piece_logprobs[piece] = own.astype(np.float32)
             pieces_left[text] -= 1
@@ -530,6 +584,7 @@ def score_tokens(
         loglik=loglik,
         layer_loglik=layer_loglik,
         token_logprobs=token_logprobs,
+        is_greedy=is_greedy,
         ntokens=scored.astype(np.int32),
         truncated=(tokens.lengths > n_ctx) & (options.long_texts == "truncate"),
         stats={

@@ -38,7 +38,7 @@ from . import compile_cache, distributed
 from ._version import __version__
 from .checkpoints import Checkpoint, WeightPrefetcher, expand_references, resolve, validate
 from .checkpoints.translated import translated_config
-from .engine import LoadedModel, ModelScores, load_model, score_tokens
+from .engine import LoadedModel, ModelScores, load_model, pointwise_mutual_information, score_tokens
 from .errors import JaxmapError, ModelsFailedError, StoreError
 from .planning import SHARD_RULES, plan_shards
 from .scoring_options import DEFAULT_DTYPE, ScoringOptions
@@ -67,6 +67,9 @@ class ModelOutcome:
     # background), wait (the job waiting for its download and load), load, tokenize, compile,
     # score, commit. A row's metadata keeps those before the commit as "phase_seconds".
     phases: dict[str, float] = field(default_factory=dict)
+    # Where the model's wall time went, scoring and everything around it (see _overhead and
+    # docs/store.md); empty for a model that did not reach its turn to score.
+    overhead: dict = field(default_factory=dict)
 
 
 @contextlib.contextmanager
@@ -139,6 +142,11 @@ class JobSummary:
             "tokens_per_second": self.tokens_per_second,
             "interrupted": self.interrupted,
             "models": [asdict(o) for o in self.outcomes],
+            # The job's own time outside its models' turns: the text set, opening and reading
+            # the store, ordering the list, compacting (not this record's writing).
+            "outside_models_seconds": max(
+                self.seconds - sum(o.overhead.get("wall", 0.0) for o in self.outcomes), 0.0
+            ),
             **({"compile_cache": {"directory": str(compile_cache.directory()), **compile_cache.counts()}}
                if compile_cache.directory() else {}),
         }
@@ -242,6 +250,8 @@ def score_job(
     packing: str = "auto",
     attention: str = "auto",
     logprob: str = "fused",
+    chat_template: bool = False,
+    pmi: bool = False,
     options: ScoringOptions | None = None,
 ) -> JobSummary:
     """Score every model on every text into the store ``out``; see the module docstring.
@@ -271,7 +281,13 @@ def score_job(
     ``"buckets"``) are those of :func:`jaxmap.engine.score_tokens`; the long-text policy is a
     store setting, since it changes the numbers of every text longer than a context.
     ``attention`` and ``logprob`` choose the attention path and the log-prob kernel
-    (:func:`jaxmap.engine.score_tokens`); each model's metadata records them. ``options``
+    (:func:`jaxmap.engine.score_tokens`); each model's metadata records them.
+
+    A text set with contexts stores log p(continuation | context) and, per text, whether the
+    continuation is the model's greedy one (docs/method.md). ``chat_template`` scores each
+    continuation as the assistant's reply to its context through the model's own chat
+    template; ``pmi`` stores log p(continuation | context) − log p(continuation) instead. Both
+    are store settings and need a text set with contexts. ``options``
     gives these scoring settings whole instead (:class:`~jaxmap.scoring_options.ScoringOptions`,
     ``save_token_logprobs`` being its ``keep_token_logprobs``); a keyword then left at its
     default is ignored, and one that contradicts ``options`` raises. Failed models
@@ -288,6 +304,7 @@ def score_job(
         "score_job", options, dtype=dtype, bos_policy=bos_policy, batch_tokens=batch_tokens,
         long_texts=long_texts, stride=stride, packing=packing, attention=attention,
         logprob=logprob, logit_lens=logit_lens, keep_token_logprobs=save_token_logprobs,
+        chat_template=chat_template, pmi=pmi,
     )
     shard = parse_shard(shard)
     if shard_by not in SHARD_RULES:
@@ -295,6 +312,12 @@ def score_job(
     say = report or (tqdm.write if progress else (lambda line: None))
     started = time.perf_counter()
     text_set = as_text_set(texts)
+    if (options.chat_template or options.pmi) and not text_set.conditional:
+        wanted = "--chat-template" if options.chat_template else "--pmi"
+        raise JaxmapError(
+            f"{text_set.source}: {wanted} needs texts with a context: give each line 'context' "
+            "and 'continuation' (or 'prompt' and 'response')"
+        )
     references = expand_references([models] if isinstance(models, str) else models)
     if shard is not None:
         plan = plan_shards(references, shard[1], text_set, by=shard_by, cache_dir=cache_dir)
@@ -384,6 +407,7 @@ def score_job(
         upcoming = load_next()
         try:
             for _ in todo:
+                turn_started = time.perf_counter()
                 # The next model loads while this one scores; its weights may wait for this one's
                 # release when the disk budget is tight.
                 (checkpoint, current), upcoming = upcoming, load_next()
@@ -397,7 +421,7 @@ def score_job(
                 else:
                     outcome = _score_one(
                         current, checkpoint, text_set, writer, token_cache, options, progress, say,
-                        done, phases_of[checkpoint.canonical],
+                        done, phases_of[checkpoint.canonical], started=turn_started,
                     )
                 prefetcher.release(checkpoint)
                 summary.outcomes.append(outcome)
@@ -510,6 +534,7 @@ def _score_one(
     say: Callable[[str], None],
     committed: set[str],
     phases: dict[str, float],
+    started: float | None = None,
 ) -> ModelOutcome:
     """Load (already under way), score and commit one model (and with ``options.logit_lens``
     its layer rows, those whose keys are not ``committed`` yet); a failure becomes the outcome.
@@ -518,23 +543,44 @@ def _score_one(
     # In a multi-host run every process prepares the model on its own, then they score it
     # together: they agree first that every one of them is ready.
     several, stage = distributed.joined(), "prepare"
+    extra: dict = {}  # details of the overhead breakdown (_overhead)
     try:
         with _timed(phases, "wait"):
             model: LoadedModel = loading.result()
         phases["load"] = model.load_seconds
+        extra["load_detail"] = _load_detail(checkpoint, model.load_seconds, phases)
+        cache_before = _token_cache_files(token_cache)
         keep_tokens = model.config.max_positions if options.long_texts == "truncate" else None
         with _timed(phases, "tokenize"):
             tokens, tokenizer_id = cached_tokenize(
-                text_set, model.tokenizer, options.bos_policy, token_cache, keep_tokens
+                text_set, model.tokenizer, options.bos_policy, token_cache, keep_tokens,
+                options.chat_template,
             )
+            if options.pmi:
+                # log p(y) of each continuation alone, tokenized as a plain text.
+                marginal_tokens, _ = cached_tokenize(
+                    TextSet(text_set.ids, text_set.texts, source=text_set.source), model.tokenizer,
+                    options.bos_policy, token_cache, keep_tokens,
+                )
+        extra["token_cache"] = _token_cache_use(token_cache, cache_before)
         if several:
             elsewhere = distributed.merged_reason(distributed.gather(f"ready {reference}", None))
             if elsewhere is not None:
                 raise _FailedElsewhere(elsewhere)
         stage = "score"
+        scoring_started, programs_before = time.perf_counter(), compile_cache.counts()
         result = score_tokens(model, tokens, progress=progress, options=options)
+        if options.pmi:
+            result = pointwise_mutual_information(
+                result, score_tokens(model, marginal_tokens, progress=progress, options=options)
+            )
         stage = "check"
         phases["compile"], phases["score"] = result.stats["compile_seconds"], result.stats["seconds"]
+        # Planning the batches and the scoring call's own setup: its time outside both.
+        phases["plan"] = max(
+            time.perf_counter() - scoring_started - phases["compile"] - phases["score"], 0.0
+        )
+        extra["compile_detail"] = _compile_detail(result.stats.get("compilations", 0), programs_before)
         _check_finite(reference, result, text_set)
         if options.logit_lens and not np.isfinite(result.layer_loglik).all():
             raise JaxmapError("non-finite log-likelihood in a logit-lens layer row")
@@ -548,6 +594,7 @@ def _score_one(
             # The others wait to hear from this process before scoring: it failed here.
             outcome.reason = distributed.merged_reason(distributed.gather(f"ready {reference}", outcome.reason))
         say(f"jaxmap: {reference}: failed: {outcome.reason}")
+        outcome.overhead = _overhead(phases, started, extra)
         return outcome
     meta = {
         "reference": reference,
@@ -558,6 +605,7 @@ def _score_one(
         "dtype": options.dtype,
         "bos_policy": options.bos_policy,
         "long_texts": options.long_text_setting,
+        **{name: options.store_settings[name] for name in ("chat_template", "values") if name in options.store_settings},
         "n_ctx": model.config.max_positions,
         "tokenizer": tokenizer_id,
         "jaxmap_version": __version__,
@@ -591,9 +639,11 @@ def _score_one(
                 for name, values, row_meta in rows:
                     if row_meta["key"] not in committed:
                         try:
+                            own = name == reference
                             writer.append(
                                 name, values, result.ntokens, result.truncated, row_meta,
-                                token_logprobs=result.token_logprobs if name == reference else None,
+                                token_logprobs=result.token_logprobs if own else None,
+                                **({"is_greedy": result.is_greedy} if own and result.is_greedy is not None else {}),
                             )
                             committed_here += 1
                         except RowExistsError:
@@ -617,7 +667,80 @@ def _score_one(
         reference, "scored" if committed_here else "skipped", "" if committed_here else BY_ANOTHER_JOB,
         tokens=stats["tokens"], seconds=stats["seconds"],
         tokens_per_second=stats["tokens_per_second"], phases=dict(phases),
+        overhead=_overhead(phases, started, extra),
     )
+
+
+# The parts of a model's wall time in the run summary, in order; "other" (added) is the rest.
+OVERHEAD_PARTS = ("resolve", "validate", "load", "tokenize", "plan", "compile", "score", "commit")
+
+
+def _overhead(phases: dict[str, float], started: float | None, extra: dict) -> dict:
+    """Where one model's wall time went: ``wall`` (its resolve and validate, then its turn in
+    the job from the moment the job turns to it until its outcome), ``parts`` (seconds per
+    :data:`OVERHEAD_PARTS`, ``load`` being what the job waited for the model's download and load,
+    and ``other`` the rest: the store's check for rows committed meanwhile, the checks, the row's
+    metadata, progress lines), ``outside_scoring`` (``wall`` less ``score``) and the details
+    in ``extra`` (load_detail, token_cache, compile_detail)."""
+    if started is None:
+        return {}
+    turn = time.perf_counter() - started
+    wall = phases.get("resolve", 0.0) + phases.get("validate", 0.0) + turn
+    parts = {name: phases.get("wait" if name == "load" else name, 0.0) for name in OVERHEAD_PARTS}
+    parts["other"] = max(wall - sum(parts.values()), 0.0)
+    return {"wall": wall, "outside_scoring": max(wall - parts["score"], 0.0), "parts": parts, **extra}
+
+
+def _load_detail(checkpoint: Checkpoint, seconds: float, phases: dict[str, float]) -> dict:
+    """The model's load in the loader thread: ``read`` (tensor data from the files), ``layout``
+    (converting to the decoder's layout and dtype), ``place`` (the rest: config, device put,
+    tokenizer), and ``hidden``, the part of download and load that the previous model's
+    scoring hid (what the job did not wait for)."""
+    timing = checkpoint.load_timing()
+    read, layout = timing.get("read", 0.0), timing.get("layout", 0.0)
+    hidden = phases.get("download", 0.0) + seconds - phases.get("wait", 0.0)
+    return {
+        "seconds": seconds, "read": read, "layout": layout,
+        "place": max(seconds - read - layout, 0.0), "hidden": max(hidden, 0.0),
+    }
+
+
+def _token_cache_files(token_cache: Path | None) -> dict[str, int] | None:
+    """The token cache's files and their modification times (None: no cache)."""
+    if token_cache is None:
+        return None
+    try:
+        return {entry.name: entry.stat().st_mtime_ns for entry in os.scandir(token_cache) if entry.is_file()}
+    except OSError:
+        return {}
+
+
+def _token_cache_use(token_cache: Path | None, before: dict[str, int] | None) -> str:
+    """``"hit"`` (the tokens were read from the cache), ``"miss"`` (tokenized and written to
+    it) or ``"off"`` (no cache: a process other than 0 of a multi-host job)."""
+    if before is None:
+        return "off"
+    after = _token_cache_files(token_cache) or {}
+    return "miss" if any(before.get(name) != stamp for name, stamp in after.items()) else "hit"
+
+
+def _compile_detail(new_programs: int, before: dict[str, int]) -> dict:
+    """Whether the model's scorers were compiled: ``new_programs`` (0 when the engine had them
+    all in memory, from an earlier model of the shape), with the compilation cache the programs
+    it ``loaded`` and ``compiled``, and ``hit``: ``"memory"``, ``"disk"`` (all loaded from the
+    compilation cache), ``"partial"`` or ``"miss"``."""
+    detail: dict = {"new_programs": new_programs}
+    if compile_cache.directory() is not None:
+        after = compile_cache.counts()
+        detail["loaded"] = after["loaded"] - before["loaded"]
+        detail["compiled"] = after["compiled"] - before["compiled"]
+    if not new_programs:
+        detail["hit"] = "memory"
+    elif detail.get("loaded") and not detail.get("compiled"):
+        detail["hit"] = "disk"
+    else:
+        detail["hit"] = "partial" if detail.get("loaded") else "miss"
+    return detail
 
 
 def _compact(writer: StoreWriter, say: Callable[[str], None]) -> None:

@@ -44,10 +44,14 @@ class ScoringOptions:
     - ``logit_lens``: also score every layer's residual stream through the final norm and the
       unembedding;
     - ``keep_token_logprobs``: keep every scored token's log-prob (a job saves them with each
-      model's row).
+      model's row);
+    - ``chat_template``: score each continuation as the assistant's reply to its context, through
+      the tokenizer's chat template (:mod:`jaxmap.tokenization`);
+    - ``pmi``: store log p(continuation | context) − log p(continuation), the pointwise mutual
+      information, instead of the conditional log-likelihood.
 
-    ``dtype``, ``bos_policy`` and ``long_texts`` with ``stride`` are a store's settings
-    (:attr:`store_settings`): they change the numbers.
+    ``dtype``, ``bos_policy``, ``long_texts`` with ``stride``, ``chat_template`` and ``pmi`` are
+    a store's settings (:attr:`store_settings`): they change the numbers.
     """
 
     dtype: str = DEFAULT_DTYPE
@@ -60,6 +64,8 @@ class ScoringOptions:
     logprob: str = "fused"
     logit_lens: bool = False
     keep_token_logprobs: bool = False
+    chat_template: bool = False
+    pmi: bool = False
 
     def __post_init__(self) -> None:
         if self.bos_policy not in POLICIES:
@@ -90,6 +96,16 @@ class ScoringOptions:
             raise JaxmapError(
                 f"unknown log-prob kernel {self.logprob!r}; choose one of {', '.join(LOGPROB_KERNELS)}"
             )
+        if self.pmi:
+            for name, flag in (
+                ("logit_lens", "--logit-lens"), ("keep_token_logprobs", "--save-token-logprobs"),
+                ("chat_template", "--chat-template"),
+            ):
+                if getattr(self, name):
+                    raise JaxmapError(
+                        f"pmi ({'--pmi'}) cannot be combined with {name} ({flag}): a PMI row is a "
+                        "difference of two scores, which has no per-layer, per-token or chat form here"
+                    )
 
     @classmethod
     def from_arguments(cls, caller: str, options: ScoringOptions | None, **keywords) -> ScoringOptions:
@@ -124,7 +140,13 @@ class ScoringOptions:
     @property
     def store_settings(self) -> dict[str, str]:
         """The settings a store's rows must share (:data:`jaxmap.store.SETTINGS`)."""
-        return {"bos_policy": self.bos_policy, "dtype": self.dtype, "long_texts": self.long_text_setting}
+        settings = {"bos_policy": self.bos_policy, "dtype": self.dtype, "long_texts": self.long_text_setting}
+        # Only where set, so that stores written before these existed keep their settings.
+        if self.chat_template:
+            settings["chat_template"] = "tokenizer"
+        if self.pmi:
+            settings["values"] = "pmi"
+        return settings
 
     def check_mesh(self, mesh) -> None:
         """Raise :class:`JaxmapError` in one line if the kernels chosen cannot run on ``mesh``

@@ -9,12 +9,17 @@ A store is a file and, beside it, a journal directory::
 
 HDF5 layout::
 
-    /texts        [N] utf-8 strings   the text set, in order
+    /texts        [N] utf-8 strings   the text set, in order (the continuations, with contexts)
     /text_ids     [N] utf-8 strings
     /text_bytes   [N] int64           UTF-8 length of each text
+    /contexts     [N] utf-8 strings   (only for a text set with contexts) each text's context
+    /questions    [N] utf-8 strings   (only for a text set with questions) JSON per text: its
+                                      ``question_id`` and ``gold``, or {} where it has none
     /loglik       [K, N] float64      log-likelihood in nats (sum over scored tokens)
     /ntokens      [K, N] int32        number of scored tokens
     /truncated    [K, N] bool         text was cut to the model's context
+    /is_greedy    [K, N] bool         (format 3) every scored token was the model's argmax;
+                                      recorded for text sets with contexts, false otherwise
     /models       [K] utf-8 strings   model references as given
     /model_meta   [K] utf-8 strings   JSON per model: key, revision, architecture, dtype, ...
     /row_checksum [K] utf-8 strings   sha256 of each row (model, meta, loglik, ntokens, truncated,
@@ -26,7 +31,7 @@ HDF5 layout::
     attrs: format, format_version, text_fingerprint, n_texts, settings (JSON),
            settings_checksum, created_by, journal_sequence (the last journal row folded in)
 
-The per-text columns (loglik, ntokens, truncated) are listed once, in :data:`COLUMNS`, which
+The per-text columns (loglik, ntokens, truncated, is_greedy) are listed once, in :data:`COLUMNS`, which
 drives the matrix's datasets, the journal's row files and the checksums.
 
 Why a journal: committing a row by rewriting the matrix would cost O(store) per model (76 GB
@@ -71,7 +76,7 @@ from .row_metadata import RowMetadata
 from .texts import TextSet
 
 FORMAT = "jaxmap-store"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 _STRING = h5py.string_dtype("utf-8")
 _ROW_MAGIC = b"JAXMAP-ROW 1\n"
 _ROW_NAME = re.compile(r"^(\d{12})\.row$")
@@ -105,7 +110,10 @@ COLUMNS = (
     Column("loglik", np.dtype(np.float64), "<f8"),
     Column("ntokens", np.dtype(np.int32), "<i4"),
     Column("truncated", np.dtype(bool), "u1"),
+    Column("is_greedy", np.dtype(bool), "u1", since=3, fill=False),
 )
+# The text metadata a store keeps: what multiple-choice accuracy needs (jaxmap accuracy).
+QUESTION_FIELDS = ("question_id", "gold")
 # The format that introduced checksums: its columns are hashed as they are, so that the
 # checksums of its rows never change; columns added later are hashed only where they differ
 # from their fill.
@@ -197,6 +205,10 @@ class Store:
     # Per row: every scored token's log-prob (float32, texts in order), or None where the row
     # was scored without them.
     token_logprobs: list[np.ndarray | None] = field(default_factory=list)
+    # Each text's context, or [] for a text set without contexts.
+    contexts: list[str] = field(default_factory=list)
+    # Each text's question fields (:data:`QUESTION_FIELDS`), or [] when no text has them.
+    questions: list[dict] = field(default_factory=list)
 
     @property
     def loglik(self) -> np.ndarray:
@@ -205,8 +217,14 @@ class Store:
 
     @property
     def ntokens(self) -> np.ndarray:
-        """K×N numbers of scored tokens."""
+        """K×N numbers of scored tokens (for a text with a context: its continuation's tokens)."""
         return self.columns["ntokens"]
+
+    @property
+    def is_greedy(self) -> np.ndarray:
+        """K×N: whether every scored token was the model's argmax (recorded for text sets with
+        contexts; false elsewhere)."""
+        return self.columns["is_greedy"]
 
     @property
     def truncated(self) -> np.ndarray:
@@ -240,12 +258,13 @@ class Store:
 
     @property
     def text_set(self) -> TextSet:
-        """The scored texts as a :class:`TextSet`."""
+        """The scored texts as a :class:`TextSet`, with their contexts and question fields."""
         return TextSet(
             tuple(self.text_ids),
             tuple(self.texts),
-            tuple({} for _ in self.texts),
+            tuple(dict(q) for q in self.questions) if self.questions else tuple({} for _ in self.texts),
             source=str(self.path),
+            contexts=tuple(self.contexts),
         )
 
 
@@ -265,6 +284,15 @@ def _find_row(rows: Sequence[RowMetadata], name: str, store: Path) -> int | None
         shown = ", ".join(rows[i].name for i in found[:3])
         raise StoreError(f"{store}: {name!r} names several rows ({shown}{' ...' if len(found) > 3 else ''})")
     return found[0] if found else None
+
+
+def question_fields(texts: TextSet) -> list[dict]:
+    """Each text's :data:`QUESTION_FIELDS` as the store keeps them, or [] when no text has a
+    question id."""
+    metadata = texts.metadata or tuple({} for _ in texts.texts)
+    if not any("question_id" in meta for meta in metadata):
+        return []
+    return [{key: meta[key] for key in QUESTION_FIELDS if key in meta} for meta in metadata]
 
 
 def _decode(values) -> list[str]:
@@ -346,11 +374,16 @@ def _read_matrix(path: Path, handle: h5py.File, values: bool = True) -> tuple[_S
         )
         for i, (m, j) in enumerate(zip(models, metas))
     ]
+    questions = (
+        [json.loads(q) for q in _decode(handle["questions"][...])] if "questions" in handle
+        else [{} for _ in range(n_texts)]
+    )
     texts = TextSet(
         tuple(_decode(handle["text_ids"][...])),
         tuple(_decode(handle["texts"][...])),
-        tuple({} for _ in range(n_texts)),
+        tuple(questions),
         source=str(path),
+        contexts=tuple(_decode(handle["contexts"][...])) if "contexts" in handle else (),
     )
     if texts.fingerprint != str(handle.attrs["text_fingerprint"]):
         raise StoreError(f"{path}: the stored texts do not match their fingerprint; the file is damaged")
@@ -561,6 +594,8 @@ def open_store(path: str | Path) -> Store:
         settings=dict(snapshot.settings),
         row_checksums=[r.checksum for r in rows],
         token_logprobs=[r.token_logprobs for r in rows],
+        contexts=list(snapshot.texts.contexts),
+        questions=question_fields(snapshot.texts),
     )
 
 
@@ -573,9 +608,10 @@ def read_model_meta(path: str | Path) -> list[dict]:
 # Writing
 
 # The settings that change the numbers: rows computed under different values do not compare.
-SETTINGS = ("bos_policy", "dtype", "long_texts")
-# What rows written before a setting existed were computed with.
-SETTING_DEFAULTS = {"long_texts": "truncate"}
+SETTINGS = ("bos_policy", "dtype", "long_texts", "chat_template", "values")
+# What rows written before a setting existed were computed with; the last two are recorded only
+# where they differ from these, so that a store of plain log-likelihoods keeps its settings.
+SETTING_DEFAULTS = {"long_texts": "truncate", "chat_template": "none", "values": "loglik"}
 
 
 def _fsync_directory(path: Path) -> None:
@@ -634,6 +670,13 @@ def _matrix_image(snapshot: _Snapshot, journal_sequence: int) -> bytes:
         handle.create_dataset("texts", data=list(texts.texts), dtype=_STRING)
         handle.create_dataset("text_ids", data=list(texts.ids), dtype=_STRING)
         handle.create_dataset("text_bytes", data=np.asarray(snapshot.text_bytes, np.int64))
+        if texts.contexts:
+            handle.create_dataset("contexts", data=list(texts.contexts), dtype=_STRING)
+        questions = question_fields(texts)
+        if questions:
+            handle.create_dataset(
+                "questions", data=[json.dumps(q, sort_keys=True) for q in questions], dtype=_STRING
+            )
         chunks = (1, max(n, 1))
         for column in COLUMNS:
             data = np.array([r.columns[column.name] for r in rows], column.dtype).reshape(k, n)
@@ -677,11 +720,17 @@ def _row_file_bytes(row: Row) -> bytes:
 
 
 def _settings_difference(found: dict, wanted: dict) -> list[str]:
-    return [
+    differences = [
         f"{name}={found.get(name)!r} in the store, {wanted[name]!r} asked"
         for name in sorted(wanted)
         if name in found and found[name] != wanted[name]
     ]
+    # A setting recorded only where it is not the default: a store that has it refuses rows
+    # asked without it (at its default).
+    for name in ("chat_template", "values"):
+        if name in found and name not in wanted and found[name] != SETTING_DEFAULTS[name]:
+            differences.append(f"{name}={found[name]!r} in the store, {SETTING_DEFAULTS[name]!r} asked")
+    return differences
 
 
 class StoreWriter:

@@ -3,6 +3,12 @@
 A text set is read from JSONL with one object per line and a ``text`` field. The id comes from
 ``id``, else ``index``, else the 0-based line number; every other field is kept as metadata.
 This reads the 1,000-model paper's ``texts-10k-pile.jsonl`` unchanged.
+
+A line may instead carry ``context`` and ``continuation`` (or ``prompt`` and ``response``): its
+value is then log p(continuation | context), and only the continuation's tokens are scored
+(:func:`jaxmap.tokenization.tokenize` splits them by lm-evaluation-harness's rule). In memory,
+``texts`` holds the continuations and ``contexts`` the contexts; an empty context is a plain
+text.
 """
 
 from __future__ import annotations
@@ -26,13 +32,20 @@ class TextSet:
     texts: tuple[str, ...]
     metadata: tuple[dict, ...] = field(default=(), compare=False)
     source: str = field(default="<memory>", compare=False)
+    # The context each text is conditioned on ("" for none), or () when no text has one.
+    contexts: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if len(self.ids) != len(self.texts):
             raise TextSetError(f"{self.source}: {len(self.ids)} ids for {len(self.texts)} texts")
         if self.metadata and len(self.metadata) != len(self.texts):
             raise TextSetError(f"{self.source}: metadata length differs from the number of texts")
-        for kind, values in (("id", self.ids), ("text", self.texts)):
+        if self.contexts and len(self.contexts) != len(self.texts):
+            raise TextSetError(f"{self.source}: {len(self.contexts)} contexts for {len(self.texts)} texts")
+        if self.contexts and not any(self.contexts):
+            # One spelling per set: a set whose contexts are all empty is a set without them.
+            object.__setattr__(self, "contexts", ())
+        for kind, values in (("id", self.ids), ("text", self.texts), ("context", self.contexts)):
             for position, value in enumerate(values):
                 if not isinstance(value, str):
                     raise TextSetError(
@@ -66,15 +79,47 @@ class TextSet:
                 raise TextSetError(f"text {position}: the id {text_id!r} {problem}")
         return cls(tuple(ids), tuple(texts), tuple({} for _ in texts))
 
+    @classmethod
+    def from_pairs(
+        cls, contexts: Sequence[str], continuations: Sequence[str], ids: Sequence[str] | None = None
+    ) -> "TextSet":
+        """Build a conditional text set: text i is scored as log p(continuations[i] |
+        contexts[i]); ids default to the positions."""
+        if isinstance(contexts, str) or isinstance(continuations, str):
+            raise TextSetError("contexts and continuations must be sequences of strings, not single strings")
+        if len(contexts) != len(continuations):
+            raise TextSetError(f"{len(contexts)} contexts for {len(continuations)} continuations")
+        plain = cls.from_texts(list(continuations), ids)
+        for position, context in enumerate(contexts):
+            if not isinstance(context, str):
+                raise TextSetError(f"context {position} is a {type(context).__name__}, not a string")
+            problem = unstorable(context)
+            if problem:
+                raise TextSetError(f"context {position} (id {plain.ids[position]!r}): {problem}")
+        return cls(plain.ids, plain.texts, plain.metadata, contexts=tuple(contexts))
+
+    @property
+    def conditional(self) -> bool:
+        """Whether some text has a context (its value is then log p(text | context))."""
+        return bool(self.contexts)
+
+    def context_of(self, position: int) -> str:
+        """The context of text ``position`` ("" for none)."""
+        return self.contexts[position] if self.contexts else ""
+
     def __len__(self) -> int:
         return len(self.texts)
 
     @property
     def fingerprint(self) -> str:
-        """SHA-256 over ids and texts; two text sets score interchangeably iff these match."""
+        """SHA-256 over ids, texts and contexts; two text sets score interchangeably iff these
+        match. A set without contexts hashes exactly as before contexts existed."""
         digest = hashlib.sha256()
-        for text_id, text in zip(self.ids, self.texts):
-            for part in (text_id, text):
+        if self.contexts:
+            digest.update(b"contexts\0")
+        for position, (text_id, text) in enumerate(zip(self.ids, self.texts)):
+            parts = (text_id, text, self.contexts[position]) if self.contexts else (text_id, text)
+            for part in parts:
                 encoded = part.encode("utf-8")
                 digest.update(len(encoded).to_bytes(8, "little"))
                 digest.update(encoded)
@@ -82,7 +127,8 @@ class TextSet:
 
     @property
     def byte_lengths(self) -> list[int]:
-        """UTF-8 length of every text (for bits-per-byte conversions)."""
+        """UTF-8 length of every text, the continuation where there is a context (for
+        bits-per-byte conversions and byte-normalised accuracy)."""
         return [len(text.encode("utf-8")) for text in self.texts]
 
     def subset(self, positions: Iterable[int]) -> "TextSet":
@@ -94,14 +140,18 @@ class TextSet:
             tuple(self.texts[p] for p in positions),
             tuple(meta[p] for p in positions),
             source=self.source,
+            contexts=tuple(self.contexts[p] for p in positions) if self.contexts else (),
         )
 
     def to_jsonl(self, path: str | Path) -> None:
-        """Write the set as JSONL (``id``, ``text`` and the metadata fields), atomically."""
+        """Write the set as JSONL (``id``, ``text`` or ``context`` and ``continuation``, and the
+        metadata fields), atomically."""
         meta = self.metadata or tuple({} for _ in self.texts)
         with atomic_output(path) as temporary, open(temporary, "w", encoding="utf-8") as handle:
-            for text_id, text, extra in zip(self.ids, self.texts, meta):
-                record = {"id": text_id, "text": text, **extra}
+            for position, (text_id, text, extra) in enumerate(zip(self.ids, self.texts, meta)):
+                context = self.context_of(position)
+                body = {"context": context, "continuation": text} if context else {"text": text}
+                record = {"id": text_id, **body, **extra}
                 handle.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
@@ -140,6 +190,35 @@ def _text_id(record: dict, line_number: int, where: str) -> tuple[str, str]:
     return str(line_number - 1), "line number"
 
 
+# The field pairs a conditional line may use: (context, continuation).
+PAIR_FIELDS = (("context", "continuation"), ("prompt", "response"))
+
+
+def _context_and_text(record: dict, where: str) -> tuple[str, str]:
+    """Pop a record's context ("" for none) and text: ``text``, or one of :data:`PAIR_FIELDS`."""
+    present = [name for name in ("text", *(f for pair in PAIR_FIELDS for f in pair)) if name in record]
+    if not present:
+        raise TextSetError(f"{where}: no 'text' field (nor 'context' and 'continuation')")
+    pairs = [pair for pair in PAIR_FIELDS if any(name in record for name in pair)]
+    if "text" in record and pairs:
+        others = ", ".join(repr(name) for name in present if name != "text")
+        raise TextSetError(f"{where}: both 'text' and {others}; a line is a text or a context and continuation")
+    if len(pairs) > 1:
+        raise TextSetError(f"{where}: both 'context'/'continuation' and 'prompt'/'response'; use one pair")
+    if not pairs:
+        fields = ("text",)
+    else:
+        fields = pairs[0]
+        missing = [name for name in fields if name not in record]
+        if missing:
+            raise TextSetError(f"{where}: {fields[0]!r} and {fields[1]!r} go together; {missing[0]!r} is missing")
+    values = [record.pop(name) for name in fields]
+    for name, value in zip(fields, values):
+        if not isinstance(value, str):
+            raise TextSetError(f"{where}: {name!r} must be a string, got {type(value).__name__}")
+    return ("", values[0]) if len(values) == 1 else (values[0], values[1])
+
+
 _FOREIGN_STARTS = {
     b"\xff\xfe": "UTF-16 text; save it as UTF-8",
     b"\xfe\xff": "UTF-16 text; save it as UTF-8",
@@ -163,6 +242,7 @@ def load_texts(path: str | Path) -> TextSet:
         raise TextSetError(f"{path}: is a directory, not a JSONL text file")
     ids: list[str] = []
     texts: list[str] = []
+    contexts: list[str] = []
     metadata: list[dict] = []
     lines_of: dict[str, int] = {}
     try:
@@ -190,15 +270,12 @@ def load_texts(path: str | Path) -> TextSet:
                 raise TextSetError(f"{where}: not valid JSON ({error.msg}{at} column {error.colno})") from None
             if not isinstance(record, dict):
                 raise TextSetError(f"{where}: expected a JSON object, got {type(record).__name__}")
-            if "text" not in record:
-                raise TextSetError(f"{where}: no 'text' field")
-            text = record.pop("text")
-            if not isinstance(text, str):
-                raise TextSetError(f"{where}: 'text' must be a string, got {type(text).__name__}")
+            context, text = _context_and_text(record, where)
             text_id, origin = _text_id(record, line_number, where)
-            problem = unstorable(text)
-            if problem:
-                raise TextSetError(f"{where}: text {text_id!r} {problem}")
+            for kind, value in (("text", text), ("context", context)):
+                problem = unstorable(value)
+                if problem:
+                    raise TextSetError(f"{where}: {kind} {text_id!r} {problem}")
             problem = unstorable(text_id)
             if problem:
                 raise TextSetError(f"{where}: the id {text_id!r} {problem}")
@@ -210,10 +287,11 @@ def load_texts(path: str | Path) -> TextSet:
             lines_of[text_id] = line_number
             ids.append(text_id)
             texts.append(text)
+            contexts.append(context)
             metadata.append(record)
     if not texts:
         raise TextSetError(f"{path}: no texts (the file is empty or holds only blank lines)")
-    return TextSet(tuple(ids), tuple(texts), tuple(metadata), source=str(path))
+    return TextSet(tuple(ids), tuple(texts), tuple(metadata), source=str(path), contexts=tuple(contexts))
 
 
 def as_text_set(texts: TextSet | str | Path | Sequence[str]) -> TextSet:

@@ -11,6 +11,11 @@ and final-logit soft-capping are applied inside each tile, in that order.
 over its data axis): every shard walks its own rows with the same tiles, and the shards' running
 maxima, sums and target logits are combined with one ``pmax`` and two ``psum`` over [N] vectors.
 
+With ``with_argmax``, each tile also reports its first largest entry, and the walk keeps the
+first index of the largest logit seen so far: the vocabulary's argmax, the lowest index among
+ties, as ``argmax`` over the full logits gives it. That tells whether a target is the greedy
+token (``is_greedy`` of a conditional score) without the logits ever existing whole.
+
 The pure-JAX reference (full logits and ``log_softmax``) lives in the tests.
 """
 
@@ -51,9 +56,14 @@ def _tile_logits(
 
 
 def _update(carry, logits: jax.Array, targets: jax.Array, offset):
-    running_max, running_sum, target_logit = carry
+    running_max, running_sum, target_logit, *best = carry
     tile = logits.shape[1]
-    new_max = jnp.maximum(running_max, jnp.max(logits, axis=1))
+    tile_max = jnp.max(logits, axis=1)
+    new_max = jnp.maximum(running_max, tile_max)
+    if best:
+        # Strictly greater: an equal maximum in a later tile leaves the earlier, lower index.
+        tile_best = offset + jnp.argmax(logits, axis=1).astype(jnp.int32)
+        best = [jnp.where(tile_max > running_max, tile_best, best[0])]
     # A tile of padding rows leaves the maximum at -inf; shifting by 0 there keeps exp(-inf -
     # -inf) = nan out of the sum.
     shift = jnp.where(jnp.isneginf(new_max), 0.0, new_max)
@@ -64,7 +74,7 @@ def _update(carry, logits: jax.Array, targets: jax.Array, offset):
     in_tile = (local >= 0) & (local < tile)
     picked = jnp.take_along_axis(logits, jnp.clip(local, 0, tile - 1)[:, None], axis=1)[:, 0]
     target_logit = jnp.where(in_tile, picked, target_logit)
-    return new_max, running_sum, target_logit
+    return (new_max, running_sum, target_logit, *best)
 
 
 def _walk_vocabulary(
@@ -77,10 +87,12 @@ def _walk_vocabulary(
     base=0,
     vocab_size: int | None = None,
     varying: tuple[str, ...] = (),
+    with_argmax: bool = False,
 ):
     """Running (max, sum, target logit) over ``unembedding``'s rows (plus ``bias``, one entry
     per row, if any), which are the vocabulary entries ``base ...``; the target logit stays 0
-    where the target is not among them.
+    where the target is not among them. ``with_argmax`` adds the index of the first largest
+    logit (int32).
 
     Inside ``shard_map``, ``varying`` names the mesh axes the result differs over (the scan's
     carry must be typed that way from the start).
@@ -93,7 +105,7 @@ def _walk_vocabulary(
         jnp.full((count,), -jnp.inf, jnp.float32),
         jnp.zeros((count,), jnp.float32),
         jnp.zeros((count,), jnp.float32),
-    )
+    ) + ((jnp.zeros((count,), jnp.int32),) if with_argmax else ())
     if varying:
         carry = tuple(jax.lax.pcast(part, varying, to="varying") for part in carry)
 
@@ -123,17 +135,20 @@ def token_logprobs(
     tile: int = DEFAULT_TILE,
     softcap: float | None = None,
     bias: jax.Array | None = None,
-) -> jax.Array:
+    with_argmax: bool = False,
+) -> jax.Array | tuple[jax.Array, jax.Array]:
     """log p(targets) under softmax(hidden @ unembeddingᵀ + bias), as float32 [N].
 
     hidden: [N, D] (any float dtype; cast to the unembedding's dtype for the matmul, with
     float32 accumulation). unembedding: [V, D]. targets: [N] int. bias: optional [V], added in
-    float32 before the soft-cap.
+    float32 before the soft-cap. ``with_argmax`` also returns the argmax of every row's logits
+    (int32 [N], the lowest index among ties).
     """
-    running_max, running_sum, target_logit = _walk_vocabulary(
-        hidden, unembedding, bias, targets, tile, softcap
+    running_max, running_sum, target_logit, *best = _walk_vocabulary(
+        hidden, unembedding, bias, targets, tile, softcap, with_argmax=with_argmax
     )
-    return target_logit - (running_max + jnp.log(running_sum))
+    logprobs = target_logit - (running_max + jnp.log(running_sum))
+    return (logprobs, best[0]) if with_argmax else logprobs
 
 
 def sharded_token_logprobs(
@@ -148,14 +163,16 @@ def sharded_token_logprobs(
     bias: jax.Array | None = None,
     data_axis: str = "data",
     model_axis: str = "model",
-) -> jax.Array:
+    with_argmax: bool = False,
+) -> jax.Array | tuple[jax.Array, jax.Array]:
     """:func:`token_logprobs` with the vocabulary split over ``mesh``'s model axis.
 
     unembedding: [V', D] with V' ≥ ``vocab_size`` a multiple of the model axis size; rows from
     ``vocab_size`` on are padding and never count. hidden [N, D] and targets [N] are split over
     the data axis (N must be a multiple of its size). ``bias`` (optional, [V']) is split over the
-    model axis like the unembedding's rows. Returns float32 [N], split over the data axis. No
-    shard ever holds more than [N / data, tile] logits.
+    model axis like the unembedding's rows. Returns float32 [N], split over the data axis (and
+    with ``with_argmax`` the int32 [N] argmax, as :func:`token_logprobs`). No shard ever holds
+    more than [N / data, tile] logits.
     """
     padded = unembedding.shape[0]
     shards = mesh.shape[model_axis]
@@ -172,9 +189,9 @@ def sharded_token_logprobs(
 
     def shard(hidden, unembedding, targets, *bias):
         base = jax.lax.axis_index(model_axis) * local_rows
-        local_max, local_sum, local_target = _walk_vocabulary(
+        local_max, local_sum, local_target, *local_best = _walk_vocabulary(
             hidden, unembedding, bias[0] if bias else None, targets, tile, softcap, base, mask,
-            (data_axis, model_axis),
+            (data_axis, model_axis), with_argmax,
         )
         # Every shard holds real rows or padding only (whose maximum is -inf and sum 0); the
         # global maximum is finite because shard 0 always holds real rows.
@@ -182,10 +199,18 @@ def sharded_token_logprobs(
         total = jax.lax.psum(local_sum * jnp.exp(local_max - global_max), model_axis)
         # Exactly one shard holds each target; the others carry 0.
         target_logit = jax.lax.psum(local_target, model_axis)
-        return target_logit - (global_max + jnp.log(total))
+        logprobs = target_logit - (global_max + jnp.log(total))
+        if not with_argmax:
+            return logprobs
+        # The lowest index among the shards holding the global maximum: shards hold ascending
+        # index ranges, so that is the first largest entry overall.
+        holds_max = local_max == global_max
+        best = jnp.where(holds_max, local_best[0], jnp.iinfo(jnp.int32).max)
+        return logprobs, jax.lax.pmin(best, model_axis)
 
     operands = (hidden, unembedding, targets)
     specs = (P(data_axis, None), P(model_axis, None), P(data_axis))
     if bias is not None:
         operands, specs = (*operands, bias), (*specs, P(model_axis))
-    return jax.shard_map(shard, mesh=mesh, in_specs=specs, out_specs=P(data_axis))(*operands)
+    out_specs = (P(data_axis), P(data_axis)) if with_argmax else P(data_axis)
+    return jax.shard_map(shard, mesh=mesh, in_specs=specs, out_specs=out_specs)(*operands)
