@@ -188,7 +188,10 @@ _INVOCATIONS = {
     "lineage": ["{store}", "--parents", "{parents}"],
     "train": ["--model", "{tmp}/no-model", "--texts", "{texts}", "--out", "{tmp}/run"],
     "true-kl": ["{store}", "m0", "m1", "--samples", "2"],
+    "accuracy": ["{store}", "--out", "{tmp}/accuracy.csv"],
 }
+# Subcommands that read no file named on the command line (their sources are installed).
+_NO_FILE_INPUTS = {"questions"}
 
 
 def _bad_files(directory):
@@ -207,7 +210,7 @@ def test_every_subcommand_is_in_the_scan():
     from jaxmap.cli import build_parser
 
     commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
-    assert set(commands) == set(_INVOCATIONS)
+    assert set(commands) == set(_INVOCATIONS) | _NO_FILE_INPUTS
 
 
 @pytest.mark.parametrize("command", sorted(_INVOCATIONS))
@@ -255,6 +258,10 @@ def test_bad_files_are_one_line_with_exit_2(command, small_store, subset_file, t
         (["chunk", "{tmp}/d.txt", "--out", "{tmp}/c.jsonl", "--min-bytes", "2000"], "leaves no chunk"),
         (["chunk", "{tmp}/d.txt", "{tmp}/d.txt", "--out", "{tmp}/c.jsonl"], "given twice"),
         (["demo", "--texts", "0"], "argument --texts: expected a positive integer"),
+        (["questions", "--out", "{tmp}/q.jsonl", "--count", "0"], "argument --count: expected a positive integer"),
+        (["questions", "--out", "{tmp}/q.jsonl", "--domains", "code"], "have no sentences"),
+        (["accuracy", "{store}"], "no text has a question_id"),
+        (["accuracy", "{store}", "--out", "{tmp}/no-such-directory/a.csv"], "its directory does not exist"),
         (["kl", "{store}", "--out", "{tmp}/no-such-directory/k.csv"], "its directory does not exist"),
         (["kl", "{store}", "--out", "{tmp}"], "is a directory"),
         (["kl", "{store}"], "required: --out"),

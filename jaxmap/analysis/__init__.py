@@ -25,6 +25,11 @@ from .resampling import (
 from .subset import MapInfo, Subset, read_subset, write_subset
 
 _LAZY = {
+    "AccuracyResult": ".accuracy",
+    "Question": ".accuracy",
+    "QuestionError": ".accuracy",
+    "question_groups": ".accuracy",
+    "store_accuracy": ".accuracy",
     "PredictionResult": ".prediction",
     "predict_scores": ".prediction",
     "project": ".projection",
@@ -43,6 +48,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "AccuracyResult",
     "AnalysisError",
     "InputError",
     "LoglikMatrix",
@@ -50,6 +56,8 @@ __all__ = [
     "PredictionResult",
     "ResamplingCurve",
     "Subset",
+    "Question",
+    "QuestionError",
     "TextOutliers",
     "clip",
     "double_center",
@@ -66,6 +74,7 @@ __all__ = [
     "plot_tree",
     "predict_scores",
     "project",
+    "question_groups",
     "read_model_table",
     "read_subset",
     "resample",
@@ -73,6 +82,7 @@ __all__ = [
     "resampling_curve",
     "sampling_probabilities",
     "squared_distances",
+    "store_accuracy",
     "text_outliers",
     "write_subset",
 ]

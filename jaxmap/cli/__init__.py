@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``jaxmap`` argument parser with every subcommand."""
     # Imported here, after the signal handlers are in place: they pull in JAX, which takes a
     # while, and an interrupt during that must still exit cleanly.
-    from . import demo, distances, interpreting, maps, planning, sampling, scoring, stores
+    from . import accuracy, demo, distances, interpreting, maps, planning, sampling, scoring, stores
     from . import subsets, training, trajectory
 
     parser = _Parser(
@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in (
         scoring, planning, stores, distances, maps, subsets, interpreting, demo, training,
-        trajectory, sampling,
+        trajectory, sampling, accuracy,
     ):
         module.register(subparsers)
     parser.commands = subparsers.choices
