@@ -1,0 +1,149 @@
+"""Where a model's time goes outside scoring (issue 27): the run summary's per-model
+``overhead`` breakdown, the aligned safetensors reader it times, the tokenizer-file check it
+no longer repeats, and the benchmarks' reading of the CPU's matrix features."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jaxmap.jobs import OVERHEAD_PARTS, score_job
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def test_the_run_summary_breaks_each_models_time_down(tiny_models, text_file, tmp_path):
+    out = tmp_path / "s.h5"
+    summary = score_job([str(m) for m in tiny_models[:2]], text_file, out, progress=False, batch_tokens=128)
+    assert [o.status for o in summary.outcomes] == ["scored", "scored"]
+    record = json.loads((tmp_path / "s.h5.run.json").read_text())["jobs"][-1]
+    models = record["models"]
+    walls = 0.0
+    for position, model in enumerate(models):
+        overhead = model["overhead"]
+        parts = overhead["parts"]
+        assert list(parts) == [*OVERHEAD_PARTS, "other"]
+        assert all(seconds >= 0.0 for seconds in parts.values()), parts
+        # The parts are disjoint pieces of the model's wall time.
+        assert sum(parts.values()) <= overhead["wall"] + 1e-3
+        assert parts["score"] == pytest.approx(model["seconds"])
+        assert overhead["outside_scoring"] == pytest.approx(overhead["wall"] - parts["score"])
+        load = overhead["load_detail"]
+        assert load["seconds"] > 0 and load["read"] > 0 and load["layout"] >= 0 and load["place"] >= 0
+        assert load["read"] + load["layout"] <= load["seconds"] + 1e-6
+        assert overhead["token_cache"] in ("hit", "miss")
+        compiled = overhead["compile_detail"]
+        assert compiled["hit"] in ("memory", "disk", "partial", "miss")
+        walls += overhead["wall"]
+    # The first model tokenized the texts and compiled its scorers; the second, of the same
+    # shape and tokenizer, reused both.
+    assert models[0]["overhead"]["token_cache"] == "miss"
+    assert models[0]["overhead"]["compile_detail"]["new_programs"] > 0 or models[0]["phases"]["compile"] == 0
+    assert models[1]["overhead"]["token_cache"] == "hit"
+    assert models[1]["overhead"]["compile_detail"] == {"new_programs": 0, "hit": "memory"}
+    assert record["outside_models_seconds"] >= 0.0
+    assert walls <= record["seconds"] + 1e-3
+    # The rows keep the phases, the new "plan" among them.
+    meta = json.loads(json.dumps(__import__("jaxmap").open_store(out).model_meta[0]))
+    assert "plan" in meta["phase_seconds"]
+
+
+def test_weights_are_read_aligned_and_bit_for_bit(tmp_path):
+    import ml_dtypes
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+
+    from jaxmap.checkpoints.checkpoint import _read_tensor, _tensor_locations
+
+    rng = np.random.default_rng(0)
+    tensors = {
+        "a": rng.standard_normal((3, 5)).astype(np.float32),
+        "b": rng.standard_normal(7).astype(np.float16),
+        "c": np.arange(6, dtype=np.int64).reshape(2, 3),
+        "d": np.array([True, False, True]),
+        "e": rng.standard_normal((4, 2)).astype(ml_dtypes.bfloat16),
+        "f": np.zeros((0, 3), np.float32),
+    }
+    path = tmp_path / "model.safetensors"
+    save_file(tensors, str(path))
+    located = _tensor_locations(path, "m")
+    assert set(located) == set(tensors)
+    with safe_open(str(path), framework="numpy") as handle:
+        for name, expected in tensors.items():
+            got = _read_tensor(*located[name])
+            assert got.dtype == expected.dtype and got.shape == expected.shape
+            assert got.tobytes() == expected.tobytes()
+            if name != "e":  # safetensors' numpy reader knows no bfloat16
+                assert got.tobytes() == handle.get_tensor(name).tobytes()
+            if got.size:
+                assert got.ctypes.data % 64 == 0
+
+
+def test_a_load_records_its_read_and_layout_seconds(tiny_models):
+    from jaxmap.checkpoints import resolve
+    from jaxmap.checkpoints.translated import translated_config
+
+    checkpoint = resolve(str(tiny_models[0]))
+    architecture, config = translated_config(checkpoint)
+    checkpoint.load_params(architecture, config, "float32")
+    timing = checkpoint.load_timing()
+    assert set(timing) == {"read", "layout"} and timing["read"] > 0 and timing["layout"] >= 0
+    assert checkpoint.load_timing() == {}  # taken once
+
+
+def test_a_tokenizer_file_damaged_after_a_check_is_still_refused(tiny_models, tmp_path):
+    import shutil
+
+    from jaxmap.checkpoints import resolve, validate
+    from jaxmap.errors import CheckpointError
+
+    model = tmp_path / "m"
+    shutil.copytree(tiny_models[0], model)
+    validate(resolve(str(model)))
+    validate(resolve(str(model)))  # the second check reuses the first's reading
+    tokenizer = model / "tokenizer.json"
+    tokenizer.write_text(tokenizer.read_text()[:-20])
+    with pytest.raises(CheckpointError, match="tokenizer.json is not valid JSON"):
+        validate(resolve(str(model)))
+
+
+SAMPLE_CPUINFO = """processor\t: 0
+vendor_id\t: GenuineIntel
+model name\t: Intel(R) Xeon(R) Platinum 8480+
+flags\t\t: fpu vme sse sse2 avx avx2 fma avx512f avx512bw avx512_bf16 avx512_vnni amx_bf16 amx_tile amx_int8
+vmx flags\t: vnmi preemption_timer
+bugs\t\t: spectre_v1
+
+processor\t: 1
+model name\t: something else
+flags\t\t: fpu
+"""
+
+
+def test_the_cpu_matrix_features_are_read_from_cpuinfo():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        from throughput_workload import cpu_matrix_features, describe_matrix_features
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    features = cpu_matrix_features(SAMPLE_CPUINFO)
+    assert features["model"] == "Intel(R) Xeon(R) Platinum 8480+"
+    assert features["amx"] is True and features["avx512_bf16"] is True
+    assert features["flags"] == {
+        "amx_tile": True, "amx_bf16": True, "amx_int8": True, "avx512_bf16": True,
+        "avx512_vnni": True, "avx512f": True, "avx2": True, "fma": True,
+    }
+    line = describe_matrix_features(features)
+    assert line.startswith("Intel(R) Xeon(R) Platinum 8480+: AMX yes, AVX-512 BF16 yes")
+
+    amd = cpu_matrix_features("model name\t: AMD EPYC\nflags\t\t: avx2 fma avx512f avx512_bf16\n")
+    assert amd["amx"] is False and amd["avx512_bf16"] is True and amd["flags"]["amx_tile"] is False
+    assert "AMX no" in describe_matrix_features(amd)
+
+    unknown = cpu_matrix_features("")
+    assert unknown["amx"] is None and unknown["flags"]["avx2"] is None
+    assert "AMX unknown" in describe_matrix_features(unknown)
