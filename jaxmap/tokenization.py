@@ -261,6 +261,13 @@ def _tokenize_chats(texts: TextSet, tokenizer, contexts: list[str], continuation
     turns = [chat_turns(tokenizer, c, t) for c, t in zip(contexts, continuations)]
     prompts = tokenizer([p for p, _ in turns], add_special_tokens=False)["input_ids"]
     wholes = tokenizer([w for _, w in turns], add_special_tokens=False)["input_ids"]
+    for text_id, prompt, whole in zip(texts.ids, prompts, wholes):
+        if whole[: len(prompt)] != prompt:
+            raise CheckpointError(
+                f"tokenizer {tokenizer.name_or_path!r}: text {text_id!r}: the chat prompt's tokens "
+                "change once the assistant's reply follows (its last token merges with the "
+                "reply), so the reply's tokens cannot be told apart; score without --chat-template"
+            )
     return TokenizedTexts.from_sequences(wholes, [max(len(ids), 1) for ids in prompts])
 
 

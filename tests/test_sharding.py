@@ -26,6 +26,7 @@ BATCH_TOKENS = 128
 # axis pads to 2, spans every sliding window of the cases (5-7), and is cut to the context of
 # the 40-position GPT-2. Tokenization, the other texts' concern, is the same on every mesh.
 SHARDED_TEXTS = ["Hello world.", "", "A", "short", "Ünïcödé façade — 東京 🙂 naïve café."]
+CONDITIONAL_PAIRS = [("Hello ", "world."), ("Ünïcödé faç", "ade — 東京"), ("", "short")]
 
 
 def _odd_sizes_config():
@@ -134,7 +135,7 @@ def _worker(request_path: str, result_path: str) -> None:
 
     request = json.loads(Path(request_path).read_text())
     texts = TextSet.from_texts(request["texts"])
-    result = {"devices": len(jax.devices()), "models": {}, "kernel": {}}
+    result = {"devices": len(jax.devices()), "models": {}, "kernel": {}, "argmax": {}, "conditional": {}}
     for name, directory in request["models"].items():
         runs = {}
         for spec in ["data=1", *request["meshes"]]:
@@ -176,6 +177,20 @@ def _worker(request_path: str, result_path: str) -> None:
             packing="buckets",
         )
         runs["recompilations"] = compilation_count() - before
+        if not result["conditional"]:
+            # Conditional texts on every mesh: only the continuations summed, and the argmax
+            # combined across vocabulary shards (is_greedy).
+            pairs = TextSet.from_pairs(*zip(*CONDITIONAL_PAIRS))
+            for spec in ["data=1", *request["meshes"]]:
+                model = load_model(directory, mesh=spec)
+                scores = score_tokens(
+                    model, tokenize(pairs, model.tokenizer, "full"), request["batch_tokens"],
+                    progress=False,
+                )
+                result["conditional"][spec] = {
+                    "loglik": scores.loglik.tolist(), "is_greedy": scores.is_greedy.tolist(),
+                    "ntokens": scores.ntokens.tolist(),
+                }
         result["models"][name] = runs
 
     keys = jax.random.split(jax.random.key(7), 3)
@@ -194,6 +209,15 @@ def _worker(request_path: str, result_path: str) -> None:
                     np.asarray(hidden), np.asarray(unembedding), np.asarray(targets)
                 )
                 result["kernel"][f"{spec} tile={tile} softcap={softcap}"] = np.asarray(got).tolist()
+        # Rows 5 and 400 (on different shards of either mesh) tie as hidden row 0's largest
+        # logit: the lower index must win.
+        tied = np.asarray(unembedding).copy()
+        tied[5] = tied[400] = 3 * np.asarray(hidden[0])
+        _, best = jax.jit(partial(
+            sharded_token_logprobs, mesh=make_mesh(spec), vocab_size=777, tile=64, with_argmax=True
+        ))(np.asarray(hidden), tied, np.asarray(targets))
+        result["argmax"][spec] = np.asarray(best).tolist()
+    result["argmax_unembedding_tie"] = [5, 400]
     result["kernel_inputs"] = {
         "hidden": np.asarray(hidden).tolist(),
         "unembedding": np.asarray(unembedding[:777]).tolist(),
@@ -350,6 +374,31 @@ def test_sharded_kernel_matches_full_softmax_with_padded_vocabulary(sharded_run)
         softcap = None if key.endswith("None") else float(key.rsplit("=", 1)[1])
         expected = reference_logprobs(hidden, unembedding, targets, softcap)
         np.testing.assert_allclose(np.array(got), expected, atol=2e-4, rtol=1e-5, err_msg=key)
+
+
+def test_sharded_argmax_takes_the_lowest_index_among_tied_shards(sharded_run):
+    result, _, _ = sharded_run
+    inputs = result["kernel_inputs"]
+    unembedding = np.array(inputs["unembedding"])
+    low, high = result["argmax_unembedding_tie"]
+    hidden = np.array(inputs["hidden"])
+    unembedding[low] = unembedding[high] = 3 * hidden[0]
+    logits = hidden @ unembedding.T
+    expected = logits.argmax(axis=1)  # numpy: the first among ties
+    assert expected[0] == low
+    assert len(result["argmax"]) == len(MESHES)
+    for spec, got in result["argmax"].items():
+        np.testing.assert_array_equal(got, expected, err_msg=spec)
+
+
+def test_conditional_scores_and_greedy_flags_match_single_device(sharded_run):
+    result, _, _ = sharded_run
+    single = result["conditional"]["data=1"]
+    assert min(single["ntokens"]) > 0
+    for spec in MESHES:
+        got = result["conditional"][spec]
+        assert np.abs(np.array(got["loglik"]) - single["loglik"]).max() <= TOLERANCE, spec
+        assert got["is_greedy"] == single["is_greedy"] and got["ntokens"] == single["ntokens"], spec
 
 
 def test_mesh_specs():

@@ -30,7 +30,11 @@ def register(subparsers) -> None:
         ),
     )
     score.add_argument("models", nargs="+", metavar="MODEL")
-    score.add_argument("--texts", required=True, help="JSONL text set (a 'text' field per line)")
+    score.add_argument(
+        "--texts", required=True,
+        help="JSONL text set: a 'text' field per line, or 'context' and 'continuation' (also "
+        "'prompt' and 'response') to store log p(continuation | context)",
+    )
     score.add_argument("--out", required=True, help="HDF5 store to create or extend")
     score.add_argument(
         "--dtype", default=DEFAULT_DTYPE, choices=["float32", "bfloat16", "float16"],
@@ -116,6 +120,16 @@ def register(subparsers) -> None:
         "--save-token-logprobs", action="store_true",
         help="also store every scored token's log-prob (float32, ragged with per-text offsets; "
         "see docs/store.md)",
+    )
+    score.add_argument(
+        "--chat-template", action="store_true",
+        help="score each continuation as the assistant's reply to its context (the user turn), "
+        "through the model's own chat template; only the assistant turn's tokens are scored",
+    )
+    score.add_argument(
+        "--pmi", action="store_true",
+        help="store log p(continuation | context) - log p(continuation), each continuation "
+        "scored with and without its context (pointwise mutual information; docs/method.md)",
     )
     add_compile_cache_option(score)
     score.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -218,7 +232,7 @@ def _score(args: argparse.Namespace) -> int:
         dtype=args.dtype, bos_policy=args.bos_policy, batch_tokens=args.batch_tokens,
         long_texts=args.long_texts, stride=args.stride, packing=args.packing,
         attention=args.attention, logprob=args.logprob_kernel, logit_lens=args.logit_lens,
-        keep_token_logprobs=args.save_token_logprobs,
+        keep_token_logprobs=args.save_token_logprobs, chat_template=args.chat_template, pmi=args.pmi,
     )
 
     first = distributed.process_index() == 0
@@ -271,11 +285,15 @@ def run_info(args: argparse.Namespace) -> int:
                 "scored_tokens": int(store.ntokens[index].sum()),
                 "truncated_texts": int(store.truncated[index].sum()),
                 "tokens_per_second": meta.get("tokens_per_second"),
+                **({"greedy_texts": int(store.is_greedy[index].sum())} if store.contexts else {}),
             }
         )
     if args.json:
         json.dump(
             {"path": str(store.path), "texts": len(store.text_ids),
+             "texts_with_context": sum(1 for c in store.contexts if c),
+             "values": store.settings.get("values", "loglik"),
+             "chat_template": store.settings.get("chat_template", "none"),
              "text_fingerprint": store.text_fingerprint, "models": rows},
             sys.stdout, indent=2,
         )
@@ -284,6 +302,10 @@ def run_info(args: argparse.Namespace) -> int:
     print(f"store      {store.path}")
     print(f"texts      {len(store.text_ids)} (fingerprint {store.text_fingerprint[:16]}, "
           f"mean {np.mean(store.text_bytes):.0f} bytes)")
+    if store.contexts:
+        values = "log p(y | x) - log p(y) (PMI)" if store.settings.get("values") == "pmi" else "log p(y | x)"
+        chat = ", through each model's chat template" if store.settings.get("chat_template") == "tokenizer" else ""
+        print(f"contexts   {sum(1 for c in store.contexts if c)} texts have one; values are {values}{chat}")
     print(f"models     {len(store.models)}")
     for row in rows:
         speed = row["tokens_per_second"]
@@ -291,6 +313,7 @@ def run_info(args: argparse.Namespace) -> int:
             f"  {row['model']}  [{row['architecture']}, {row['dtype']}, {row['bos_policy']}]  "
             f"mean ℓ {row['mean_loglik']:.2f} nats, {row['scored_tokens']} tokens, "
             f"{row['truncated_texts']} truncated"
+            + (f", {row['greedy_texts']} greedy" if "greedy_texts" in row else "")
             + (f", {speed:.0f} tok/s" if speed else "")
         )
     return 0
