@@ -105,7 +105,7 @@ def add_models(
     subset was drawn from by :func:`jaxmap.resample` / ``jaxmap resample``. The new models'
     scores go to the store ``out`` (default: the subset file with suffix ``.h5``), so a rerun
     scores only what is missing. They are scored under the map's BOS policy (``bos_policy``,
-    if given, must agree with it) and clipped with the map's τ. ``bits_per_byte`` reports KL
+    if given, must agree with it), chat template and PMI settings, and clipped with the map's τ. ``bits_per_byte`` reports KL
     in bits per byte (needs a store, which knows the texts' lengths) instead of nats per text.
     Raises :class:`~jaxmap.errors.ModelsFailedError` when a model cannot be scored.
     """
@@ -118,6 +118,8 @@ def add_models(
     from .checkpoints import expand_references
     from .jobs import score
 
+    # Conditional maps: the new models' values must be what the map's rows are.
+    settings = matrix.settings or {}
     scored = score(
         models,
         subset.texts,
@@ -126,6 +128,8 @@ def add_models(
         bos_policy=policy,
         batch_tokens=batch_tokens,
         progress=progress,
+        chat_template=settings.get("chat_template") == "tokenizer",
+        pmi=settings.get("values") == "pmi",
     )
     wanted = expand_references([models] if isinstance(models, str) else list(models))
     if list(scored.text_ids) != list(subset.texts.ids):

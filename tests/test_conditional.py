@@ -393,3 +393,26 @@ def test_a_template_whose_prompt_changes_under_the_reply_is_refused(chat_model):
     tokenizer.chat_template = TEMPLATE.replace("<s>assistant\n{% endif %}", "<s>Assistant:{% endif %}")
     with pytest.raises(CheckpointError, match="renders the prompt differently once the assistant turn follows"):
         tokenize(TextSet.from_pairs(["Hi"], ["Hello"]), tokenizer, "full", chat_template=True)
+
+
+def test_a_pmi_map_resamples_and_adds_a_model_with_its_contexts_and_settings(tiny_models, tmp_path):
+    """``resample`` keeps the subset's contexts and ``add`` scores the new model under the
+    map's settings: a copy of a map model lands on it."""
+    import shutil
+
+    from jaxmap.cli import main
+
+    pairs = [(f"Item {i}: the answer is", f" number {i * 7 % 11}.") for i in range(12)]
+    texts = TextSet.from_pairs([c for c, _ in pairs], [t for _, t in pairs])
+    store = tmp_path / "map.h5"
+    jaxmap.score([str(m) for m in tiny_models[:3]], texts, out=store, pmi=True, progress=False)
+    subset = tmp_path / "subset.jsonl"
+    assert main(["resample", str(store), "--n", "6", "--seed", "1", "--out", str(subset)]) == 0
+    assert all(load_texts(subset).contexts)
+    twin = tmp_path / "twin-of-1"
+    shutil.copytree(tiny_models[1], twin)
+    placement = jaxmap.add_models(store, subset, [str(twin)], progress=False)
+    added = jaxmap.open_store(placement.scores)
+    assert added.settings["values"] == "pmi" and all(added.contexts)
+    nearest = placement.nearest(1)[0][0]
+    assert nearest[0] == str(tiny_models[1]) and nearest[1] <= 1e-12 * placement.kl[0].max()

@@ -33,6 +33,9 @@ class LoglikMatrix:
     texts: list[str] | None = None
     text_bytes: np.ndarray | None = None
     text_fingerprint: str | None = None
+    # A store's contexts ([] for a text set without) and its scoring settings.
+    contexts: list[str] | None = None
+    settings: dict | None = None
 
     @property
     def is_store(self) -> bool:
@@ -166,6 +169,8 @@ def _load_h5(path: Path, signature: bytes) -> LoglikMatrix:
         texts=list(store.texts),
         text_bytes=np.asarray(store.text_bytes),
         text_fingerprint=store.text_fingerprint,
+        contexts=list(store.contexts),
+        settings=dict(store.settings),
     )
 
 

@@ -62,9 +62,10 @@ def write_subset(
     indices: np.ndarray,
     scales: np.ndarray,
     info: MapInfo,
+    contexts: Sequence[str] | None = None,
 ) -> None:
-    """Write the selected texts (``indices`` into the map's ``texts``) with their scales,
-    atomically (see :mod:`jaxmap.outputs`)."""
+    """Write the selected texts (``indices`` into the map's ``texts``, with their ``contexts``
+    where the map's texts have them) with their scales, atomically (see :mod:`jaxmap.outputs`)."""
     header = {"format": SUBSET_FORMAT, "version": SUBSET_VERSION, **asdict(info)}
     selected = TextSet(
         tuple(text_ids[i] for i in indices),
@@ -72,6 +73,7 @@ def write_subset(
         tuple(
             {"column": int(i), "scale": float(s), "map": header} for i, s in zip(indices, scales)
         ),
+        contexts=tuple(contexts[i] for i in indices) if contexts else (),
     )
     selected.to_jsonl(path)
 
@@ -117,7 +119,9 @@ def read_subset(path: str | Path) -> Subset:
         raise AnalysisError(
             f"{path}: column {max(columns)} is outside the map's {info.n_texts} texts"
         )
-    plain = TextSet(loaded.ids, loaded.texts, tuple({} for _ in loaded.ids), source=str(path))
+    plain = TextSet(
+        loaded.ids, loaded.texts, tuple({} for _ in loaded.ids), source=str(path), contexts=loaded.contexts
+    )
     return Subset(
         path=path,
         texts=plain,

@@ -80,7 +80,7 @@ def _run_resample(args: argparse.Namespace) -> int:
     # Both outputs are written together at the end: a curve that fails keeps the old subset.
     with atomic_outputs([args.out, args.curve], _inputs(args)) as (subset_file, curve_file):
         if subset:
-            write_subset(subset_file, matrix.text_ids, matrix.texts, *subset)
+            write_subset(subset_file, matrix.text_ids, matrix.texts, *subset, contexts=matrix.contexts)
         if curve:
             plot_resampling_curve(
                 curve,
