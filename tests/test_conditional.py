@@ -416,3 +416,14 @@ def test_a_pmi_map_resamples_and_adds_a_model_with_its_contexts_and_settings(tin
     assert added.settings["values"] == "pmi" and all(added.contexts)
     nearest = placement.nearest(1)[0][0]
     assert nearest[0] == str(tiny_models[1]) and nearest[1] <= 1e-12 * placement.kl[0].max()
+
+
+def test_the_pallas_attention_kernel_scores_contexts_as_the_default_path(models, tmp_path):
+    texts = TextSet.from_pairs([c for c, _ in PAIRS[:3]], [t for _, t in PAIRS[:3]])
+    default = jaxmap.score([str(models["llama"])], texts, out=tmp_path / "a.h5", progress=False)
+    pallas = jaxmap.score(
+        [str(models["llama"])], texts, out=tmp_path / "p.h5", attention="pallas", mesh="data=1,model=1",
+        progress=False,
+    )
+    assert np.abs(pallas.loglik[0] - default.loglik[0]).max() <= 1e-4
+    np.testing.assert_array_equal(pallas.is_greedy[0], default.is_greedy[0])
