@@ -13,8 +13,8 @@ Either way a text becomes one id sequence whose first entry is context only.
 A text with a context (:attr:`jaxmap.texts.TextSet.contexts`) is split by lm-evaluation-harness's
 rule: trailing whitespace of the context moves to the front of the continuation, the context and
 the continuation are encoded as one string, and the continuation's tokens are those past the
-context's own token count. So a word cut across the boundary is tokenized as in the whole
-string. ``full`` puts the start token first, as for a plain text; ``paper`` encodes both with the
+context's own token count; the model reads the context's own tokens followed by them. So a
+word cut across the boundary is tokenized as in the whole string. ``full`` puts the start token first, as for a plain text; ``paper`` encodes both with the
 tokenizer's default special tokens. An empty context is a plain text (under ``full``, the start
 token alone, as lm-evaluation-harness does). :attr:`TokenizedTexts.first_targets` records where
 each sequence's scored tokens begin.
@@ -234,11 +234,17 @@ def tokenize(
     )
     wholes = _encode([c + t for c, t in zip(contexts, continuations)], tokenizer, policy)
     # The start token (full) or the tokenizer's own specials (paper) are part of both.
-    context_lengths = [len(ids) for ids in _encode(list(contexts), tokenizer, policy)]
-    first_targets = [
-        max(length, 1) if context else 1 for length, context in zip(context_lengths, texts.contexts)
-    ]
-    return TokenizedTexts.from_sequences(wholes, first_targets)
+    prefixes = _encode(list(contexts), tokenizer, policy)
+    sequences, first_targets = [], []
+    for context, prefix, whole in zip(texts.contexts, prefixes, wholes):
+        if not context:
+            sequences.append(whole)
+            first_targets.append(1)
+            continue
+        # The model reads the context's own tokens, then the whole string's past their count.
+        sequences.append(prefix + whole[len(prefix):])
+        first_targets.append(max(len(prefix), 1))
+    return TokenizedTexts.from_sequences(sequences, first_targets)
 
 
 def _encode(strings: list[str], tokenizer, policy: str) -> list[list[int]]:

@@ -4,6 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh '.[test]'
+# lm-evaluation-harness, to check conditional scores against its loglikelihood
+# (tests/test_conditional.py): its HF backend imports with what is installed already, and its
+# declared dependencies (datasets, evaluate, sacrebleu, ...) are what its tasks need, not it.
+python -m pip install --quiet --disable-pip-version-check --no-deps lm_eval==0.4.13
 # The interactive map's browser test drives Debian's chromium (tests/test_map_browser.py; it is
 # skipped, saying why, when no browser can be had). Installed only where missing, as root.
 if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

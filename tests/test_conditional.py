@@ -71,7 +71,7 @@ def lm_eval_split(tokenizer, context: str, continuation: str, policy: str) -> tu
         context, continuation = context[:-spaces], context[-spaces:] + continuation
     whole = encode(context + continuation)
     prefix = encode(context)
-    return whole[: max(len(prefix), 1)], whole[max(len(prefix), 1):]
+    return prefix, whole[len(prefix):]
 
 
 def transformers_scores(directory: Path, pairs, policy: str, n_ctx: int = N_CTX):
@@ -129,9 +129,14 @@ def test_tokens_split_as_lm_evaluation_harness_splits_them(models, name, policy)
         prefix, scored = lm_eval_split(tokenizer, context, continuation, policy)
         first = int(tokens.first_targets[position])
         assert tokens[position].tolist() == prefix + scored, (context, continuation)
-        assert first == len(prefix), (context, continuation)
-    # The split is by count, not by text: where the whole string merges across the boundary,
-    # the continuation's tokens are the whole's past the context's count all the same.
+        # A context of no tokens (spaces, under paper without a BOS): the first is context.
+        assert first == max(len(prefix), 1), (context, continuation)
+    # The split is by count, not by text: where the whole string merges across the boundary
+    # ("fo" + "x"), the model reads the context's own tokens, then the whole's past their count.
+    cut_context = tokenizer.encode(PAIRS[0][0], add_special_tokens=False)
+    cut_whole = tokenizer.encode(PAIRS[0][0] + PAIRS[0][1], add_special_tokens=False)
+    assert cut_whole[: len(cut_context)] != cut_context, "the case must merge across the boundary"
+    assert tokens[0][-len(cut_whole) + len(cut_context):].tolist() == cut_whole[len(cut_context):]
     assert tokenizer.decode(tokens[1][tokens.first_targets[1]:]) == " A dog."
 
 
@@ -427,3 +432,26 @@ def test_the_pallas_attention_kernel_scores_contexts_as_the_default_path(models,
     )
     assert np.abs(pallas.loglik[0] - default.loglik[0]).max() <= 1e-4
     np.testing.assert_array_equal(pallas.is_greedy[0], default.is_greedy[0])
+
+
+def test_agrees_with_lm_evaluation_harness_loglikelihood(models, tmp_path):
+    """lm-evaluation-harness's own HF backend on the same model: the same sums and greedy flags
+    for contexts that cut a word, end in a space or a newline, are empty, or hold only spaces.
+    (Its window keeps one token more than jaxmap's, so contexts longer than it are not compared.)"""
+    huggingface = pytest.importorskip("lm_eval.models.huggingface")
+    from lm_eval.api.instance import Instance
+
+    directory = models["llama"]
+    pairs = PAIRS[:5] + [greedy_pair(directory, "full")]
+    harness = huggingface.HFLM(
+        pretrained=str(directory), device="cpu", batch_size=1, add_bos_token=True, max_length=N_CTX
+    )
+    answers = harness.loglikelihood(
+        [Instance("loglikelihood", {}, pair, index) for index, pair in enumerate(pairs)], disable_tqdm=True
+    )
+    texts = TextSet.from_pairs([c for c, _ in pairs], [t for _, t in pairs])
+    store = jaxmap.score([str(directory)], texts, out=tmp_path / "harness.h5", progress=False)
+    expected = np.array([value for value, _ in answers])
+    assert np.abs(store.loglik[0] - expected).max() <= PARITY_TOLERANCE
+    assert store.is_greedy[0].tolist() == [bool(greedy) for _, greedy in answers]
+    assert answers[-1][1], "the generated continuation is greedy under the harness too"
