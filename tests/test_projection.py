@@ -49,6 +49,25 @@ def test_pca_is_exact_when_the_top_eigenvalues_are_close():
     assert np.abs(np.abs(before) - np.abs(coordinates)).max() > 1e-3 * np.abs(coordinates).max()
 
 
+def test_tsne_starts_from_the_exact_principal_axes():
+    from sklearn.manifold import TSNE
+
+    Q = _close_top_eigenvalues()[:12, :400]
+    start = _numpy_pca(Q).astype(np.float32)
+    expected = TSNE(
+        n_components=2, perplexity=11 / 3, init=start / np.std(start[:, 0]) * 1e-4,
+        metric="sqeuclidean", method="exact", random_state=3,
+    ).fit_transform(Q)
+    with pytest.warns(UserWarning, match="perplexity lowered"):
+        got = project(Q, "tsne", seed=3)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6 * np.abs(expected).max())
+    # At shapes where scikit-learn's own PCA is exact too, the map is the one it drew before.
+    before = TSNE(
+        n_components=2, perplexity=11 / 3, init="pca", metric="sqeuclidean", method="exact", random_state=3
+    ).fit_transform(Q)
+    np.testing.assert_allclose(got, before, rtol=0, atol=1e-3 * np.abs(before).max())
+
+
 def test_principal_components_needs_two_texts():
     with pytest.raises(AnalysisError, match="2 principal axes need 2 models and texts"):
         principal_components(np.ones((5, 1)))
