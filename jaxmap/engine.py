@@ -267,8 +267,9 @@ class ModelScores:
     # (``ntokens[j]`` values for text j); ``loglik`` is their float64 sum per text.
     token_logprobs: np.ndarray | None = None
     # For texts with contexts: whether every scored token is the model's argmax (lm-eval's
-    # ``is_greedy``); None for texts without.
+    # ``is_greedy``), and each continuation's token count, scored or not; None for texts without.
     is_greedy: np.ndarray | None = None
+    continuation_tokens: np.ndarray | None = None
 
 
 def pointwise_mutual_information(conditional: ModelScores, marginal: ModelScores) -> ModelScores:
@@ -285,6 +286,7 @@ def pointwise_mutual_information(conditional: ModelScores, marginal: ModelScores
         truncated=conditional.truncated | marginal.truncated,
         stats=stats,
         is_greedy=conditional.is_greedy,
+        continuation_tokens=conditional.continuation_tokens,
     )
 
 
@@ -585,6 +587,7 @@ def score_tokens(
         layer_loglik=layer_loglik,
         token_logprobs=token_logprobs,
         is_greedy=is_greedy,
+        continuation_tokens=(tokens.lengths - tokens.first_targets).astype(np.int32) if greedy else None,
         ntokens=scored.astype(np.int32),
         truncated=(tokens.lengths > n_ctx) & (options.long_texts == "truncate"),
         stats={

@@ -20,6 +20,9 @@ HDF5 layout::
     /truncated    [K, N] bool         text was cut to the model's context
     /is_greedy    [K, N] bool         (format 3) every scored token was the model's argmax;
                                       recorded for text sets with contexts, false otherwise
+    /continuation_tokens [K, N] int32 (format 3) the continuation's tokens under the model's
+                                      tokenizer, scored or not (more than ntokens where the
+                                      window cut it); for text sets with contexts, 0 otherwise
     /models       [K] utf-8 strings   model references as given
     /model_meta   [K] utf-8 strings   JSON per model: key, revision, architecture, dtype, ...
     /row_checksum [K] utf-8 strings   sha256 of each row (model, meta, loglik, ntokens, truncated,
@@ -31,7 +34,7 @@ HDF5 layout::
     attrs: format, format_version, text_fingerprint, n_texts, settings (JSON),
            settings_checksum, created_by, journal_sequence (the last journal row folded in)
 
-The per-text columns (loglik, ntokens, truncated, is_greedy) are listed once, in :data:`COLUMNS`, which
+The per-text columns (loglik, ntokens, truncated, is_greedy, continuation_tokens) are listed once, in :data:`COLUMNS`, which
 drives the matrix's datasets, the journal's row files and the checksums.
 
 Why a journal: committing a row by rewriting the matrix would cost O(store) per model (76 GB
@@ -111,6 +114,7 @@ COLUMNS = (
     Column("ntokens", np.dtype(np.int32), "<i4"),
     Column("truncated", np.dtype(bool), "u1"),
     Column("is_greedy", np.dtype(bool), "u1", since=3, fill=False),
+    Column("continuation_tokens", np.dtype(np.int32), "<i4", since=3, fill=0),
 )
 # The text metadata a store keeps: what multiple-choice accuracy needs (jaxmap accuracy).
 QUESTION_FIELDS = ("question_id", "gold")
@@ -219,6 +223,12 @@ class Store:
     def ntokens(self) -> np.ndarray:
         """K×N numbers of scored tokens (for a text with a context: its continuation's tokens)."""
         return self.columns["ntokens"]
+
+    @property
+    def continuation_tokens(self) -> np.ndarray:
+        """K×N: each continuation's token count under the model's tokenizer, scored or not
+        (recorded for text sets with contexts; 0 elsewhere)."""
+        return self.columns["continuation_tokens"]
 
     @property
     def is_greedy(self) -> np.ndarray:

@@ -155,6 +155,11 @@ def test_conditional_scores_and_greedy_flags_match_transformers(models, name, po
     np.testing.assert_array_equal(store.is_greedy[0], greedy)
     long_text = PAIRS.index((LONG_CONTEXT, " and then the end."))
     assert store.truncated[0, long_text] and store.truncated[0].sum() == 1
+    tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
+    continuations = [len(lm_eval_split(tokenizer, c, t, policy)[1]) for c, t in pairs]
+    if policy == "paper" and name == "gpt2":  # a context of spaces encodes to nothing there
+        continuations[PAIRS.index(PAIRS[4])] -= 1
+    np.testing.assert_array_equal(store.continuation_tokens[0], continuations)
 
 
 def test_rolling_windows_score_every_continuation_token_once(models, tmp_path):
