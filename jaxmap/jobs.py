@@ -643,7 +643,10 @@ def _score_one(
                             writer.append(
                                 name, values, result.ntokens, result.truncated, row_meta,
                                 token_logprobs=result.token_logprobs if own else None,
-                                **({"is_greedy": result.is_greedy} if own and result.is_greedy is not None else {}),
+                                **(
+                                    {"is_greedy": result.is_greedy, "continuation_tokens": result.continuation_tokens}
+                                    if own and result.is_greedy is not None else {}
+                                ),
                             )
                             committed_here += 1
                         except RowExistsError:
