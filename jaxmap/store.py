@@ -789,13 +789,14 @@ class StoreWriter:
             if name in adopted:
                 continue
             disagreeing = [
-                r.model for r in snapshot.rows
+                (r.model, r.meta.get(name, SETTING_DEFAULTS.get(name, value))) for r in snapshot.rows
                 if r.meta.get(name, SETTING_DEFAULTS.get(name, value)) != value
             ]
             if disagreeing:
+                named = ", ".join(f"{model} ({name}={held!r})" for model, held in disagreeing[:3])
                 raise StoreMismatchError(
-                    f"{self.path}: {', '.join(disagreeing[:3])} computed with another {name} "
-                    f"than the {value!r} asked; rows under different settings are not comparable"
+                    f"{self.path}: {named} computed with another {name} than the {value!r} "
+                    "asked; rows under different settings are not comparable"
                 )
             adopted[name] = value
         return adopted
