@@ -28,10 +28,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+import jax
 import numpy as np
 
 from .errors import JaxmapError
 from .models import DTYPES, DecoderConfig, translate_config
+from .models.layout import param_shapes
 from .texts import TextSet, load_texts
 
 __all__ = [
@@ -244,24 +246,11 @@ def model_config(reference: str, cache_dir: str | Path | None = None) -> tuple[s
 
 def parameter_count(config: DecoderConfig) -> int:
     """The decoder's parameters as jaxmap holds them: embeddings, unembedding unless tied,
-    learned positions, every layer's projections, experts, router and norms. Biases are not in
-    a config (jaxmap finds them in the weights) and are left out: well under 0.1% of a model."""
-    width, layers, head_dim = config.hidden_size, config.num_layers, config.head_dim
-    norm = width * (2 if config.norm == "layer" else 1)
-    attention = width * head_dim * 2 * (config.num_heads + config.num_kv_heads)
-    matrices = 3 if config.gated_mlp else 2
-    mlp = matrices * width * config.intermediate_size if not config.num_experts or config.shared_expert else 0
-    if config.num_experts:
-        mlp += config.num_experts * (3 * width * config.expert_intermediate_size + width)  # + router
-        mlp += width if config.shared_expert else 0  # the shared expert's gate
-    norms = norm * ((2 if config.pre_norm else 0) + (2 if config.sandwich_norm else 0))
-    if config.qk_norm:
-        scope = head_dim * 2 if config.qk_norm_scope == "head" else head_dim * (config.num_heads + config.num_kv_heads)
-        norms += scope * (2 if config.norm == "layer" else 1)
-    embeddings = config.vocab_size * width * (1 if config.tie_embeddings else 2)
-    positions = config.max_positions * width if config.position == "learned" else 0
-    outer = (norm if config.has_final_norm else 0) + (norm if config.embed_norm else 0)
-    return layers * (attention + mlp + norms) + embeddings + positions + outer
+    learned positions, every layer's projections, experts, router and norms, as the params
+    layout (:func:`jaxmap.models.layout.param_shapes`) sizes them. Biases are not in a config
+    (jaxmap finds them in the weights) and are left out: well under 0.1% of a model."""
+    shapes = param_shapes(config)
+    return sum(math.prod(shape) for shape in jax.tree.leaves(shapes, is_leaf=lambda leaf: isinstance(leaf, tuple)))
 
 
 def estimated_lengths(texts: TextSet) -> np.ndarray:

@@ -40,8 +40,10 @@ MODEL = "model"
 TENSOR_PARALLEL: dict[str, Callable[[DecoderConfig], int]] = {
     "vocab": lambda config: config.vocab_size,
     "heads": lambda config: config.num_heads,
+    "v_heads": lambda config: config.num_heads,
     "kv_heads": lambda config: config.num_kv_heads,
     "mlp": lambda config: config.intermediate_size,
+    "dense_mlp": lambda config: config.dense_intermediate_size,
     "expert_mlp": lambda config: config.expert_intermediate_size,
 }
 

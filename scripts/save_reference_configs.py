@@ -33,6 +33,11 @@ MOE = dict(
     vocab_size=300, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
     num_key_value_heads=2, max_position_embeddings=256, num_experts_per_tok=2,
 )
+# Multi-head latent attention and DeepSeek's experts.
+MLA = dict(
+    SMALL, num_key_value_heads=4, moe_intermediate_size=24, kv_lora_rank=24, qk_nope_head_dim=12,
+    qk_rope_head_dim=8, v_head_dim=10, num_experts_per_tok=2, first_k_dense_replace=1,
+)
 
 # file name -> (model_type, HF architecture class, config keyword arguments)
 REFERENCES = {
@@ -81,6 +86,14 @@ REFERENCES = {
     "qwen3_moe": (
         "qwen3_moe", "Qwen3MoeForCausalLM",
         dict(MOE, head_dim=16, intermediate_size=96, moe_intermediate_size=40, num_experts=4),
+    ),
+    "deepseek_v2": (
+        "deepseek_v2", "DeepseekV2ForCausalLM",
+        dict(MLA, q_lora_rank=None, n_routed_experts=4, n_shared_experts=2, topk_method="greedy"),
+    ),
+    "deepseek_v3": (
+        "deepseek_v3", "DeepseekV3ForCausalLM",
+        dict(MLA, q_lora_rank=20, n_routed_experts=8, n_shared_experts=1, n_group=4, topk_group=2),
     ),
     "olmo": ("olmo", "OlmoForCausalLM", dict(SMALL, num_key_value_heads=2)),
     "olmo2": ("olmo2", "Olmo2ForCausalLM", dict(SMALL, num_key_value_heads=2)),

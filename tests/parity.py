@@ -132,6 +132,32 @@ def check_parity(
     return checked
 
 
+def force_moe_dispatch(dispatch: str, monkeypatch) -> list[str]:
+    """Make decoder.choose_moe_dispatch pick ``dispatch`` ("dense" or "grouped") whatever it
+    would, with no scorer compiled under another dispatch reused (the caller clears JAX's
+    caches again when done, so that none compiled here is reused once it is unforced). Returns
+    the list that each run of that dispatch appends to."""
+    from collections import OrderedDict
+
+    import jax
+
+    from jaxmap import engine
+    from jaxmap.models import decoder
+
+    calls: list[str] = []
+    run = getattr(decoder, f"_{dispatch}_experts")
+
+    def counted(*args, **kwargs):
+        calls.append(dispatch)
+        return run(*args, **kwargs)
+
+    monkeypatch.setattr(decoder, "choose_moe_dispatch", lambda tokens, config: dispatch)
+    monkeypatch.setattr(decoder, f"_{dispatch}_experts", counted)
+    monkeypatch.setattr(engine, "_COMPILED", OrderedDict())
+    jax.clear_caches()
+    return calls
+
+
 def score(directory: Path, text_file: Path, out: Path, policy: str) -> jaxmap.Store:
     """One jaxmap run, as the parity runs score (batches of 128 tokens)."""
     return jaxmap.score(

@@ -14,7 +14,7 @@ from jaxmap.engine import load_model
 from jaxmap.errors import UnsupportedModelError
 
 from conftest import TEXTS, save_random_model
-from parity import case_hf_config, check_parity, check_refused, save_case, score
+from parity import case_hf_config, check_parity, check_refused, force_moe_dispatch, save_case, score
 
 SMALL = dict(
     hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -245,25 +245,9 @@ def test_training_only_router_fields_are_neutral(case, architecture):
 def test_each_dispatch_matches_transformers(case, dispatch, tmp_path, text_file, monkeypatch):
     """The dense and the grouped expert dispatch, each forced whatever
     decoder.choose_moe_dispatch would pick, score within the same tolerance."""
-    from collections import OrderedDict
-
     import jax
 
-    from jaxmap import engine
-    from jaxmap.models import decoder
-
-    calls = []
-    run = getattr(decoder, f"_{dispatch}_experts")
-
-    def counted(*args, **kwargs):
-        calls.append(dispatch)
-        return run(*args, **kwargs)
-
-    monkeypatch.setattr(decoder, "choose_moe_dispatch", lambda tokens, config: dispatch)
-    monkeypatch.setattr(decoder, f"_{dispatch}_experts", counted)
-    # No scorer compiled with another dispatch is reused, nor this test's once it is unforced.
-    monkeypatch.setattr(engine, "_COMPILED", OrderedDict())
-    jax.clear_caches()
+    calls = force_moe_dispatch(dispatch, monkeypatch)
     try:
         check_parity(case, CASES[case], tmp_path, text_file)
     finally:

@@ -323,9 +323,11 @@ def _check_decoder_tree(checkpoint: Checkpoint, tree: dict, config: "DecoderConf
     saved = {path: _shape(leaf) for path, leaf in _flatten(tree).items()}
     expected = {path: tuple(shape) for path, shape in _flatten(_expected_decoder_tree(config)).items()}
     where = f"{checkpoint.reference}: {checkpoint.orbax.params_path}"
-    layered = [path for path in saved if path.startswith("layers.") and saved[path][:1] != (config.num_layers,)]
+    # The first dense_layers layers (DeepSeek's dense MLPs) are a stack of their own.
+    stacked = config.num_layers - config.dense_layers
+    layered = [path for path in saved if path.startswith("layers.") and saved[path][:1] != (stacked,)]
     if layered:
-        raise CheckpointError(f"{where}: {layered[0]} is not stacked over the config's {config.num_layers} layers")
+        raise CheckpointError(f"{where}: {layered[0]} is not stacked over the config's {stacked} layers")
     # A fine-tuned model with features beyond those expected here (e.g. experts) has params of
     # its own; the ones both know are still checked.
     unknown = sorted(set(saved) - set(expected))

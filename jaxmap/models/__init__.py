@@ -14,7 +14,7 @@ import jax.numpy as jnp
 
 from . import gemma3, gpt2, gpt_neox, gptj, llama, moe, olmo, phi, stablelm
 from . import gpt_bigcode, gpt_neo, opt, starcoder2, xglm
-from . import bloom, falcon, mpt
+from . import bloom, deepseek, falcon, mpt
 from .._moved import old_home
 from ..errors import UnsupportedModelError
 from .config_reader import ConfigReader
@@ -64,6 +64,8 @@ ARCHITECTURES: dict[str, Architecture] = _registry(
     Architecture("MixtralForCausalLM", "mixtral", moe.translate, moe.convert),
     Architecture("Qwen2MoeForCausalLM", "qwen2_moe", moe.translate, moe.convert),
     Architecture("Qwen3MoeForCausalLM", "qwen3_moe", moe.translate, moe.convert),
+    Architecture("DeepseekV2ForCausalLM", "deepseek_v2", deepseek.translate, deepseek.convert),
+    Architecture("DeepseekV3ForCausalLM", "deepseek_v3", deepseek.translate, deepseek.convert),
     Architecture("OlmoForCausalLM", "olmo", olmo.translate, olmo.convert),
     Architecture("Olmo2ForCausalLM", "olmo2", olmo.translate, olmo.convert),
     Architecture("BloomForCausalLM", "bloom", bloom.translate, bloom.convert),

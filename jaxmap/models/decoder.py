@@ -116,6 +116,40 @@ class DecoderConfig:
     expert_intermediate_size: int = 0
     normalize_expert_weights: bool = False
     shared_expert: bool = False
+    # DeepSeek's routing, on top of the above: the router scores by softmax or sigmoid; with
+    # expert_groups > 1 the experts are split into that many equal groups, each token keeps the
+    # groups_per_token groups of highest group score ("max": the group's best expert, DeepSeek-V2;
+    # "top2_sum": its two best, DeepSeek-V3) and picks its experts among those alone;
+    # router_choice_bias adds a learned per-expert bias (router.choice_bias) to the scores for
+    # the choice only (V3's e_score_correction_bias), the weights stay the unbiased scores; the
+    # kept weights are multiplied by routed_scale. An ungated shared expert is added unscaled.
+    router_scoring: Literal["softmax", "sigmoid"] = "softmax"
+    expert_groups: int = 0
+    groups_per_token: int = 0
+    group_score: Literal["max", "top2_sum"] = "max"
+    router_choice_bias: bool = False
+    routed_scale: float = 1.0
+    shared_expert_gated: bool = True
+    # The first dense_layers layers have a dense gated MLP dense_intermediate_size wide instead
+    # of experts (DeepSeek's first_k_dense_replace). Their params are a stack of their own,
+    # params["dense_layers"], scanned before params["layers"] (a scan needs layers of one shape).
+    dense_layers: int = 0
+    dense_intermediate_size: int = 0
+    # Multi-head latent attention (kv_lora_rank > 0; DeepSeek-V2/V3): keys and values are
+    # expanded per head (kv_b) from a normed latent of kv_lora_rank features (kv_a's first
+    # columns), queries come from q or through a normed q_lora_rank latent (q_a, q_b). Each
+    # head is [nope | rope] head_dim wide, its last rotary_dim features rotated; the rope part of
+    # the keys is one projection shared by all heads (kv_a's last columns). Values are
+    # value_head_dim wide (v_head_dim, 0: head_dim), zero-padded to head_dim for the attention
+    # paths, which take one width. latent_norm_eps is the latents' RMSNorm epsilon.
+    # rope_interleaved: the rope features rotate in adjacent pairs (x0, x1), (x2, x3), ...
+    # (DeepSeek's layout) rather than as halves; they are reordered evens then odds, for queries
+    # and keys alike, which leaves every score unchanged and makes the rotation rotate-half's.
+    kv_lora_rank: int = 0
+    q_lora_rank: int = 0
+    v_head_dim: int = 0
+    latent_norm_eps: float = 1e-6
+    rope_interleaved: bool = False
     # How attention is computed, not what (every path gives the same scores up to float32
     # rounding): "auto" picks per backend and row length (jaxmap.models.attention.choose_path).
     attention: Literal["auto", "dense", "blockwise", "xla_fused", "pallas"] = "auto"
@@ -135,6 +169,27 @@ class DecoderConfig:
             )
         if self.num_heads % self.num_kv_heads:
             raise ValueError("num_heads must be a multiple of num_kv_heads")
+        if self.expert_groups > 1 and not (
+            self.num_experts % self.expert_groups == 0
+            and 0 < self.groups_per_token <= self.expert_groups
+            and self.experts_per_token <= self.groups_per_token * self.num_experts // self.expert_groups
+        ):
+            raise ValueError(
+                "expert groups must divide the experts and keep experts_per_token experts to choose from"
+            )
+        if self.dense_layers and not (
+            self.num_experts and 0 < self.dense_layers < self.num_layers and self.dense_intermediate_size > 0
+        ):
+            raise ValueError("dense_layers go before expert layers and need a width")
+        if self.rope_interleaved and not self.kv_lora_rank:
+            raise ValueError("interleaved rope is implemented for latent attention only")
+        if self.kv_lora_rank and not (
+            self.position == "rope" and self.num_kv_heads == self.num_heads
+            and 0 < self.value_head_dim <= self.head_dim
+        ):
+            raise ValueError(
+                "latent attention needs rope, a key/value head per head and values no wider than head_dim"
+            )
         if self.post_norm and self.parallel_residual:
             raise ValueError("post_norm blocks are sequential")
         if len(self.layer_window) not in (0, self.num_layers):
@@ -150,21 +205,28 @@ class DecoderConfig:
                 raise ValueError("rotary_dim must be even and within head_dim")
 
     @property
+    def value_head_dim(self) -> int:
+        """The width of each head's values (the attention context), head_dim unless latent
+        attention sets it."""
+        return self.v_head_dim or self.head_dim
+
+    @property
     def windows(self) -> tuple[int, ...]:
         """Per-layer sliding window (0 means full causal attention)."""
         return self.layer_window or (0,) * self.num_layers
 
 
-def _norm(x: jax.Array, params: dict, config: DecoderConfig) -> jax.Array:
+def _norm(x: jax.Array, params: dict, config: DecoderConfig, eps: float | None = None) -> jax.Array:
     x = x.astype(jnp.float32)
+    eps = config.norm_eps if eps is None else eps
     if config.norm == "rms":
         variance = jnp.mean(jnp.square(x), axis=-1, keepdims=True)
-        out = x * jax.lax.rsqrt(variance + config.norm_eps)
+        out = x * jax.lax.rsqrt(variance + eps)
     else:
         mean = jnp.mean(x, axis=-1, keepdims=True)
         centred = x - mean
         variance = jnp.mean(jnp.square(centred), axis=-1, keepdims=True)
-        out = centred * jax.lax.rsqrt(variance + config.norm_eps)
+        out = centred * jax.lax.rsqrt(variance + eps)
     out = out * params["scale"]
     if "bias" in params:
         out = out + params["bias"]
@@ -284,6 +346,8 @@ def project_qkv(
     """A layer's queries [B, T, Hkv, G, hd] (times the attention scale), keys and values
     [B, T, Hkv, hd], float32, with q/k norms and rotary embeddings applied (``cos``, ``sin``:
     [B or 1, T, rotary_dim], unused without rope)."""
+    if config.kv_lora_rank:
+        return _latent_qkv(x, layer, config, cos, sin)
     batch, length, _ = x.shape
     heads, kv_heads, head_dim = config.num_heads, config.num_kv_heads, config.head_dim
     q, k, v = (_linear(x, layer[name]) for name in "qkv")
@@ -305,10 +369,50 @@ def project_qkv(
     return q, k, v
 
 
+def _latent_qkv(
+    x: jax.Array, layer: dict, config: DecoderConfig, cos: jax.Array, sin: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """:func:`project_qkv` for multi-head latent attention (see DecoderConfig.kv_lora_rank)."""
+    batch, length, _ = x.shape
+    heads, head_dim, rope = config.num_heads, config.head_dim, config.rotary_dim
+    nope = head_dim - rope
+    if config.q_lora_rank:
+        latent_q = _norm(_linear(x, layer["q_a"]), layer["q_a_norm"], config, config.latent_norm_eps)
+        q = _linear(latent_q, layer["q_b"])
+    else:
+        q = _linear(x, layer["q"])
+    q = q.reshape(batch, length, heads, head_dim)
+
+    def rotate(features):
+        if config.rope_interleaved:
+            features = jnp.concatenate([features[..., 0::2], features[..., 1::2]], axis=-1)
+        return _apply_rope(features, cos, sin, rope)
+
+    q = jnp.concatenate([q[..., :nope], rotate(q[..., nope:])], axis=-1)
+    compressed = _linear(x, layer["kv_a"])
+    latent = _norm(compressed[..., : config.kv_lora_rank], layer["kv_a_norm"], config, config.latent_norm_eps)
+    expanded = _linear(latent, layer["kv_b"]).reshape(batch, length, heads, nope + config.value_head_dim)
+    shared_rope = rotate(compressed[..., None, config.kv_lora_rank :])
+    k = jnp.concatenate(
+        [expanded[..., :nope], jnp.broadcast_to(shared_rope, (batch, length, heads, rope))], axis=-1
+    )
+    v = expanded[..., nope:]
+    v = jnp.pad(v, ((0, 0), (0, 0), (0, 0), (0, head_dim - v.shape[-1])))
+    q = q.reshape(batch, length, heads, 1, head_dim) * config.attn_scale
+    return q, k, v
+
+
 def attention_output(context: jax.Array, layer: dict) -> jax.Array:
-    """The output projection of an attention context [B, T, Hkv, G, hd]: [B, T, D]."""
-    batch, length = context.shape[:2]
-    return _linear(context.reshape(batch, length, -1), layer["o"])
+    """The output projection of an attention context [B, T, Hkv, G, hd]: [B, T, D]. Values
+    narrower than hd (latent attention) were zero-padded; the padding is dropped here."""
+    batch, length, kv_heads, group, head_dim = context.shape
+    value_dim = layer["o"]["kernel"].shape[0] // (kv_heads * group)
+    return _linear(context[..., :value_dim].reshape(batch, length, -1), layer["o"])
+
+
+def compute_dtype(layer: dict):
+    """The dtype a layer's attention matmuls take (its weights')."""
+    return layer["o"]["kernel"].dtype
 
 
 def _self_attention(
@@ -321,14 +425,14 @@ def _self_attention(
     segment_ids: jax.Array | None,
 ) -> jax.Array:
     q, k, v = project_qkv(x, layer, config, cos, sin)
-    compute_dtype = layer["q"]["kernel"].dtype
-    path = attention_path(config, x.shape[1], compute_dtype, packed=segment_ids is not None)
+    dtype = compute_dtype(layer)
+    path = attention_path(config, x.shape[1], dtype, packed=segment_ids is not None)
     slopes = None
     if path == "pallas" and config.position == "alibi":
         slopes = jnp.asarray(np.asarray(config.alibi_slopes, np.float32) * config.alibi_scale)
     context = attend(
         q, k, v, window=window, softcap=config.attn_logit_softcap, bias=alibi_bias(config),
-        compute_dtype=compute_dtype, static_window=config.windows[0], segment_ids=segment_ids,
+        compute_dtype=dtype, static_window=config.windows[0], segment_ids=segment_ids,
         path=path, alibi_slopes=slopes,
     )
     return attention_output(context, layer)
@@ -346,7 +450,8 @@ def attention_path(config: DecoderConfig, length: int, compute_dtype, packed: bo
 
 
 def _mlp(x: jax.Array, layer: dict, config: DecoderConfig) -> jax.Array:
-    if config.num_experts:
+    # By the params, not the config: dense_layers have no experts in a mixture-of-experts model.
+    if "experts" in layer:
         return _mixture_of_experts(x, layer, config)
     return _dense_mlp(x, layer, config)
 
@@ -361,9 +466,10 @@ def _dense_mlp(x: jax.Array, layer: dict, config: DecoderConfig) -> jax.Array:
 
 
 def expert_weights(x: jax.Array, router: dict, config: DecoderConfig) -> jax.Array:
-    """Each token's weight per expert [..., E] (float32): softmax over the router's logits, the
-    top ``experts_per_token`` kept (renormalised to sum 1 when ``normalize_expert_weights``),
-    zero for every other expert.
+    """Each token's weight per expert [..., E] (float32): the router's scores (softmax or
+    sigmoid of its logits) of the ``experts_per_token`` experts :func:`_route` picks
+    (renormalised to sum 1 when ``normalize_expert_weights``, times ``routed_scale``), zero for
+    every other expert.
 
     ``lax.top_k`` breaks exact ties by the lower expert index; ``torch.topk``'s order among
     equal values is unspecified (on CPU it does not pick the lowest index), so a tie may route
@@ -380,13 +486,39 @@ def expert_weights(x: jax.Array, router: dict, config: DecoderConfig) -> jax.Arr
 
 def _route(x: jax.Array, router: dict, config: DecoderConfig) -> tuple[jax.Array, jax.Array]:
     """Each token's top ``experts_per_token`` weights (float32, renormalised when
-    ``normalize_expert_weights``) and the experts they belong to, both [..., k]."""
+    ``normalize_expert_weights``, times ``routed_scale``) and the experts they belong to, both
+    [..., k]; chosen among the kept groups when ``expert_groups`` > 1, by the scores plus the
+    choice bias when ``router_choice_bias``."""
     logits = jnp.einsum("...d,de->...e", x.astype(jnp.float32), router["kernel"])
-    probabilities = jax.nn.softmax(logits, axis=-1)
-    top, chosen = jax.lax.top_k(probabilities, config.experts_per_token)
+    if config.router_scoring == "sigmoid":
+        scores = jax.nn.sigmoid(logits)
+    else:
+        scores = jax.nn.softmax(logits, axis=-1)
+    choice = scores + router["choice_bias"] if config.router_choice_bias else scores
+    if config.expert_groups > 1:
+        choice = _keep_top_groups(choice, config)
+    _, chosen = jax.lax.top_k(choice, config.experts_per_token)
+    top = jnp.take_along_axis(scores, chosen, axis=-1)
     if config.normalize_expert_weights:
         top = top / jnp.sum(top, axis=-1, keepdims=True)
+    if config.routed_scale != 1.0:
+        top = top * jnp.float32(config.routed_scale)
     return top, chosen
+
+
+def _keep_top_groups(choice: jax.Array, config: DecoderConfig) -> jax.Array:
+    """``choice`` [..., E] with every expert outside the token's ``groups_per_token`` best
+    groups set to -inf. The config guarantees enough experts are left for the top k, so no
+    masked expert is ever chosen (transformers' V2 masks with 0 instead, which then never wins
+    either: softmax scores are positive)."""
+    groups = choice.reshape(*choice.shape[:-1], config.expert_groups, -1)
+    if config.group_score == "top2_sum":
+        group_scores = jnp.sum(jax.lax.top_k(groups, 2)[0], axis=-1)
+    else:
+        group_scores = jnp.max(groups, axis=-1)
+    _, kept = jax.lax.top_k(group_scores, config.groups_per_token)
+    keep = jnp.sum(jax.nn.one_hot(kept, config.expert_groups, dtype=jnp.bool_), axis=-2) > 0
+    return jnp.where(keep[..., None], groups, -jnp.inf).reshape(choice.shape)
 
 
 MOE_TILE = 64
@@ -414,9 +546,10 @@ def _mixture_of_experts(x: jax.Array, layer: dict, config: DecoderConfig) -> jax
         out = _grouped_experts(x, layer, config)
     else:
         out = _dense_experts(x, layer, config)
-    if config.shared_expert:
-        shared_gate = jax.nn.sigmoid(_linear(x, layer["shared_gate"]))
-        out = out + shared_gate * _dense_mlp(x, layer, config)
+    if config.shared_expert and config.shared_expert_gated:
+        out = out + jax.nn.sigmoid(_linear(x, layer["shared_gate"])) * _dense_mlp(x, layer, config)
+    elif config.shared_expert:
+        out = out + _dense_mlp(x, layer, config)
     return out
 
 
@@ -604,8 +737,26 @@ def hidden_states(
         out, _ = block(carry, layer, config, attention)
         return out, (out if return_layers else None)
 
-    x, layers = jax.lax.scan(step, x, (params["layers"], rope_index, windows))
+    x, layers = scan_layers(step, x, params, config, (rope_index, windows))
     return final_norm(params, x, config), layers
+
+
+def scan_layers(step, carry, params: Params, config: DecoderConfig, per_layer: tuple):
+    """``lax.scan`` of ``step(carry, (layer, *per_layer_items))`` over every layer in order:
+    the dense_layers stack first (if any), then params["layers"]. ``per_layer`` holds arrays
+    with a leading num_layers axis, sliced to each stack; the stacked outputs are joined."""
+    stacks = [("layers", config.num_layers - config.dense_layers)]
+    if config.dense_layers:
+        stacks.insert(0, ("dense_layers", config.dense_layers))
+    outputs, start = [], 0
+    for name, count in stacks:
+        items = tuple(item[start : start + count] for item in per_layer)
+        carry, out = jax.lax.scan(step, carry, (params[name], *items))
+        outputs.append(out)
+        start += count
+    if len(outputs) == 1:
+        return carry, outputs[0]
+    return carry, jax.tree.map(lambda *parts: jnp.concatenate(parts), *outputs)
 
 
 def final_norm(params: Params, residual: jax.Array, config: DecoderConfig) -> jax.Array:

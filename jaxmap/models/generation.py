@@ -36,10 +36,12 @@ from .decoder import (
     alibi_bias,
     attention_output,
     block,
+    compute_dtype,
     embed,
     final_norm,
     project_qkv,
     rope_angles,
+    scan_layers,
     unembedding,
     unembedding_bias,
 )
@@ -113,7 +115,7 @@ def _forward(
             layer_values = jax.lax.dynamic_update_slice(values[index], v, start)
             context = dense_attention(
                 q, layer_keys, layer_values, window=window, softcap=config.attn_logit_softcap,
-                bias=bias, compute_dtype=layer["q"]["kernel"].dtype, query_offset=offset,
+                bias=bias, compute_dtype=compute_dtype(layer), query_offset=offset,
             )
             return attention_output(context, layer), (k, v)
 
@@ -123,8 +125,8 @@ def _forward(
         return (x, keys, values), None
 
     layers = jnp.arange(config.num_layers, dtype=jnp.int32)
-    (x, keys, values), _ = jax.lax.scan(
-        step, (x, cache.keys, cache.values), (params["layers"], rope_index, windows, layers)
+    (x, keys, values), _ = scan_layers(
+        step, (x, cache.keys, cache.values), params, config, (rope_index, windows, layers)
     )
     return final_norm(params, x, config), KVCache(keys, values)
 

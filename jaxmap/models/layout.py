@@ -12,7 +12,10 @@ Linear weights are ``[in, out]`` so the hot loop multiplies without transposes. 
 stacked over a leading ``layers`` axis (one ``lax.scan`` over the layers). The logical axes:
 
 ==========  ==============================================================================
-layers      L = ``num_layers``
+layers      L = ``num_layers`` less ``dense_layers`` (the params["layers"] stack)
+dense_layers  ``dense_layers``: the leading layers with a dense MLP in a mixture-of-experts
+            model (DeepSeek), stacked apart under ``dense_layers.*`` with the same params as
+            ``layers.*`` but the experts'; their MLP is ``dense_mlp`` wide
 vocab       V = ``vocab_size``; on a mesh the rows are padded to V' ≥ V, a multiple of the
             model axis (:mod:`jaxmap.sharding`). Padding rows are never looked up, and the
             log-prob kernel leaves them out of the normaliser.
@@ -21,11 +24,18 @@ positions   P = ``max_positions`` (learned positions)
 heads       H·hd, the attention heads' columns (``num_heads * head_dim``)
 kv_heads    Hkv·hd, the key/value heads' columns (``num_kv_heads * head_dim``)
 head_dim    hd = ``head_dim``
+v_heads     H·``value_head_dim``, the attention context's columns (H·hd but with latent
+            attention)
+q_lora, kv_lora   latent attention's query and key/value latents (``q_lora_rank``,
+            ``kv_lora_rank``); kv_latent: ``kv_lora_rank`` + ``rotary_dim`` (kv_a's output,
+            the latent then the shared rope key); kv_expanded: H·(hd - ``rotary_dim`` +
+            ``value_head_dim``), kv_b's output (each head's rope-free key, then its value)
 head_count  H = ``num_heads`` (kv_head_count: Hkv = ``num_kv_heads``), for norms kept per head
 q_norm      what a q norm spans: hd per head (``qk_norm_scope == "head"``), else H·hd
 k_norm      what a k norm spans: hd per head, else Hkv·hd
 mlp         I = ``intermediate_size`` (with experts: the shared expert's)
 experts     E = ``num_experts``
+dense_mlp   ``dense_intermediate_size``
 expert_mlp  each expert's columns, ``expert_intermediate_size``
 one         1 (the shared expert's gate has one output)
 ==========  ==============================================================================
@@ -99,7 +109,14 @@ def axis_sizes(config: DecoderConfig) -> dict[str, int]:
     kv_heads = config.num_kv_heads * config.head_dim
     per_head = config.qk_norm_scope == "head"
     return {
-        "layers": config.num_layers,
+        "layers": config.num_layers - config.dense_layers,
+        "dense_layers": config.dense_layers,
+        "dense_mlp": config.dense_intermediate_size,
+        "v_heads": config.num_heads * config.value_head_dim,
+        "q_lora": config.q_lora_rank,
+        "kv_lora": config.kv_lora_rank,
+        "kv_latent": config.kv_lora_rank + config.rotary_dim,
+        "kv_expanded": config.num_heads * (config.head_dim - config.rotary_dim + config.value_head_dim),
         "vocab": config.vocab_size,
         "embed": config.hidden_size,
         "positions": config.max_positions,
@@ -146,14 +163,29 @@ def _experts(config: DecoderConfig) -> bool:
     return config.num_experts > 0
 
 
+def _latent(config: DecoderConfig) -> bool:
+    return config.kv_lora_rank > 0
+
+
+def _plain_attention(config: DecoderConfig) -> bool:
+    return not config.kv_lora_rank
+
+
 # The layout. Its order is the order in which init_params draws random values (layers first).
 PARAMS: tuple[Param, ...] = (
     *_norm("layers.attn_norm", ("layers", "embed"), _layer_norms),
     *_norm("layers.mlp_norm", ("layers", "embed"), _layer_norms),
-    *_linear("q", "embed", "heads"),
-    *_linear("k", "embed", "kv_heads"),
-    *_linear("v", "embed", "kv_heads"),
-    *_linear("o", "heads", "embed"),
+    *_linear("q", "embed", "heads", lambda config: not (config.kv_lora_rank and config.q_lora_rank)),
+    *_linear("k", "embed", "kv_heads", _plain_attention),
+    *_linear("v", "embed", "kv_heads", _plain_attention),
+    *_linear("o", "v_heads", "embed"),
+    # Multi-head latent attention (DeepSeek): see DecoderConfig.kv_lora_rank.
+    *_linear("q_a", "embed", "q_lora", lambda config: _latent(config) and config.q_lora_rank > 0),
+    *_norm("layers.q_a_norm", ("layers", "q_lora"), lambda config: _latent(config) and config.q_lora_rank > 0),
+    *_linear("q_b", "q_lora", "heads", lambda config: _latent(config) and config.q_lora_rank > 0),
+    *_linear("kv_a", "embed", "kv_latent", _latent),
+    *_norm("layers.kv_a_norm", ("layers", "kv_lora"), _latent),
+    *_linear("kv_b", "kv_lora", "kv_expanded", _latent),
     *_linear("up", "embed", "mlp", _dense_mlp),
     *_linear("down", "mlp", "embed", _dense_mlp),
     *_linear("gate", "embed", "mlp", lambda config: config.gated_mlp and _dense_mlp(config)),
@@ -165,10 +197,11 @@ PARAMS: tuple[Param, ...] = (
     # Mixture of experts: the router (float32: see decoder.expert_weights), every expert's gated
     # MLP stacked over the experts, and the shared expert's sigmoid gate (Qwen2-MoE).
     Param("layers.router.kernel", ("layers", "embed", "experts"), _experts, init="normal", std="embed"),
+    Param("layers.router.choice_bias", ("layers", "experts"), lambda config: config.router_choice_bias),
     Param("layers.experts.gate", ("layers", "experts", "embed", "expert_mlp"), _experts, weight=True, init="normal", std="embed"),
     Param("layers.experts.up", ("layers", "experts", "embed", "expert_mlp"), _experts, weight=True, init="normal", std="embed"),
     Param("layers.experts.down", ("layers", "experts", "expert_mlp", "embed"), _experts, weight=True, init="normal", std="expert_mlp"),
-    *_linear("shared_gate", "embed", "one", lambda config: config.shared_expert),
+    *_linear("shared_gate", "embed", "one", lambda config: config.shared_expert and config.shared_expert_gated),
     Param("embed", ("vocab", "embed"), weight=True, init="normal", std=0.02),
     *_norm("embed_norm", ("embed",), lambda config: config.embed_norm),
     *_norm("final_norm", ("embed",), lambda config: config.has_final_norm),
@@ -176,6 +209,31 @@ PARAMS: tuple[Param, ...] = (
     Param("unembed", ("vocab", "embed"), lambda config: not config.tie_embeddings, weight=True, init="normal", std="embed"),
     # Whether tied or not (GPT-J, CodeGen, Phi).
     Param("unembed_bias", ("vocab",), bias_of="unembed"),
+)
+
+_EXPERT_ONLY = ("router", "experts", "shared_gate")
+_MLP = ("gate", "up", "down")
+
+
+def _dense_stack_param(param: Param) -> Param:
+    """``param`` of the ``layers`` stack as the ``dense_layers`` stack holds it."""
+    name = param.path.split(".")[1]
+    axes = tuple({"layers": "dense_layers", "mlp": "dense_mlp"}.get(axis, axis) for axis in param.axes)
+    when = param.when
+
+    def present(config: DecoderConfig) -> bool:
+        # A dense layer's MLP is there whatever the expert layers' shared expert.
+        return config.dense_layers > 0 and (name in _MLP or when(config))
+
+    return dataclasses.replace(
+        param, path="dense_" + param.path, axes=axes, when=present,
+        std={"mlp": "dense_mlp"}.get(param.std, param.std),
+    )
+
+
+PARAMS = PARAMS + tuple(
+    _dense_stack_param(param) for param in PARAMS
+    if param.path.startswith("layers.") and param.path.split(".")[1] not in _EXPERT_ONLY
 )
 
 LAYOUT: dict[str, Param] = {param.path: param for param in PARAMS}

@@ -109,7 +109,7 @@ def translate(reader: ConfigReader) -> DecoderConfig:
     )
 
 
-def _stacked_experts(weights: WeightSource, prefix: str, config: DecoderConfig, dtype) -> dict:
+def stacked_experts(weights: WeightSource, prefix: str, config: DecoderConfig, dtype) -> dict:
     """The experts' gate/up [E, D, I] and down [E, I, D] kernels from ``{prefix}.experts``."""
     fused = f"{prefix}.experts.gate_up_proj"
     if fused in weights:
@@ -132,7 +132,7 @@ def _stacked_experts(weights: WeightSource, prefix: str, config: DecoderConfig, 
     }
 
 
-def _router_kernel(weights: WeightSource, name: str, config: DecoderConfig) -> np.ndarray:
+def router_kernel(weights: WeightSource, name: str, config: DecoderConfig) -> np.ndarray:
     """The router's [D, E] kernel, float32 whatever ``dtype`` (see decoder.expert_weights).
 
     Two equal router rows (an untrained router is all zeros) tie on every token, and
@@ -157,8 +157,8 @@ def convert(weights: WeightSource, config: DecoderConfig, dtype) -> Params:
         if f"{moe}.gate.weight" not in weights:
             moe = f"{prefix}.mlp"
         out = llama.attention_params(weights, prefix, config, dtype)
-        out["router"] = {"kernel": _router_kernel(weights, f"{moe}.gate.weight", config)}
-        out["experts"] = _stacked_experts(weights, moe, config, dtype)
+        out["router"] = {"kernel": router_kernel(weights, f"{moe}.gate.weight", config)}
+        out["experts"] = stacked_experts(weights, moe, config, dtype)
         if config.shared_expert:
             for part in ("gate", "up", "down"):
                 out[part] = torch_linear(weights, f"{moe}.shared_expert.{part}_proj", dtype)
@@ -168,4 +168,4 @@ def convert(weights: WeightSource, config: DecoderConfig, dtype) -> Params:
     return llama.assemble(weights, config, dtype, layer)
 
 
-__all__ = ["translate", "convert"]
+__all__ = ["translate", "convert", "router_kernel", "stacked_experts"]

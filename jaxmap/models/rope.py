@@ -197,6 +197,20 @@ def rope_table(
     return RopeTable(_floats(inv_freq)), max_positions
 
 
+def yarn_softmax_scale(params: dict, scale: float) -> float:
+    """``scale`` (a softmax scale, qk_head_dim ** -0.5) with YaRN's ``mscale_all_dim`` folded in
+    twice, as transformers' ``yarn_apply_mscale`` does for latent attention (DeepSeek): for any
+    rope type but the default one that gives ``mscale_all_dim``."""
+    rope_type = params.get("rope_type", params.get("type", "default"))
+    mscale_all_dim = params.get("mscale_all_dim") or 0
+    if rope_type == "default" or not mscale_all_dim:
+        return scale
+    if params.get("factor") is None:
+        raise UnsupportedModelError(f"rope type {rope_type!r} with mscale_all_dim needs rope parameter 'factor'")
+    mscale = _yarn_mscale(params["factor"], mscale_all_dim)
+    return scale * mscale * mscale
+
+
 def _floats(values: np.ndarray) -> tuple[float, ...]:
     return tuple(float(value) for value in values)
 

@@ -151,12 +151,15 @@ def assemble_params(
     def matrix(source: str | np.ndarray) -> np.ndarray:
         return weights(source, dtype) if isinstance(source, str) else host_array(source, dtype)
 
+    first = config.dense_layers
     params = {
         "embed": matrix(embed),
         "final_norm": final_norm,
-        "layers": stack_layers(layer, config.num_layers),
+        "layers": stack_layers(lambda i: layer(first + i), config.num_layers - first),
         **(extra or {}),
     }
+    if first:
+        params["dense_layers"] = stack_layers(layer, first)
     if not config.tie_embeddings:
         params["unembed"] = matrix(unembed)
     tied_name = (re.escape(unembed),) if isinstance(unembed, str) else ()
