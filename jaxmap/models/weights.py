@@ -141,7 +141,8 @@ def assemble_params(
     extra: dict | None = None,
 ) -> Params:
     """The decoder's params, as host arrays, from per-layer params ``layer(i)`` and the named
-    outer tensors.
+    outer tensors. The first ``config.dense_layers`` layers are stacked apart, as
+    ``dense_layers`` (see :class:`DecoderConfig`).
 
     ``embed`` and ``unembed`` (by default ``lm_head.weight``) name checkpoint tensors, or are
     matrices the adapter assembled itself (OPT folds its projections into them). Refuses checkpoint tensors nobody read
