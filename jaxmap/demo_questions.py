@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Sequence
 
 from . import demo_texts
-from .demo_texts import DEMO_SOURCES, install_commands, manifest_path
+from .demo_texts import DEMO_SOURCES, install_commands, manifest_path, source_record
 from .errors import DemoSourceError, TextSetError
 from .outputs import atomic_outputs, make_directory
 
@@ -262,20 +262,12 @@ def build_next_sentence_questions(
 def _manifest(domains, counts, roots, seed, context_sentences, n_lines, lines: str) -> dict:
     sources = []
     for domain in domains:
-        source = DEMO_SOURCES[domain]
         sources.append(
             {
                 "domain": domain,
                 "questions": counts[domain],
                 "documents_available": len(_documents(domain, roots[domain])),
-                "description": source.description,
-                "package": source.package,
-                "version": source.version,
-                "installer": source.installer,
-                "install": source.install,
-                "licence": source.licence,
-                "licence_url": source.licence_url,
-                "attribution": source.attribution,
+                **source_record(domain),
             }
         )
     return {

@@ -465,6 +465,22 @@ def build_demo_texts(
     return text_set
 
 
+def source_record(domain: str) -> dict:
+    """What a manifest says of a domain's source: the package, how it installs, its licence and
+    attribution."""
+    source = DEMO_SOURCES[domain]
+    return {
+        "description": source.description,
+        "package": source.package,
+        "version": source.version,
+        "installer": source.installer,
+        "install": source.install,
+        "licence": source.licence,
+        "licence_url": source.licence_url,
+        "attribution": source.attribution,
+    }
+
+
 def _manifest(
     text_set: TextSet,
     domains: tuple[str, ...],
@@ -474,7 +490,6 @@ def _manifest(
 ) -> dict:
     sources = []
     for domain in domains:
-        source = DEMO_SOURCES[domain]
         pool = _chunk_pool(domain, roots[domain])
         sources.append(
             {
@@ -482,14 +497,7 @@ def _manifest(
                 "texts": counts[domain],
                 "chunks_available": len(pool),
                 "documents_available": len({document for document, _, _ in pool}),
-                "description": source.description,
-                "package": source.package,
-                "version": source.version,
-                "installer": source.installer,
-                "install": source.install,
-                "licence": source.licence,
-                "licence_url": source.licence_url,
-                "attribution": source.attribution,
+                **source_record(domain),
             }
         )
     return {
