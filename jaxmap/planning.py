@@ -254,8 +254,10 @@ def parameter_count(config: DecoderConfig) -> int:
 
 
 def estimated_lengths(texts: TextSet) -> np.ndarray:
-    """Each text's estimated token count: its UTF-8 bytes / :data:`BYTES_PER_TOKEN`, rounded up."""
-    sizes = np.array([len(text.encode("utf-8")) for text in texts.texts], np.int64)
+    """Each text's estimated token count: its UTF-8 bytes (with its context's, which the model
+    reads too) / :data:`BYTES_PER_TOKEN`, rounded up."""
+    strings = [c + t for c, t in zip(texts.contexts, texts.texts)] if texts.contexts else texts.texts
+    sizes = np.array([len(text.encode("utf-8")) for text in strings], np.int64)
     return -(-sizes // BYTES_PER_TOKEN)
 
 

@@ -460,3 +460,11 @@ def test_agrees_with_lm_evaluation_harness_loglikelihood(models, tmp_path):
     assert np.abs(store.loglik[0] - expected).max() <= PARITY_TOLERANCE
     assert store.is_greedy[0].tolist() == [bool(greedy) for _, greedy in answers]
     assert answers[-1][1], "the generated continuation is greedy under the harness too"
+
+
+def test_the_plan_counts_the_contexts_the_model_reads():
+    from jaxmap.planning import estimated_lengths
+
+    plain = TextSet.from_texts(["x" * 40])
+    conditional = TextSet.from_pairs(["c" * 400], ["x" * 40])
+    assert estimated_lengths(conditional)[0] > 10 * estimated_lengths(plain)[0]
