@@ -120,7 +120,11 @@ class JobSummary:
             + f"; {self.tokens} tokens in {self.seconds:.1f} s ({self.tokens_per_second:.0f} tok/s "
             "for the whole job)"
         ]
-        out += [f"  scored  {o.reference}: {o.tokens_per_second:.0f} tok/s" for o in scored]
+        out += [
+            f"  scored  {o.reference}: {o.tokens_per_second:.0f} tok/s"
+            + (f", {o.overhead['outside_scoring']:.2f} s outside scoring" if o.overhead else "")
+            for o in scored
+        ]
         out += [f"  skipped {o.reference}: {o.reason}" for o in skipped if o.reason]
         out += [f"  FAILED  {o.reference}: {o.reason}" for o in failed]
         if compile_cache.directory() is not None:

@@ -22,11 +22,9 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from ..errors import CheckpointError, HubError
 from ..models import WeightSource
-from .validation import INDEX_FILE, read_json_object, read_shard_index, safetensors_header, validate_weights
+from .validation import INDEX_FILE, read_json_object, read_shard_index, validate_weights
 
 __all__ = ["Checkpoint", "Resolver"]
 
@@ -244,20 +242,18 @@ class Checkpoint:
         return dict(entry[1]) if entry is not None and entry[0] is self else {}
 
     def open_weights(self) -> WeightSource:
-        """Lazily readable named tensors (read on first use).
+        """Lazily readable named tensors (read on first use, straight into device arrays).
 
-        Each tensor is read from its file straight into a new 64-byte-aligned host array of its
-        own dtype (:func:`~jaxmap.models.weights.empty_host_array`), which the converter keeps
-        as it is where the model needs that dtype and layout, instead of a copy that it would
-        copy again to align. A hub model's weights are downloaded here if they are not on disk
-        yet.
+        A hub model's weights are downloaded here if they are not on disk yet. The seconds
+        spent reading go to :meth:`load_timing`'s ``read``.
         """
+        from safetensors import safe_open
+
         self.fetch_weights()
-        owner: dict[str, tuple[Path, str, list[int], int, int]] = {}
-        for path in self.weight_files():
-            owner.update(_tensor_locations(path, self.reference))
+        handles = [safe_open(str(f), framework="numpy") for f in self.weight_files()]
+        owner = {name: handle for handle in handles for name in handle.keys()}
         return WeightSource(
-            tensors=lambda name: _read_tensor(*owner[name]),
+            tensors=lambda name: _timed_read(owner[name], name),
             names=frozenset(owner),
             model=self.reference,
         )
@@ -271,52 +267,11 @@ _timings_lock = threading.Lock()
 _KEPT_TIMINGS = 64
 
 
-def _numpy_dtype(name: str):
-    """The little-endian numpy dtype of a safetensors dtype name (ml_dtypes for BF16)."""
-    if name == "BF16":
-        import ml_dtypes
-
-        return np.dtype(ml_dtypes.bfloat16)
-    return np.dtype(_NUMPY_DTYPES[name])
-
-
-_NUMPY_DTYPES = {
-    "BOOL": "?", "U8": "u1", "I8": "i1", "I16": "<i2", "U16": "<u2", "F16": "<f2", "I32": "<i4",
-    "U32": "<u4", "F32": "<f4", "I64": "<i8", "U64": "<u8", "F64": "<f8",
-}
-
-
-def _tensor_locations(path: Path, reference: str) -> dict[str, tuple[Path, str, list[int], int, int]]:
-    """name -> (file, dtype, shape, first byte, end byte) of every tensor in a safetensors file,
-    from its header (checked as :func:`~jaxmap.checkpoints.validation.safetensors_header` does)."""
-    header = safetensors_header(path, reference)
-    with open(path, "rb") as handle:
-        data_start = 8 + int.from_bytes(handle.read(8), "little")
-    return {
-        name: (path, entry["dtype"], list(entry["shape"]), data_start + entry["data_offsets"][0],
-               data_start + entry["data_offsets"][1])
-        for name, entry in header.items() if name != "__metadata__"
-    }
-
-
-def _read_tensor(path: Path, dtype: str, shape: list[int], begin: int, end: int) -> np.ndarray:
-    """One tensor's bytes, read into a new aligned array of its dtype and shape."""
-    from ..models.weights import empty_host_array
-
+def _timed_read(handle, name: str):
+    """``handle.get_tensor(name)``, its seconds added to the load in progress on this thread."""
     started = time.perf_counter()
-    out = empty_host_array(tuple(shape), _numpy_dtype(dtype))
-    view = memoryview(out.reshape(-1).view(np.uint8))
-    if len(view) != end - begin:
-        raise CheckpointError(f"{path.name}: tensor of {end - begin} bytes where its shape needs {len(view)}")
-    with open(path, "rb", buffering=0) as handle:
-        handle.seek(begin)
-        done = 0
-        while done < len(view):
-            got = handle.readinto(view[done:])
-            if not got:
-                raise CheckpointError(f"{path.name}: ends inside a tensor (truncated since it was checked)")
-            done += got
+    tensor = handle.get_tensor(name)
     timing = getattr(_reading, "timing", None)
     if timing is not None:
         timing["read"] += time.perf_counter() - started
-    return out
+    return tensor

@@ -164,30 +164,7 @@ def _check_tokenizer(checkpoint: Checkpoint) -> None:
     chosen = ["vocab.json"] if present[0] == ("vocab.json", "merges.txt") else []
     for name in ["tokenizer.json", "tokenizer_config.json", *chosen]:
         if (directory / name).is_file():
-            _check_json_object(directory / name, reference)
-
-
-# Files found to hold a JSON object, by identity (device, inode, size, modification time): a
-# tokenizer.json is megabytes of JSON (0.1 s to parse), and the models of one family share it
-# (one blob in the hub cache), as do the repeated calls of one process. A file changed since
-# has another identity and is read again.
-_CHECKED_JSON: dict[tuple, None] = {}
-_KEPT_CHECKED = 4096
-
-
-def _check_json_object(path: Path, reference: str) -> None:
-    try:
-        stat = path.stat()
-        identity = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
-    except OSError:
-        identity = None
-    if identity is not None and identity in _CHECKED_JSON:
-        return
-    read_json_object(path, reference)
-    if identity is not None:
-        _CHECKED_JSON[identity] = None
-        if len(_CHECKED_JSON) > _KEPT_CHECKED:
-            _CHECKED_JSON.pop(next(iter(_CHECKED_JSON)), None)
+            read_json_object(directory / name, reference)
 
 
 def validate_weights(checkpoint: Checkpoint) -> None:
