@@ -11,6 +11,12 @@ to 2x between runs, so only numbers taken side by side are compared):
 * a careful batched transformers loop in float32 and bfloat16;
 * lm-evaluation-harness's ``loglikelihood_rolling`` when ``lm_eval`` is installed.
 
+Each contender is reported twice more: end to end (what scoring the texts from the model
+directory costs: jaxmap's whole ``jaxmap.score`` call, load, tokenization and store included; a
+transformers loop's pass plus its one-time tokenizer and model loads) and its scoring alone
+(jaxmap's scoring loop; a transformers loop's forward passes). The results file names the CPU
+and its matrix features (AMX, AVX-512 BF16: ``machine.cpu_matrix_features``).
+
 Every contender runs once untimed first (compilation, kernel set-up); its first timed pass is
 checked against the float32 batched transformers loop on exactly the tokens it scores. The headline is the median
 over rounds of the per-round ratio jaxmap tokens/s ÷ contender tokens/s. Results go to
@@ -47,6 +53,7 @@ from throughput_contenders import (
 from throughput_workload import (
     FLOP_FORMULA,
     load_bench_texts,
+    describe_matrix_features,
     machine_info,
     machine_name,
     matmul_peak,
@@ -274,6 +281,10 @@ def summarize(
                 **run.extra,
             }
         )
+        for figure in ("end_to_end", "scoring"):
+            seconds = run.extra.get(f"{figure}_seconds")
+            if seconds:
+                records[-1][f"{figure}_tokens_per_second"] = tokens / seconds
     return records
 
 
@@ -305,6 +316,30 @@ def _torch_peak(peak: dict, name: str) -> str:
     return f"{peak[name]:.0f}" + (f" (at {size}²)" if size else "")
 
 
+def end_to_end_table(report: dict) -> list[str]:
+    """Each contender end to end and its scoring alone: medians over rounds."""
+    lines = [
+        "End to end vs scoring alone (medians over rounds; end to end: jaxmap's whole "
+        "`jaxmap.score` call with its load, tokenization and store; a transformers loop's pass "
+        "plus its one-time tokenizer and model loads. Scoring alone: jaxmap's scoring loop; "
+        "a transformers loop's forward passes; lm-eval's call, which tokenizes inside):",
+        "",
+        "| contender | end to end (s) | end to end tok/s | scoring alone (s) | scoring tok/s "
+        "| outside scoring (s) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, record in report["contenders"].items():
+        if "median_end_to_end_seconds" not in record or "median_scoring_seconds" not in record:
+            lines.append(f"| {name} | — | — | — | — | — |")
+            continue
+        whole, alone = record["median_end_to_end_seconds"], record["median_scoring_seconds"]
+        lines.append(
+            f"| {name} | {whole:.2f} | {record['median_end_to_end_tokens_per_second']:.0f} | "
+            f"{alone:.2f} | {record['median_scoring_tokens_per_second']:.0f} | {whole - alone:.2f} |"
+        )
+    return lines
+
+
 def markdown(report: dict) -> str:
     """The report as a markdown page: setup, headline table, peak table, profile."""
     lines = [
@@ -318,6 +353,12 @@ def markdown(report: dict) -> str:
         f"{report['load_average']['start']} / {report['load_average']['end']}; JAX on "
         f"{', '.join(sorted(set(report['machine']['jax_devices'])))}, torch on "
         f"{report['settings']['torch_device']}.",
+        "* CPU matrix features: "
+        + (
+            describe_matrix_features(report["machine"]["cpu_matrix_features"])
+            if "cpu_matrix_features" in report["machine"] else "not recorded"
+        )
+        + ".",
         f"* Model: {report['model']['note']}; "
         f"{report['model']['shape']['matmul_weights'] / 1e6:.1f}M matmul weights (unembedding "
         "included).",
@@ -359,6 +400,7 @@ def markdown(report: dict) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     for name, reason in report["skipped"].items():
         lines.append(f"| {name} | skipped: {reason} |" + " |" * 12)
+    lines += [""] + end_to_end_table(report)
     lines += [
         "",
         "Warm-up: one untimed pass before the rounds (jaxmap: all texts, compiling every batch "
@@ -470,6 +512,12 @@ def contender_record(
         "median_tokens_per_second": median_of(rounds, "tokens_per_second"),
         "median_gflops_per_second": median_of(rounds, "gflops_per_second"),
         "median_fraction_of_peak": median_of(rounds, "fraction_of_peak"),
+        **{
+            f"median_{figure}_{unit}": median_of(rounds, f"{figure}_{unit}")
+            for figure in ("end_to_end", "scoring")
+            for unit in ("seconds", "tokens_per_second")
+            if all(f"{figure}_{unit}" in r for r in rounds)
+        },
         "agreement": agreement_record,
     }
 

@@ -5,6 +5,12 @@ returns per-text log-likelihoods, scored-token counts and the seconds it took. T
 includes tokenization (every contender starts from strings) but not loading the model, which
 each does once. jaxmap goes through its public ``jaxmap.score`` API, whose every call loads the
 weights again; the engine reports that load time and it is subtracted (and reported).
+
+Every pass also reports two more figures (``extra``): ``end_to_end_seconds``, what a person
+scoring these texts from the model directory waits for (jaxmap: the whole ``jaxmap.score`` call,
+loading, tokenizing and the store included; transformers: the pass plus the one-time loads of
+the tokenizer and the model), and ``scoring_seconds``, the scoring alone (jaxmap: the engine's
+scoring loop, without compiling; transformers: the forward loop, without tokenizing).
 """
 
 from __future__ import annotations
@@ -41,7 +47,9 @@ class TorchModels:
         torch.set_num_threads(threads)
         self.directory = directory
         self.device = device
+        started = time.perf_counter()
         self.tokenizer = AutoTokenizer.from_pretrained(str(directory))
+        self.tokenizer_seconds = time.perf_counter() - started
         self._models: dict[str, object] = {}
         self.load_seconds: dict[str, float] = {}
 
@@ -57,6 +65,11 @@ class TorchModels:
             ).to(self.device).eval()
             self.load_seconds[dtype] = time.perf_counter() - started
         return self._models[dtype]
+
+    def setup_seconds(self, dtype: str) -> float:
+        """The one-time loads a scoring in ``dtype`` needs: the tokenizer and the model."""
+        self.model(dtype)
+        return self.tokenizer_seconds + self.load_seconds[dtype]
 
     @property
     def max_length(self) -> int:
@@ -200,6 +213,8 @@ class JaxmapScore(Contender):
             store.ntokens[0].astype(np.int64),
             wall - meta["load_seconds"],
             {
+                "end_to_end_seconds": wall,
+                "scoring_seconds": meta["seconds"],
                 "wall_seconds": wall,
                 "load_seconds": meta["load_seconds"],
                 "engine_seconds": meta["seconds"],
@@ -235,11 +250,18 @@ class TransformersBatched(Contender):
         started = time.perf_counter()
         ids = self.models.tokenizer(texts)["input_ids"]
         ids = [sequence[: self.models.max_length] for sequence in ids]
+        looping = time.perf_counter()
         loglik, ntokens, padding = batched_logliks(
             self.models.model(self.dtype), ids, self.batch_tokens
         )
+        ended = time.perf_counter()
         return RunOutput(
-            loglik, ntokens, time.perf_counter() - started, {"padding_fraction": padding}
+            loglik, ntokens, ended - started,
+            {
+                "padding_fraction": padding,
+                "scoring_seconds": ended - looping,
+                "end_to_end_seconds": ended - started + self.models.setup_seconds(self.dtype),
+            },
         )
 
 
@@ -286,6 +308,7 @@ class PaperLoop(Contender):
                 ).to(self.models.device)
             )
         loglik, ntokens = [], []
+        looping = time.perf_counter()
         for tokens in tokenized:
             with torch.no_grad():
                 log_probs = torch.log_softmax(model(tokens, use_cache=True).logits, dim=-1)
@@ -295,8 +318,15 @@ class PaperLoop(Contender):
                 ]
             loglik.append(sum(token_log_probs))
             ntokens.append(len(token_log_probs))
-        seconds = time.perf_counter() - started
-        return RunOutput(np.array(loglik), np.array(ntokens), seconds, {"over_length": over_length})
+        ended = time.perf_counter()
+        return RunOutput(
+            np.array(loglik), np.array(ntokens), ended - started,
+            {
+                "over_length": over_length,
+                "scoring_seconds": ended - looping,
+                "end_to_end_seconds": ended - started + self.models.setup_seconds(self.dtype),
+            },
+        )
 
 
 class LmEvalRolling(Contender):
@@ -322,12 +352,15 @@ class LmEvalRolling(Contender):
             f"lm_eval HFLM(pretrained=<the float32 transformers model>, batch_size={batch_size})"
             ".loglikelihood_rolling(texts); float32"
         )
+        model = models.model(self.dtype)
+        started = time.perf_counter()
         self.lm = HFLM(
-            pretrained=models.model(self.dtype),
+            pretrained=model,
             tokenizer=models.tokenizer,
             batch_size=batch_size,
             device=models.device,
         )
+        self.wrap_seconds = time.perf_counter() - started  # lm-eval's own set-up
 
     def scored_sequences(self, texts: list[str]) -> list[list[int]]:
         """The token sequences lm-eval scores (prefix + text tokens), for the agreement check."""
@@ -345,4 +378,11 @@ class LmEvalRolling(Contender):
         seconds = time.perf_counter() - started
         # lm-eval tokenizes inside the timed call; counting its tokens again is outside it.
         ntokens = np.array([len(self.lm.tok_encode(text)) for text in texts])
-        return RunOutput(np.array(values, np.float64), ntokens, seconds)
+        return RunOutput(
+            np.array(values, np.float64), ntokens, seconds,
+            {
+                # lm-eval tokenizes inside the call: its scoring alone is the whole call.
+                "scoring_seconds": seconds,
+                "end_to_end_seconds": seconds + self.models.setup_seconds(self.dtype) + self.wrap_seconds,
+            },
+        )

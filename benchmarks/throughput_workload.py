@@ -339,6 +339,51 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+# The CPU's matrix features, as /proc/cpuinfo's flags spell them: Intel AMX tiles (bfloat16 and
+# int8), AVX-512 with its bfloat16 dot products, AVX2 with FMA. XLA's and oneDNN's CPU kernels
+# pick their code paths by these, so a result means little without them.
+MATRIX_FLAGS = ("amx_tile", "amx_bf16", "amx_int8", "avx512_bf16", "avx512_vnni", "avx512f", "avx2", "fma")
+
+
+def cpu_matrix_features(cpuinfo: str | None = None) -> dict:
+    """The CPU model and which of :data:`MATRIX_FLAGS` its first processor's ``flags`` line
+    lists (``cpuinfo``: the text of /proc/cpuinfo, read when None): ``{"model": …, "flags":
+    {flag: bool}, "amx": bool, "avx512_bf16": bool}``; flags are None where there is no
+    cpuinfo to read (not Linux)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    model, flags = None, None
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "model name" and model is None:
+            model = value.strip()
+        elif key == "flags" and flags is None:
+            flags = set(value.split())
+    present = {f: (f in flags) if flags is not None else None for f in MATRIX_FLAGS}
+    return {
+        "model": model or platform.processor() or "unknown",
+        "flags": present,
+        "amx": None if flags is None else all(present[f] for f in ("amx_tile", "amx_bf16")),
+        "avx512_bf16": present["avx512_bf16"],
+    }
+
+
+def describe_matrix_features(features: dict) -> str:
+    """One line: ``AMD EPYC: AMX no, AVX-512 BF16 yes (flags: avx512_bf16 avx512f avx2 fma)``."""
+    def word(value) -> str:
+        return "unknown" if value is None else ("yes" if value else "no")
+
+    listed = " ".join(f for f, on in features["flags"].items() if on) or "none of them"
+    return (
+        f"{features['model']}: AMX {word(features['amx'])}, AVX-512 BF16 "
+        f"{word(features['avx512_bf16'])} (flags: {listed})"
+    )
+
+
 def machine_name() -> str:
     """A short machine label for file names: ``cpu-2core``, or the accelerator JAX runs on
     (e.g. ``gpu-nvidia-h200``)."""
@@ -385,6 +430,7 @@ def machine_info() -> dict:
         "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
         "cpu_flags": [f for f in wanted if f" {f}" in flags],
+        "cpu_matrix_features": cpu_matrix_features(),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "jax_devices": [str(d) for d in jax.devices()],
