@@ -36,17 +36,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-ISSUE_SHAPE = dict(
-    hidden_size=768,
-    intermediate_size=3072,
-    num_hidden_layers=10,
-    num_attention_heads=12,
-    num_key_value_heads=4,
-    max_position_embeddings=2048,
-    rope_theta=10000.0,
-    rms_norm_eps=1e-5,
-    tie_word_embeddings=True,
-)
+from throughput_workload import RANDOM_SHAPES  # noqa: E402 (after the path entry above)
+
+# Issue 27's shape; the vocabulary is the tokenizer's.
+ISSUE_SHAPE = {k: v for k, v in RANDOM_SHAPES["llama-112m"].items() if k != "vocab_size"}
 
 
 def build_model(directory: Path) -> Path:

@@ -55,6 +55,12 @@ RANDOM_SHAPES = {
     ),
     # A few layers of SmolLM2's width, for checking the harness itself quickly.
     "tiny": dict(SMOLLM2_SHAPE, num_hidden_layers=2, vocab_size=8192),
+    # Issue 27's 112M model: 10 layers, width 768, GQA 12/4 (its vocabulary is the tokenizer's).
+    "llama-112m": dict(
+        SMOLLM2_SHAPE, hidden_size=768, intermediate_size=3072, num_hidden_layers=10,
+        num_attention_heads=12, num_key_value_heads=4, max_position_embeddings=2048,
+        rope_theta=10000.0,
+    ),
 }
 RANDOM_PREFIX = "random:"
 
