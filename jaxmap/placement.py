@@ -24,7 +24,10 @@ class Placement:
 
     ``kl[i, j]`` is the estimated KL from ``models[i]`` to ``map_models[j]``, in ``unit``
     (nats per text, or bits per byte). ``scores`` is the store the new models' scores on the
-    ``subset_texts`` texts of the subset were written to.
+    ``subset_texts`` texts of the subset were written to. With ``target_se``
+    (:func:`add_models`), ``scores`` is the adaptive run's directory, ``subset_texts`` the most
+    texts any model needed, ``se`` the standard errors of ``kl`` and ``finished`` each model's
+    stopping reason ("target", "all texts", or None if cut off).
     """
 
     models: list[str]
@@ -33,6 +36,8 @@ class Placement:
     unit: str
     scores: Path
     subset_texts: int
+    se: np.ndarray | None = None
+    finished: list | None = None
 
     def nearest(self, count: int = 5) -> list[list[tuple[str, float]]]:
         """The ``count`` nearest map models of each new model, nearest first, with their KL."""
@@ -88,9 +93,13 @@ def map_bos_policy(matrix: LoglikMatrix, requested: str | None) -> str:
 
 def add_models(
     map_store: str | Path | LoglikMatrix,
-    subset: str | Path | Subset,
+    subset: str | Path | Subset | None,
     models: Sequence[str] | str,
     *,
+    target_se: float | None = None,
+    k: int = 5,
+    method: str = "ls",
+    seed: int = 0,
     out: str | Path | None = None,
     bits_per_byte: bool = False,
     dtype: str = "float32",
@@ -108,7 +117,25 @@ def add_models(
     if given, must agree with it), chat template and PMI settings, and clipped with the map's τ. ``bits_per_byte`` reports KL
     in bits per byte (needs a store, which knows the texts' lengths) instead of nats per text.
     Raises :class:`~jaxmap.errors.ModelsFailedError` when a model cannot be scored.
+
+    With ``target_se`` instead of a subset (``subset=None``), each model is scored on texts
+    drawn from the map's ``method`` ("ls", "kl" or "uniform") probabilities with the draw
+    stream of ``seed``, in growing rounds, until the standard error of its KL to its ``k``
+    nearest map models is ≤ ``target_se`` (:mod:`jaxmap.adaptive`); ``out`` is then a directory
+    (default: ``adaptive-add``) whose state a rerun continues.
     """
+    if target_se is not None:
+        if subset is not None:
+            raise AnalysisError("give either a subset or target_se, not both")
+        from .adaptive import add_adaptive
+
+        return add_adaptive(
+            map_store, models, out if out is not None else "adaptive-add", target_se=target_se,
+            k=k, method=method, seed=seed, bits_per_byte=bits_per_byte, dtype=dtype,
+            bos_policy=bos_policy, batch_tokens=batch_tokens, progress=progress,
+        )
+    if subset is None:
+        raise AnalysisError("add_models needs a subset file, or target_se")
     subset = subset if isinstance(subset, Subset) else read_subset(subset)
     matrix = map_store if isinstance(map_store, LoglikMatrix) else load_loglik(map_store)
     out = Path(out) if out is not None else subset.path.with_suffix(".h5")

@@ -316,7 +316,24 @@ def run_info(args: argparse.Namespace) -> int:
             + (f", {row['greedy_texts']} greedy" if "greedy_texts" in row else "")
             + (f", {speed:.0f} tok/s" if speed else "")
         )
+    _print_adaptive(store.path)
     return 0
+
+
+def _print_adaptive(path) -> None:
+    """For a round store of ``jaxmap add --target-se``: each model's achieved SE."""
+    from ..adaptive import read_adaptive_state
+
+    state = read_adaptive_state(path)
+    if not state:
+        return
+    print(f"adaptive   target SE {state.get('target_se')} {state.get('unit')} on the "
+          f"{state.get('k')} nearest of {state.get('map')}")
+    for model, entry in state.get("models", {}).items():
+        reached = entry.get("nearest_se")
+        se = f"{reached:.4g}" if reached is not None else "pending"
+        print(f"  {model}  SE {se} after {len(entry.get('draws', []))} draws on "
+              f"{entry.get('texts', '?')} texts ({entry.get('reason') or 'not finished'})")
 
 
 def _read_document(path: str) -> str:

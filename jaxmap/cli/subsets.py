@@ -107,12 +107,22 @@ def _run_resample(args: argparse.Namespace) -> int:
 def _run_add(args: argparse.Namespace) -> int:
     from ..placement import add_models
 
-    out = Path(args.out) if args.out else Path(args.subset).with_suffix(".h5")
-    check_outputs([out, args.kl_out], _inputs(args))  # the default --out too, before any work
+    if (args.subset is None) == (args.target_se is None):
+        raise AnalysisError("give --subset SUBSET or --target-se X (not both)")
+    if args.target_se is not None:
+        out = Path(args.out) if args.out else Path("adaptive-add")
+        check_outputs([args.kl_out], _inputs(args))
+    else:
+        out = Path(args.out) if args.out else Path(args.subset).with_suffix(".h5")
+        check_outputs([out, args.kl_out], _inputs(args))  # the default --out too, before any work
     placement = add_models(
         args.store,
         args.subset,
         args.models,
+        target_se=args.target_se,
+        k=args.k,
+        method=args.method,
+        seed=args.seed,
         out=out,
         bits_per_byte=args.bits_per_byte,
         dtype=args.dtype,
@@ -124,6 +134,13 @@ def _run_add(args: argparse.Namespace) -> int:
         f"scored {len(placement.models)} models on {placement.subset_texts} texts "
         f"into {out}; placed on {args.store}"
     )
+    if placement.se is not None:
+        for name, se, kl, reason in zip(placement.models, placement.se, placement.kl, placement.finished):
+            nearest = np.argsort(kl, kind="stable")[: args.k]
+            print(
+                f"{name}: SE {se[nearest].max():.4g} {placement.unit} on its {args.k} nearest "
+                f"(target {args.target_se:g}; {'stopped: ' + reason if reason else 'not finished'})"
+            )
     if args.kl_out:
         with atomic_output(args.kl_out, [*_inputs(args), out]) as temporary:
             _write_matrix_csv(temporary, placement.models, placement.map_models, placement.kl)
@@ -181,9 +198,26 @@ def register(subparsers) -> None:
         "store", metavar="STORE", help="the map's store (or matrix) the subset was drawn from"
     )
     add.add_argument("models", metavar="MODEL", nargs="+", help="model references to score")
-    add.add_argument("--subset", required=True, help="subset JSONL written by 'jaxmap resample'")
+    add.add_argument("--subset", help="subset JSONL written by 'jaxmap resample'")
     add.add_argument(
-        "--out", help="store for the new models' scores (default: SUBSET with suffix .h5)"
+        "--target-se", type=float, metavar="X",
+        help="instead of --subset: score importance-drawn texts in rounds until the SE of the "
+        "KL to the K nearest map models is at most X",
+    )
+    add.add_argument(
+        "--k", type=int_at_least(1), default=5,
+        help="with --target-se: nearest map models whose KL must reach the target (default 5)",
+    )
+    add.add_argument(
+        "--method", choices=METHODS, default="ls",
+        help="with --target-se: sampling distribution of the texts (default ls)",
+    )
+    add.add_argument(
+        "--seed", type=int_at_least(0), default=0, help="with --target-se: seed of the draws (default 0)"
+    )
+    add.add_argument(
+        "--out", help="store for the new models' scores (default: SUBSET with suffix .h5); with "
+        "--target-se a directory whose state a rerun continues (default adaptive-add)"
     )
     add.add_argument(
         "--kl-out", help="CSV of the estimated KL from each new model to each map model"
