@@ -11,6 +11,7 @@ store, which keeps what was already committed.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -27,6 +28,20 @@ from .analysis.sequential import (
 from .outputs import atomic_output
 
 STATE_FILE = "adaptive.json"
+
+
+@dataclass(frozen=True)
+class AdaptiveResult:
+    """The fields of a :class:`jaxmap.Placement` from a ``target_se`` run."""
+
+    models: list[str]
+    map_models: list[str]
+    kl: np.ndarray
+    unit: str
+    scores: Path
+    subset_texts: int
+    se: np.ndarray
+    finished: list
 
 
 def read_adaptive_state(out: str | Path) -> dict | None:
@@ -57,16 +72,16 @@ def add_adaptive(
     clip_quantile: float = 0.02,
     bits_per_byte: bool = False,
     dtype: str = "float32",
-    bos_policy: str | None = None,
+    bos_policy: str = "full",
     batch_tokens: int | None = None,
     progress: bool = True,
     max_rounds: int | None = None,
-):
+) -> AdaptiveResult:
     """Score each model on importance-drawn texts of the map in growing rounds until the SE of
-    its KL to its ``k`` nearest map models is ≤ ``target_se``; see :func:`jaxmap.add_models`."""
+    its KL to its ``k`` nearest map models is ≤ ``target_se``; see :func:`jaxmap.add_models`,
+    which resolves ``bos_policy`` to the map's and wraps the result in a Placement."""
     from .checkpoints import expand_references
     from .jobs import score
-    from .placement import Placement, map_bos_policy
 
     matrix = map_store if isinstance(map_store, LoglikMatrix) else load_loglik(map_store)
     if not matrix.is_store:
@@ -77,7 +92,7 @@ def add_adaptive(
         if reference in matrix.models:
             raise AnalysisError(f"{reference} is already on the map {matrix.source}")
     text_bytes = matrix.require_text_bytes() if bits_per_byte else None
-    policy = map_bos_policy(matrix, bos_policy)
+    policy = bos_policy
     settings = matrix.settings or {}
     clipped, tau = clip(matrix.loglik, clip_quantile)
     probabilities = importance_probabilities(double_center(clipped), method)
@@ -138,7 +153,7 @@ def add_adaptive(
         kl_rows.append(result.kl)
         se_rows.append(result.se)
         texts_scored = max(texts_scored, result.texts)
-    return Placement(
+    return AdaptiveResult(
         models=wanted, map_models=list(matrix.models), kl=np.vstack(kl_rows),
         unit=saved["unit"], scores=out, subset_texts=texts_scored, se=np.vstack(se_rows),
         finished=[saved["models"][r].get("reason") for r in wanted],

@@ -9,7 +9,7 @@ new models' references.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -129,11 +129,14 @@ def add_models(
             raise AnalysisError("give either a subset or target_se, not both")
         from .adaptive import add_adaptive
 
-        return add_adaptive(
-            map_store, models, out if out is not None else "adaptive-add", target_se=target_se,
+        matrix = map_store if isinstance(map_store, LoglikMatrix) else load_loglik(map_store)
+        result = add_adaptive(
+            matrix, models, out if out is not None else "adaptive-add", target_se=target_se,
             k=k, method=method, seed=seed, bits_per_byte=bits_per_byte, dtype=dtype,
-            bos_policy=bos_policy, batch_tokens=batch_tokens, progress=progress,
+            bos_policy=map_bos_policy(matrix, bos_policy), batch_tokens=batch_tokens,
+            progress=progress,
         )
+        return Placement(**asdict(result))
     if subset is None:
         raise AnalysisError("add_models needs a subset file, or target_se")
     subset = subset if isinstance(subset, Subset) else read_subset(subset)

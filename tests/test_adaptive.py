@@ -136,3 +136,8 @@ def test_add_to_a_target_se_end_to_end(tiny_models, text_file, tmp_path, capsys)
         assert message in err and len(err.splitlines()) == 1
     assert main(["info", str(out / "m0-r1.h5")]) == 0
     assert "target" in capsys.readouterr().out
+    # The API path: a Placement with its SEs, resuming the finished run without scoring again.
+    placed = jaxmap.add_models(store, None, [str(twin)], target_se=1e-12, k=2, out=tmp_path / "api", progress=False)
+    assert isinstance(placed, jaxmap.Placement) and placed.se.shape == (1, 3) and placed.finished[0]
+    assert main(["add", str(store), str(twin), "--target-se", "1e-12", "--k", "2", "--out", str(tmp_path / "api"), "--quiet"]) == 0
+    assert "stopped:" in capsys.readouterr().out
