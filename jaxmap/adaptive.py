@@ -11,7 +11,6 @@ store, which keeps what was already committed.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -29,19 +28,6 @@ from .outputs import atomic_output
 
 STATE_FILE = "adaptive.json"
 
-
-@dataclass(frozen=True)
-class AdaptiveResult:
-    """The fields of a :class:`jaxmap.Placement` from a ``target_se`` run."""
-
-    models: list[str]
-    map_models: list[str]
-    kl: np.ndarray
-    unit: str
-    scores: Path
-    subset_texts: int
-    se: np.ndarray
-    finished: list
 
 
 def read_adaptive_state(out: str | Path) -> dict | None:
@@ -76,10 +62,10 @@ def add_adaptive(
     batch_tokens: int | None = None,
     progress: bool = True,
     max_rounds: int | None = None,
-) -> AdaptiveResult:
+) -> dict:
     """Score each model on importance-drawn texts of the map in growing rounds until the SE of
     its KL to its ``k`` nearest map models is ≤ ``target_se``; see :func:`jaxmap.add_models`,
-    which resolves ``bos_policy`` to the map's and wraps the result in a Placement."""
+    which resolves ``bos_policy`` to the map's and makes a Placement of the fields returned."""
     from .checkpoints import expand_references
     from .jobs import score
 
@@ -153,7 +139,7 @@ def add_adaptive(
         kl_rows.append(result.kl)
         se_rows.append(result.se)
         texts_scored = max(texts_scored, result.texts)
-    return AdaptiveResult(
+    return dict(
         models=wanted, map_models=list(matrix.models), kl=np.vstack(kl_rows),
         unit=saved["unit"], scores=out, subset_texts=texts_scored, se=np.vstack(se_rows),
         finished=[saved["models"][r].get("reason") for r in wanted],

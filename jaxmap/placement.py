@@ -9,7 +9,7 @@ new models' references.
 from __future__ import annotations
 
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -136,7 +136,7 @@ def add_models(
             bos_policy=map_bos_policy(matrix, bos_policy), batch_tokens=batch_tokens,
             progress=progress,
         )
-        return Placement(**asdict(result))
+        return Placement(**result)
     if subset is None:
         raise AnalysisError("add_models needs a subset file, or target_se")
     subset = subset if isinstance(subset, Subset) else read_subset(subset)

@@ -114,17 +114,18 @@ def test_add_to_a_target_se_end_to_end(tiny_models, text_file, tmp_path, capsys)
     from jaxmap.adaptive import add_adaptive, read_adaptive_state
 
     cut = add_adaptive(store, [str(twin)], out, target_se=1e-12, k=2, min_draws=4, max_rounds=1, progress=False)
-    assert cut.finished == [None] and read_adaptive_state(out)["models"][str(twin)]["rounds"]
+    assert cut["finished"] == [None] and read_adaptive_state(out)["models"][str(twin)]["rounds"]
     capsys.readouterr()
     code = main(["add", str(store), str(twin), "--target-se", "1e-12", "--k", "2", "--out", str(out), "--quiet"])
     # min_draws differs from the first run's: refused in one line, naming the setting.
     assert code == 2 and "min_draws" in capsys.readouterr().err
     placement = add_adaptive(store, [str(twin)], out, target_se=1e-12, k=2, min_draws=4, progress=False)
     state = read_adaptive_state(out)["models"][str(twin)]
-    assert placement.finished == [state["reason"]] and state["reason"] in {"target", "all texts"}
-    assert placement.kl.shape == (1, 3) and placement.se.shape == (1, 3)
-    assert np.argmin(placement.kl[0]) == 1 and placement.kl[0, 1] <= 1e-9 * placement.kl[0].max()
-    assert placement.subset_texts <= n_texts
+    assert placement["finished"] == [state["reason"]] and state["reason"] in {"target", "all texts"}
+    kl = placement["kl"]
+    assert kl.shape == (1, 3) and placement["se"].shape == (1, 3)
+    assert np.argmin(kl[0]) == 1 and kl[0, 1] <= 1e-9 * kl[0].max()
+    assert placement["subset_texts"] <= n_texts
     # A model of the map, a bad target, a k larger than the map: one line each, exit 2.
     for argv, message in [
         ([str(tiny_models[0]), "--target-se", "0.1", "--k", "2"], "already on the map"),
