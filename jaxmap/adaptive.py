@@ -45,13 +45,17 @@ def _write_state(out: Path, state: dict) -> None:
         temporary.write_text(json.dumps(state, indent=1), encoding="utf-8")
 
 
+# The nearest map models whose KL must reach the target, unless told otherwise.
+DEFAULT_NEAREST = 5
+
+
 def add_adaptive(
     map_store: str | Path | LoglikMatrix,
     models: Sequence[str] | str,
     out: str | Path,
     *,
     target_se: float,
-    k: int = 5,
+    k: int | None = None,
     method: str = "ls",
     seed: int = 0,
     min_draws: int = MIN_DRAWS,
@@ -64,7 +68,8 @@ def add_adaptive(
     max_rounds: int | None = None,
 ) -> dict:
     """Score each model on importance-drawn texts of the map in growing rounds until the SE of
-    its KL to its ``k`` nearest map models is ≤ ``target_se``; see :func:`jaxmap.add_models`,
+    its KL to its ``k`` nearest map models (default :data:`DEFAULT_NEAREST`, or every map model
+    on a smaller map) is ≤ ``target_se``; see :func:`jaxmap.add_models`,
     which resolves ``bos_policy`` to the map's and makes a Placement of the fields returned."""
     from .checkpoints import expand_references
     from .jobs import score
@@ -72,6 +77,7 @@ def add_adaptive(
     matrix = map_store if isinstance(map_store, LoglikMatrix) else load_loglik(map_store)
     if not matrix.is_store:
         raise AnalysisError(f"{matrix.source}: adding models needs the texts, which only a jaxmap store has")
+    k = min(DEFAULT_NEAREST, len(matrix.models)) if k is None else k
     check_target(target_se, k, len(matrix.models), min_draws)
     wanted = expand_references([models] if isinstance(models, str) else list(models))
     for reference in wanted:

@@ -97,7 +97,7 @@ def add_models(
     models: Sequence[str] | str,
     *,
     target_se: float | None = None,
-    k: int = 5,
+    k: int | None = None,
     method: str = "ls",
     seed: int = 0,
     out: str | Path | None = None,

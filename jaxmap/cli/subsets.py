@@ -205,8 +205,9 @@ def register(subparsers) -> None:
         "KL to the K nearest map models is at most X",
     )
     add.add_argument(
-        "--k", type=int_at_least(1), default=5,
-        help="with --target-se: nearest map models whose KL must reach the target (default 5)",
+        "--k", type=int_at_least(1),
+        help="with --target-se: nearest map models whose KL must reach the target (default 5, or "
+        "every map model on a smaller map)",
     )
     add.add_argument(
         "--method", choices=METHODS, default="ls",
