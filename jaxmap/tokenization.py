@@ -21,8 +21,9 @@ each sequence's scored tokens begin.
 
 With ``chat_template``, the context is the user turn and the continuation the assistant turn of
 the tokenizer's own chat template; the scored tokens are everything the assistant turn adds
-after the generation prompt (its end-of-turn marker included). The template's text supplies its
-own special tokens, so no start token is added under either policy.
+after the generation prompt (its end-of-turn marker included); where the prompt's last token
+merges with the reply, the split is by the prompt's token count, as for a context. The
+template's text supplies its own special tokens, so no start token is added under either policy.
 
 A text far longer than the tokens that will be kept (``keep_tokens``: the context, when long
 texts are truncated) is cut by characters before tokenization, so that one huge line cannot take
@@ -267,14 +268,11 @@ def _tokenize_chats(texts: TextSet, tokenizer, contexts: list[str], continuation
     turns = [chat_turns(tokenizer, c, t) for c, t in zip(contexts, continuations)]
     prompts = tokenizer([p for p, _ in turns], add_special_tokens=False)["input_ids"]
     wholes = tokenizer([w for _, w in turns], add_special_tokens=False)["input_ids"]
-    for text_id, prompt, whole in zip(texts.ids, prompts, wholes):
-        if whole[: len(prompt)] != prompt:
-            raise CheckpointError(
-                f"tokenizer {tokenizer.name_or_path!r}: text {text_id!r}: the chat prompt's tokens "
-                "change once the assistant's reply follows (its last token merges with the "
-                "reply), so the reply's tokens cannot be told apart; score without --chat-template"
-            )
-    return TokenizedTexts.from_sequences(wholes, [max(len(ids), 1) for ids in prompts])
+    # Where the prompt's last token merges with the reply (a reply that starts with a space
+    # after the template's newline), the model reads the prompt's own tokens, then the
+    # conversation's past their count: lm-evaluation-harness's rule for a context.
+    sequences = [prompt + whole[len(prompt):] for prompt, whole in zip(prompts, wholes)]
+    return TokenizedTexts.from_sequences(sequences, [max(len(ids), 1) for ids in prompts])
 
 
 def _read_cache(path: Path, count: int) -> TokenizedTexts | None:

@@ -398,6 +398,21 @@ def test_packaged_instruct_model_chat_tokens_match_apply_chat_template():
         assert tokens.first_targets[position] == len(_chat_ids(tokenizer, context, None))
 
 
+def test_a_reply_that_merges_with_the_prompt_splits_at_the_prompt_s_token_count():
+    from jaxmap.checkpoints import resolve
+    from jaxmap.checkpoints.packaged import installed_packaged_models
+
+    if "smollm2-135m-instruct" not in installed_packaged_models():
+        pytest.skip("the packaged SmolLM2 instruct model is not installed")
+    tokenizer = load_tokenizer(resolve("smollm2-135m-instruct").directory)
+    context, reply = "Which sentence follows?", " 90% of them do."  # lm-eval's leading space
+    whole, prompt = _chat_ids(tokenizer, context, reply), _chat_ids(tokenizer, context, None)
+    assert whole[: len(prompt)] != prompt, "the template's newline must merge with the space"
+    tokens = tokenize(TextSet.from_pairs([context], [reply]), tokenizer, "full", chat_template=True)
+    assert tokens[0].tolist() == prompt + whole[len(prompt):]
+    assert tokens.first_targets[0] == len(prompt)
+
+
 def test_a_template_whose_prompt_changes_under_the_reply_is_refused(chat_model):
     tokenizer = load_tokenizer(chat_model)
     tokenizer.chat_template = TEMPLATE.replace("<s>assistant\n{% endif %}", "<s>Assistant:{% endif %}")
