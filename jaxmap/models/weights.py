@@ -35,11 +35,16 @@ def empty_host_array(shape: tuple[int, ...], dtype) -> np.ndarray:
 
 
 def host_array(tensor: Any, dtype) -> np.ndarray:
-    """``tensor`` as a C-contiguous, 64-byte-aligned numpy array of ``dtype`` (copied and cast
-    unless it is one already)."""
+    """``tensor`` as a C-contiguous numpy array of ``dtype``: itself if it is one already, else
+    one copy, cast, into a 64-byte-aligned array.
+
+    An array of the right dtype is not copied only to align it: a layer's tensors are copied
+    into their stack anyway (:func:`stack_layers`), and placing a misaligned one copies it once
+    (:func:`jaxmap.sharding.place_params`), as aligning it here would have.
+    """
     tensor = np.asarray(tensor)
     dtype = np.dtype(dtype)
-    if tensor.dtype == dtype and tensor.flags.c_contiguous and not tensor.ctypes.data % _ALIGNMENT:
+    if tensor.dtype == dtype and tensor.flags.c_contiguous:
         return tensor
     out = empty_host_array(tensor.shape, dtype)
     out[...] = tensor
@@ -95,10 +100,29 @@ def stack_layers(layer: Callable[[int], dict], count: int) -> dict:
                     f"layer {index} has a tensor of shape {tuple(leaf.shape)} where layer 0 "
                     f"has {tuple(stack.shape[1:])}"
                 )
-            stack[index] = leaf
+            _copy_into(stack[index], leaf)
         # Free this layer's tensors before the next layer is read.
         del leaves
     return jax.tree.unflatten(structure, stacks)
+
+
+# Source rows per block of a transposing copy (see _copy_into): measured on a 2-core AMD EPYC,
+# 8 to 32 rows copy 2 to 6 times faster than one strided copy of the whole transpose
+# (float32 and bfloat16, 256 x 768 to 32000 x 4096), 16 being the best or near it throughout.
+_TRANSPOSE_BLOCK_ROWS = 16
+
+
+def _copy_into(slot: np.ndarray, leaf: np.ndarray) -> None:
+    """``slot[...] = leaf``. A transposed matrix (a torch linear's kernel, a view of its
+    ``[out, in]`` weight) is copied a block of its source rows at a time: numpy's copy of the
+    whole transpose strides across the destination and misses the cache on every element."""
+    source = leaf.T
+    if leaf.ndim != 2 or leaf.flags.c_contiguous or not source.flags.c_contiguous:
+        slot[...] = leaf
+        return
+    for start in range(0, source.shape[0], _TRANSPOSE_BLOCK_ROWS):
+        stop = start + _TRANSPOSE_BLOCK_ROWS
+        slot[:, start:stop] = source[start:stop].T
 
 
 def torch_linear(
