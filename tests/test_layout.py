@@ -68,3 +68,21 @@ def test_the_sharding_rules_split_logical_axes_of_the_layout():
     assert axes <= set(axis_sizes(_tiny_decoder()))
     # At most one dimension of a parameter is split over the model axis.
     assert all(sum(axis in TENSOR_PARALLEL for axis in param.axes) <= 1 for param in PARAMS)
+
+
+def test_stacking_copies_transposed_kernels_of_any_size_exactly():
+    """stack_layers copies a transposed view (a torch linear's kernel) in blocks of source rows;
+    every element must land where np.stack of the transposes puts it, including a last, partial
+    block and in bfloat16."""
+    import ml_dtypes
+
+    from jaxmap.models.weights import stack_layers
+
+    rng = np.random.default_rng(0)
+    for dtype in (np.float32, ml_dtypes.bfloat16):
+        torch_weights = [rng.standard_normal((37, 19)).astype(dtype) for _ in range(3)]
+        biases = [rng.standard_normal(37).astype(dtype) for _ in range(3)]
+        stacked = stack_layers(lambda i: {"kernel": torch_weights[i].T, "bias": biases[i]}, 3)
+        assert stacked["kernel"].dtype == dtype
+        np.testing.assert_array_equal(stacked["kernel"], np.stack([w.T for w in torch_weights]))
+        np.testing.assert_array_equal(stacked["bias"], np.stack(biases))
