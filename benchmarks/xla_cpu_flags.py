@@ -58,6 +58,10 @@ MATMUL_ROWS = 2048
 
 def measure_setting(model_directory: Path, texts_path: Path, dtype: str, repeats: int) -> dict:
     """In this process (XLA_FLAGS already set): scoring alone and the shape's matmuls."""
+    import jax
+
+    # XLA reads its flags when the backend starts; a flag it does not know stops it here.
+    jax.devices()
     from jaxmap.engine import load_model, score_tokens
     from jaxmap.texts import load_texts
     from jaxmap.tokenization import tokenize
@@ -107,7 +111,8 @@ def torch_matmuls(matmuls: list[dict], dtype: str, repeats: int = 5) -> dict[str
 
 def run_child(setting: str, dtype: str, model_directory: Path, texts_path: Path,
               repeats: int, scratch: Path) -> dict:
-    """One setting and dtype in a fresh process; a refused flag comes back as ``refused``."""
+    """One setting and dtype in a fresh process. A flag XLA does not know comes back as
+    ``refused``, any other failure of the process as ``failed``, each with its last line."""
     out = scratch / f"{setting}-{dtype}.json"
     environment = dict(os.environ)
     environment["XLA_FLAGS"] = f"{environment.get('XLA_FLAGS', '')} {SETTINGS[setting]}".strip()
@@ -118,12 +123,15 @@ def run_child(setting: str, dtype: str, model_directory: Path, texts_path: Path,
     finished = subprocess.run(command, env=environment, capture_output=True, text=True)
     if finished.returncode != 0:
         lines = [line for line in finished.stderr.splitlines() if line.strip()]
-        return {"refused": lines[-1] if lines else f"exit status {finished.returncode}"}
+        unknown = [line for line in lines if "Unknown flag in XLA_FLAGS" in line]
+        if unknown:
+            return {"refused": unknown[-1]}
+        return {"failed": lines[-1] if lines else f"exit status {finished.returncode}"}
     return json.loads(out.read_text())
 
 
 def _best_of_rounds(rounds: list[dict]) -> dict:
-    good = [r for r in rounds if "refused" not in r]
+    good = [r for r in rounds if "refused" not in r and "failed" not in r]
     if not good:
         return rounds[0]
     best = min(good, key=lambda r: r["scoring_seconds"])
@@ -167,9 +175,10 @@ def markdown(report: dict) -> str:
         ]
         for setting, result in rows.items():
             flags = f"`{SETTINGS[setting]}`" if SETTINGS[setting] else "(none)"
-            if "refused" in result:
-                lines.append(f"| {setting} | {flags} | refused: {result['refused']} |"
-                             + " |" * (4 + len(names)))
+            if "refused" in result or "failed" in result:
+                outcome = "refused" if "refused" in result else "failed"
+                lines.append(f"| {setting} | {flags} | {outcome}: {result[outcome]} |"
+                             + " |" * (3 + len(names)))
                 continue
             speed = result["tokens_per_second"]
             ratio = speed / default["tokens_per_second"] if "tokens_per_second" in default else None
@@ -233,7 +242,10 @@ def main(argv: list[str] | None = None) -> int:
                     result = run_child(setting, dtype, model.directory, texts_path,
                                        args.repeats, Path(scratch))
                     rounds[dtype][setting].append(result)
-                    said = result.get("refused") or f"{result['tokens_per_second']:.0f} tok/s"
+                    said = (
+                        result.get("refused") or result.get("failed")
+                        or f"{result['tokens_per_second']:.0f} tok/s"
+                    )
                     print(f"round {round_number}: {dtype} {setting}: {said}", flush=True)
     results = {d: {s: _best_of_rounds(r) for s, r in per.items()} for d, per in rounds.items()}
     torch_rates = {

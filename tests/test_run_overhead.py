@@ -121,3 +121,63 @@ def test_the_cpu_matrix_features_are_read_from_cpuinfo():
     unknown = cpu_matrix_features("")
     assert unknown["amx"] is None and unknown["flags"]["avx2"] is None
     assert "AMX unknown" in describe_matrix_features(unknown)
+
+
+def _xla_cpu_flags_module():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import xla_cpu_flags
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    return xla_cpu_flags
+
+
+def test_the_xla_options_survey_refuses_a_flag_by_xlas_own_message(tmp_path, monkeypatch):
+    survey = _xla_cpu_flags_module()
+    monkeypatch.setitem(survey.SETTINGS, "no-such-flag", "--xla_cpu_no_such_flag_here=true")
+    result = survey.run_child("no-such-flag", "float32", tmp_path, tmp_path / "t.jsonl", 1, tmp_path)
+    assert set(result) == {"refused"}
+    assert "xla_cpu_no_such_flag_here" in result["refused"]
+    # A process that fails for another reason is not a refused flag.
+    result = survey.run_child("default", "float32", tmp_path, tmp_path / "t.jsonl", 1, tmp_path)
+    assert set(result) == {"failed"}
+    assert "t.jsonl: no such text file" in result["failed"]
+
+
+def test_the_xla_options_survey_compares_each_setting_with_the_default():
+    survey = _xla_cpu_flags_module()
+    matmul = {"matmul": "q/o", "shape": [2048, 576, 576]}
+
+    def measured(seconds, loglik, rate):
+        return {"scoring_seconds": seconds, "tokens_per_second": 1000 / seconds,
+                "loglik": loglik, "matmuls": [{**matmul, "gflops_per_second": rate}]}
+
+    default = survey._best_of_rounds([measured(2.0, [-1.0, -2.0], 100.0), measured(2.5, [-1.0, -2.0], 120.0)])
+    # The fastest round's scoring, each matmul's best rate over the rounds, every round kept.
+    assert default["scoring_seconds"] == 2.0 and default["matmuls"][0]["gflops_per_second"] == 120.0
+    assert default["rounds_tokens_per_second"] == [500.0, 400.0]
+    faster = survey._best_of_rounds([measured(1.0, [-1.0, -2.5], 90.0)])
+    report = {
+        "date": "2026-12-06", "tag": "", "command": "python benchmarks/xla_cpu_flags.py",
+        "machine": {
+            "name": "cpu-2core", "cpu_model": "AMD EPYC", "cpu_count": 2, "xla_flags": None,
+            "versions": {"jax": "0", "jaxlib": "0", "torch": "0"},
+            "cpu_matrix_features": {"model": "AMD EPYC", "flags": {"avx2": True}, "amx": False,
+                                    "avx512_bf16": False},
+        },
+        "model": "m", "texts": 2, "texts_source": "s", "rounds": 2, "repeats": 1,
+        "results": {"float32": {"default": default, "onednn": faster,
+                                "xnnpack": {"refused": "Unknown flag in XLA_FLAGS"},
+                                "ynn-dot-fusion": {"failed": "Killed"}}},
+        "torch_matmuls": {"float32": {"q/o": 150.0}},
+    }
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in survey.markdown(report).splitlines()
+            if line.startswith("| ")}
+    assert "| 1000 | 1000 | 2.00× | 5.0e-01 | 90 |" in rows["onednn"]
+    assert "| 500 | 500, 400 | 1.00× | 0.0e+00 | 120 |" in rows["default"]
+    assert "refused: Unknown flag in XLA_FLAGS" in rows["xnnpack"]
+    assert "failed: Killed" in rows["ynn-dot-fusion"]
+    assert rows["torch `Linear`"].endswith("| 150 |")
+    # Every row of a table has the header's number of cells.
+    cells = {name: line.count("|") for name, line in rows.items() if name != "setting"}
+    assert len(set(cells.values())) == 1, cells
