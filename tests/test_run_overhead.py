@@ -150,7 +150,8 @@ def test_the_xla_options_survey_compares_each_setting_with_the_default():
 
     def measured(seconds, loglik, rate):
         return {"scoring_seconds": seconds, "tokens_per_second": 1000 / seconds,
-                "loglik": loglik, "matmuls": [{**matmul, "gflops_per_second": rate}]}
+                "loglik": loglik, "matmuls": [{**matmul, "gflops_per_second": rate}],
+                "dot_libraries": {"YNNPACK": 3, "XLA": 1}}
 
     default = survey._best_of_rounds([measured(2.0, [-1.0, -2.0], 100.0), measured(2.5, [-1.0, -2.0], 120.0)])
     # The fastest round's scoring, each matmul's best rate over the rounds, every round kept.
@@ -173,7 +174,7 @@ def test_the_xla_options_survey_compares_each_setting_with_the_default():
     }
     rows = {line.split(" | ")[0].lstrip("| "): line for line in survey.markdown(report).splitlines()
             if line.startswith("| ")}
-    assert "| 1000 | 1000 | 2.00× | 5.0e-01 | 90 |" in rows["onednn"]
+    assert "| XLA 1, YNNPACK 3 | 1000 | 1000 | 2.00× | 5.0e-01 | 90 |" in rows["onednn"]
     assert "| 500 | 500, 400 | 1.00× | 0.0e+00 | 120 |" in rows["default"]
     assert "refused: Unknown flag in XLA_FLAGS" in rows["xnnpack"]
     assert "failed: Killed" in rows["ynn-dot-fusion"]
@@ -181,3 +182,37 @@ def test_the_xla_options_survey_compares_each_setting_with_the_default():
     # Every row of a table has the header's number of cells.
     cells = {name: line.count("|") for name, line in rows.items() if name != "setting"}
     assert len(set(cells.values())) == 1, cells
+
+
+# The shape of jaxlib's optimised HLO text: fused computations first, then the entry, whose
+# fusions name their library in the backend config.
+SAMPLE_HLO = """HloModule jit_scorer
+
+%fused_computation (param_0: bf16[64,32], param_1: bf16[32,16]) -> f32[64,16] {
+  %param_0 = bf16[64,32]{1,0} parameter(0)
+  %param_1 = bf16[32,16]{1,0} parameter(1)
+  ROOT %dot_general.0 = f32[64,16]{1,0} dot(%param_0, %param_1), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+}
+
+%fused_computation.1 (param_0.1: f32[64,16], param_1.1: f32[16,8]) -> f32[64,8] {
+  %param_0.1 = f32[64,16]{1,0} parameter(0)
+  %param_1.1 = f32[16,8]{1,0} parameter(1)
+  ROOT %dot_general.1 = f32[64,8]{1,0} dot(%param_0.1, %param_1.1), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+}
+
+ENTRY %main.1 (a.1: bf16[64,32], b.1: bf16[32,16], c.1: f32[16,8]) -> f32[64,8] {
+  %a.1 = bf16[64,32]{1,0} parameter(0)
+  %b.1 = bf16[32,16]{1,0} parameter(1)
+  %c.1 = f32[16,8]{1,0} parameter(2)
+  %ynn_fusion = f32[64,16]{1,0} fusion(%a.1, %b.1), kind=kCustom, calls=%fused_computation, backend_config={"fusion_config":{"kind":"__ynn_fusion"},"outer_dimension_partitions":[]}
+  %xnn_fusion = f32[64,8]{1,0} fusion(%ynn_fusion, %c.1), kind=kCustom, calls=%fused_computation.1, backend_config={"fusion_config":{"kind":"__xnn_fusion"}}
+  %plain = f32[64,8]{1,0} dot(%ynn_fusion, %c.1), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+  ROOT %onednn = f32[64,8]{1,0} custom-call(%ynn_fusion, %c.1), custom_call_target="__onednn$matmul"
+}
+"""
+
+
+def test_the_xla_options_survey_names_the_library_of_each_dot():
+    survey = _xla_cpu_flags_module()
+    assert survey.dot_libraries(SAMPLE_HLO) == {"YNNPACK": 1, "XNNPACK": 1, "XLA": 1, "oneDNN": 1}
+    assert survey.dot_libraries("HloModule empty\n") == {}
