@@ -212,7 +212,7 @@ def markdown(report: dict) -> str:
         f"{describe_matrix_features(machine['cpu_matrix_features'])}.",
         f"* jax {machine['versions']['jax']}, jaxlib {machine['versions']['jaxlib']}, torch "
         f"{machine['versions']['torch']}; XLA_FLAGS of the caller: {machine['xla_flags']!r}.",
-        f"* Model: {report['model']}. Texts: {report['texts']} ({report['texts_source']}).",
+        f"* Model: {report['model'].rstrip('.')}. Texts: {report['texts']} ({report['texts_source']}).",
         f"* {report['rounds']} interleaved round(s); each setting and dtype runs in its own "
         "process (a compiling pass, then the best of "
         f"{report['repeats']} passes); the best round is shown, each round's tokens/s beside it. "
