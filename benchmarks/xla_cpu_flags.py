@@ -1,18 +1,20 @@
 """XLA's CPU backend options, measured on the decoder's matmuls and on whole scoring passes.
 
 The question behind it: does XLA's CPU backend reach the CPU's matrix units (AMX tiles,
-AVX-512 BF16) the way torch's oneDNN does, and does one of the backend's own options (oneDNN,
-XNNPACK or YNNPACK for dots) change that? Each setting runs in a fresh process with its
-``XLA_FLAGS`` (flags are read once per process), in interleaved rounds, and reports:
+AVX-512 BF16) the way torch's oneDNN does, and does one of the backend's own options (YNNPACK
+off, oneDNN or XNNPACK instead, see :data:`SETTINGS`) change that? Each setting runs in a fresh
+process with its ``XLA_FLAGS`` (flags are read once per process), in interleaved rounds, and
+reports:
 
+* which library ran each dot of the engine's compiled scorers (read from their optimised HLO);
 * scoring alone: ``jaxmap.engine.score_tokens`` over the texts with a loaded model, best of the
   repeats after a compiling pass, in tokens/s, and how far its log-likelihoods move from the
   default setting's (an option that changes numerics shows up there);
-* the model's own matmuls at the largest batch's row count (q/o, k/v, MLP, one unembedding
-  tile), in GFLOP/s, and torch's ``Linear`` at the same shapes and dtype for comparison.
+* the model's own matmuls on :data:`MATMUL_ROWS` rows (q/o, k/v, MLP, one unembedding tile), in
+  GFLOP/s, and torch's ``Linear`` at the same shapes and dtype for comparison.
 
-A flag this jaxlib does not know stops its process; that setting is reported as refused, with
-XLA's message. ::
+A flag this jaxlib does not know stops its process: that setting is reported as refused, with
+XLA's message; a process that fails otherwise, as failed, with its last line. ::
 
     python benchmarks/xla_cpu_flags.py [--model REF] [--texts-count 32] [--rounds 2]
         [--dtypes float32,bfloat16] [--settings default,onednn,...] [--tag TAG]
@@ -33,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -83,7 +86,7 @@ def dot_libraries(hlo_text: str) -> dict[str, int]:
             called = re.search(r"calls=%([\w.\-]+)", line)
             if kind and called:
                 library_of[called[1]] = _FUSION_LIBRARIES.get(kind[1], kind[1])
-    counts: dict[str, int] = {}
+    counts: Counter[str] = Counter()
     for name, lines in computations.items():
         for line in lines:
             if re.search(r"\bdot\(", line):
@@ -92,8 +95,8 @@ def dot_libraries(hlo_text: str) -> dict[str, int]:
                 library = "oneDNN"
             else:
                 continue
-            counts[library] = counts.get(library, 0) + 1
-    return counts
+            counts[library] += 1
+    return dict(counts)
 
 
 # Rows of the matmul measurements: the engine's default batch of 2048 padded tokens.
@@ -123,18 +126,15 @@ def measure_setting(model_directory: Path, texts_path: Path, dtype: str, repeats
         score_tokens(model, tokens, progress=False)
         best = min(best, time.perf_counter() - started)
     scored = int(sum(scores.ntokens))
-    libraries: dict[str, int] = {}
     # The engine's compiled scorers (a private cache: this benchmark follows the engine).
-    for compiled in engine._COMPILED.values():
-        for library, count in dot_libraries(compiled.as_text()).items():
-            libraries[library] = libraries.get(library, 0) + count
+    libraries = sum((Counter(dot_libraries(c.as_text())) for c in engine._COMPILED.values()), Counter())
     return {
         "scored_tokens": scored,
         "first_pass_seconds": first_pass,
         "scoring_seconds": best,
         "tokens_per_second": scored / best,
         "loglik": [float(v) for v in scores.loglik],
-        "dot_libraries": libraries,
+        "dot_libraries": dict(libraries),
         "matmuls": shape_matmuls(shape_of(model_directory), MATMUL_ROWS, dtype, repeats=5),
     }
 
